@@ -1,0 +1,308 @@
+use std::path::PathBuf;
+
+use super::*;
+use crate::pack::PackSources;
+
+fn hr_pack() -> PolicyPack {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hr");
+    PolicyPack::load_dir(&dir).expect("example pack loads")
+}
+
+fn inline_pack(schema: &str, policies: &str) -> PolicyPack {
+    PolicyPack::from_sources(PackSources {
+        schema: ("s.cedarschema".into(), schema.into()),
+        policies: vec![("p.cedar".into(), policies.into())],
+        entities: None,
+        source: "test".into(),
+    })
+    .expect("inline pack loads")
+}
+
+const HR_ENTITIES: &str = r#"[
+  {"uid":{"type":"Agent","id":"hr-assistant"},"attrs":{"delegator":{"__entity":{"type":"User","id":"alice"}}},"parents":[]},
+  {"uid":{"type":"User","id":"alice"},"attrs":{"department":"people"},"parents":[{"type":"Group","id":"hr"}]},
+  {"uid":{"type":"Employee","id":"1042"},"attrs":{"department":"sales"},"parents":[]}
+]"#;
+
+fn context(hour: i64, approval: Option<bool>) -> String {
+    let mut ctx = serde_json::json!({
+        "now": {"hour": hour, "weekday": 3, "unix": 1_795_000_000},
+        "network": {"ip": "10.0.0.1", "trusted": true, "zone": "corp"},
+        "session": {"id": "s-1", "age_seconds": 5, "intent": "x"},
+        "risk": {"score": 0}
+    });
+    if let Some(granted) = approval {
+        ctx["approval"] = serde_json::json!({"granted": granted});
+    }
+    ctx.to_string()
+}
+
+fn query<'a>(action: &'a str, ctx: &'a str, entities: &'a str) -> Query<'a> {
+    Query {
+        principal: ("Agent", "hr-assistant"),
+        action: ("Action", action),
+        resource: ("Employee", "1042"),
+        context_json: ctx,
+        entities_json: entities,
+    }
+}
+
+#[test]
+fn allow_names_the_permit() {
+    let ctx = context(10, None);
+    let d = hr_pack()
+        .evaluate(&query("read", &ctx, HR_ENTITIES), &Limits::default())
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::Allow);
+    assert_eq!(d.policy_ids, ["hr-read-business-hours"]);
+}
+
+#[test]
+fn default_deny_has_no_policy_and_says_so() {
+    let ctx = context(22, None);
+    let d = hr_pack()
+        .evaluate(&query("read", &ctx, HR_ENTITIES), &Limits::default())
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert!(d.policy_ids.is_empty());
+    assert!(d.reasons[0].contains("default deny"));
+}
+
+#[test]
+fn step_up_becomes_approval_required_with_binding_message() {
+    let ctx = context(10, None);
+    let d = hr_pack()
+        .evaluate(&query("offboard", &ctx, HR_ENTITIES), &Limits::default())
+        .unwrap();
+    let Outcome::ApprovalRequired(step_up) = d.outcome else {
+        panic!("expected approval required, got {d:?}");
+    };
+    assert_eq!(step_up.method, "ciba");
+    assert_eq!(step_up.binding_message, "Offboard employee 1042?");
+    assert_eq!(step_up.policy_ids, ["offboard-needs-approval"]);
+}
+
+#[test]
+fn explicit_false_approval_still_asks_and_true_allows() {
+    let pack = hr_pack();
+    let ctx = context(10, Some(false));
+    let d = pack
+        .evaluate(&query("offboard", &ctx, HR_ENTITIES), &Limits::default())
+        .unwrap();
+    assert!(matches!(d.outcome, Outcome::ApprovalRequired(_)));
+    let ctx = context(10, Some(true));
+    let d = pack
+        .evaluate(&query("offboard", &ctx, HR_ENTITIES), &Limits::default())
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::Allow);
+    assert_eq!(d.policy_ids, ["hr-offboard"]);
+}
+
+#[test]
+fn step_up_is_not_offered_when_approval_would_not_help() {
+    // Untrusted network: no permit applies, so approving would still deny.
+    let ctx = context(10, None).replace("\"trusted\":true", "\"trusted\":false");
+    let d = hr_pack()
+        .evaluate(&query("offboard", &ctx, HR_ENTITIES), &Limits::default())
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::Deny);
+}
+
+#[test]
+fn step_up_is_not_offered_next_to_an_ordinary_forbid() {
+    let ctx = context(10, None).replace("\"score\":0", "\"score\":99");
+    let d = hr_pack()
+        .evaluate(&query("offboard", &ctx, HR_ENTITIES), &Limits::default())
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert!(d.policy_ids.contains(&"deny-high-risk".to_string()));
+}
+
+const ERR_SCHEMA: &str = r#"
+entity User;
+entity Doc;
+action "read" appliesTo { principal: User, resource: Doc, context: { n: Long } };
+"#;
+
+#[test]
+fn an_erroring_forbid_never_lets_a_permit_through() {
+    let pack = inline_pack(
+        ERR_SCHEMA,
+        r#"
+        @id("everyone-reads") permit(principal, action, resource);
+        @id("overflowing-forbid") forbid(principal, action, resource)
+            when { context.n * 4611686018427387904 > 0 };
+        "#,
+    );
+    let q = Query {
+        principal: ("User", "u"),
+        action: ("Action", "read"),
+        resource: ("Doc", "d"),
+        context_json: r#"{"n": 7}"#,
+        entities_json: "",
+    };
+    // Prove the premise: raw Cedar skips the erroring forbid and allows.
+    let principal = uid("p", q.principal).unwrap();
+    let action = uid("a", q.action).unwrap();
+    let resource = uid("r", q.resource).unwrap();
+    let req = pack
+        .request(&principal, &action, &resource, serde_json::json!({"n": 7}))
+        .unwrap();
+    let raw = Authorizer::new().is_authorized(&req, &pack.policies, &pack.entities);
+    assert_eq!(raw.decision(), CedarDecision::Allow);
+
+    let d = pack.evaluate(&q, &Limits::default()).unwrap();
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(d.errors.len(), 1);
+    assert_eq!(d.errors[0].policy_id, "overflowing-forbid");
+    assert!(d.errors[0].message.contains("overflow"), "{:?}", d.errors);
+}
+
+#[test]
+fn an_erroring_step_up_is_a_plain_deny() {
+    let pack = inline_pack(
+        r#"
+        entity User;
+        entity Doc;
+        type A = { granted: Bool };
+        action "read" appliesTo { principal: User, resource: Doc, context: { n: Long, approval?: A } };
+        "#,
+        r#"
+        @id("reads") permit(principal, action, resource);
+        @id("step") @step_up("ciba")
+        forbid(principal, action, resource)
+            unless { (context has approval && context.approval.granted) || context.n * 4611686018427387904 > 0 };
+        "#,
+    );
+    let q = Query {
+        principal: ("User", "u"),
+        action: ("Action", "read"),
+        resource: ("Doc", "d"),
+        context_json: r#"{"n": 7}"#,
+        entities_json: "",
+    };
+    let d = pack.evaluate(&q, &Limits::default()).unwrap();
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert!(!d.errors.is_empty());
+}
+
+#[test]
+fn missing_delegator_entity_is_an_evaluation_error_and_a_deny() {
+    let entities = r#"[
+      {"uid":{"type":"Agent","id":"hr-assistant"},"attrs":{"delegator":{"__entity":{"type":"User","id":"ghost"}}},"parents":[]}
+    ]"#;
+    let ctx = context(10, None);
+    let d = hr_pack()
+        .evaluate(&query("read", &ctx, entities), &Limits::default())
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::Deny);
+}
+
+#[test]
+fn bad_requests_are_refused_before_evaluation() {
+    let pack = hr_pack();
+    let ctx = context(10, None);
+    let limits = Limits::default();
+    let cases: Vec<(Query<'_>, &str)> = vec![
+        (
+            query("fly", &ctx, HR_ENTITIES),
+            "unknown action `Action::\"fly\"`",
+        ),
+        (
+            Query {
+                principal: ("Robot", "r2"),
+                ..query("read", &ctx, HR_ENTITIES)
+            },
+            "unknown principal entity type `Robot`",
+        ),
+        (
+            Query {
+                principal: ("", "x"),
+                ..query("read", &ctx, HR_ENTITIES)
+            },
+            "principal type is required",
+        ),
+        (
+            Query {
+                resource: ("Employee", ""),
+                ..query("read", &ctx, HR_ENTITIES)
+            },
+            "resource id is required",
+        ),
+        (
+            Query {
+                principal: ("Not A Type", "x"),
+                ..query("read", &ctx, HR_ENTITIES)
+            },
+            "not a valid Cedar type name",
+        ),
+        (
+            query("read", "{not json", HR_ENTITIES),
+            "context is not valid JSON",
+        ),
+        (
+            query("read", "[1]", HR_ENTITIES),
+            "context must be a JSON object",
+        ),
+        (
+            query("read", r#"{"now": 1}"#, HR_ENTITIES),
+            "invalid context",
+        ),
+        (query("read", &ctx, "{}"), "entities must be a JSON array"),
+        (
+            query(
+                "read",
+                &ctx,
+                r#"[{"uid":{"type":"Spaceship","id":"x"},"attrs":{},"parents":[]}]"#,
+            ),
+            "invalid entities",
+        ),
+    ];
+    for (q, expect) in cases {
+        let err = pack.evaluate(&q, &limits).unwrap_err();
+        assert!(matches!(err, RequestError::Invalid(_)), "{err:?}");
+        assert!(
+            err.to_string().contains(expect),
+            "`{err}` should contain `{expect}`"
+        );
+    }
+}
+
+#[test]
+fn request_entity_may_not_redefine_a_static_one() {
+    // The pack's static `Group::"hr"` has no parents; a request may not
+    // redefine it (e.g. to smuggle in membership of another group).
+    let entities = r#"[{"uid":{"type":"Group","id":"hr"},"attrs":{},"parents":[{"type":"Group","id":"engineering"}]}]"#;
+    let ctx = context(10, None);
+    let err = hr_pack()
+        .evaluate(&query("read", &ctx, entities), &Limits::default())
+        .unwrap_err();
+    assert!(matches!(err, RequestError::Invalid(_)), "{err:?}");
+}
+
+#[test]
+fn limits_are_enforced() {
+    let pack = hr_pack();
+    let ctx = context(10, None);
+    let tight = Limits {
+        max_entities: 2,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        pack.evaluate(&query("read", &ctx, HR_ENTITIES), &tight),
+        Err(RequestError::TooLarge(_))
+    ));
+    let tight = Limits {
+        max_json_bytes: 64,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        pack.evaluate(&query("read", &ctx, HR_ENTITIES), &tight),
+        Err(RequestError::TooLarge(_))
+    ));
+    let deep = r#"{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{"i":1}}}}}}}}}"#;
+    let err = pack
+        .evaluate(&query("read", deep, HR_ENTITIES), &Limits::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("nested 9 levels"), "{err}");
+}

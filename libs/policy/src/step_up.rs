@@ -1,0 +1,182 @@
+//! Step-up policies: `forbid`s annotated `@step_up("ciba")` that an approval
+//! by the human can lift, and the `@binding_message` shown on their phone.
+
+use cedar_policy::{Effect, Policy};
+
+/// Approval methods a `@step_up` annotation may name.
+pub(crate) const METHODS: &[&str] = &["ciba"];
+
+/// Longest binding message sent to a device, in characters.
+pub(crate) const MAX_BINDING_MESSAGE_CHARS: usize = 100;
+
+/// Placeholders a `@binding_message` template may use.
+const PLACEHOLDERS: &[&str] = &[
+    "principal.type",
+    "principal.id",
+    "action.id",
+    "resource.type",
+    "resource.id",
+];
+
+#[derive(Debug, Clone)]
+pub(crate) struct StepUpPolicy {
+    pub(crate) method: String,
+    pub(crate) binding_message: Option<Template>,
+}
+
+/// A parsed `@binding_message` template.
+#[derive(Debug, Clone)]
+pub(crate) struct Template(Vec<Piece>);
+
+#[derive(Debug, Clone)]
+enum Piece {
+    Text(String),
+    Field(&'static str),
+}
+
+/// The values a template is filled from.
+pub(crate) struct Fields<'a> {
+    pub(crate) principal: (&'a str, &'a str),
+    pub(crate) action: &'a str,
+    pub(crate) resource: (&'a str, &'a str),
+}
+
+/// Reads a policy's step-up annotations. `Ok(None)` for an ordinary policy;
+/// an error for a misuse (unknown method, step-up on a `permit`, a binding
+/// message without step-up, an unknown placeholder).
+pub(crate) fn parse_step_up(policy: &Policy) -> Result<Option<StepUpPolicy>, String> {
+    let method = policy.annotation("step_up");
+    let message = policy.annotation("binding_message");
+    let Some(method) = method else {
+        if message.is_some() {
+            return Err("`@binding_message` needs `@step_up` on the same policy".into());
+        }
+        return Ok(None);
+    };
+    if policy.effect() != Effect::Forbid {
+        return Err("`@step_up` is only meaningful on a `forbid` policy".into());
+    }
+    if !METHODS.contains(&method) {
+        return Err(format!(
+            "unknown step-up method `{method}`, expected one of: {}",
+            METHODS.join(", ")
+        ));
+    }
+    let binding_message = message.map(Template::parse).transpose()?;
+    Ok(Some(StepUpPolicy {
+        method: method.to_owned(),
+        binding_message,
+    }))
+}
+
+impl Template {
+    fn parse(text: &str) -> Result<Self, String> {
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                pieces.push(Piece::Text(rest[..open].to_owned()));
+            }
+            let after = &rest[open + 1..];
+            let close = after
+                .find('}')
+                .ok_or_else(|| format!("unclosed `{{` in binding message `{text}`"))?;
+            let name = after[..close].trim();
+            let field = PLACEHOLDERS.iter().find(|p| **p == name).ok_or_else(|| {
+                format!(
+                    "unknown placeholder `{{{name}}}` in binding message, expected one of: {}",
+                    PLACEHOLDERS.join(", ")
+                )
+            })?;
+            pieces.push(Piece::Field(field));
+            rest = &after[close + 1..];
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Text(rest.to_owned()));
+        }
+        Ok(Self(pieces))
+    }
+
+    /// Fills the template. Values come from the request (an agent chooses the
+    /// resource id), so control characters are dropped and the result is cut
+    /// to a length a phone can show.
+    pub(crate) fn render(&self, fields: &Fields<'_>) -> String {
+        let mut out = String::new();
+        for piece in &self.0 {
+            match piece {
+                Piece::Text(text) => out.push_str(text),
+                Piece::Field(name) => out.push_str(match *name {
+                    "principal.type" => fields.principal.0,
+                    "principal.id" => fields.principal.1,
+                    "action.id" => fields.action,
+                    "resource.type" => fields.resource.0,
+                    _ => fields.resource.1,
+                }),
+            }
+        }
+        sanitize(&out)
+    }
+}
+
+fn sanitize(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let collapsed = clean.split_whitespace().collect::<Vec<_>>().join(" ");
+    if collapsed.chars().count() <= MAX_BINDING_MESSAGE_CHARS {
+        return collapsed;
+    }
+    let mut cut: String = collapsed
+        .chars()
+        .take(MAX_BINDING_MESSAGE_CHARS - 1)
+        .collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields<'a>(resource_id: &'a str) -> Fields<'a> {
+        Fields {
+            principal: ("Agent", "hr-assistant"),
+            action: "offboard",
+            resource: ("Employee", resource_id),
+        }
+    }
+
+    #[test]
+    fn renders_placeholders() {
+        let t = Template::parse("Offboard employee {resource.id} for {principal.id}?").unwrap();
+        assert_eq!(
+            t.render(&fields("1042")),
+            "Offboard employee 1042 for hr-assistant?"
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_placeholder_and_unclosed_brace() {
+        assert!(
+            Template::parse("Hi {context.secret}")
+                .unwrap_err()
+                .contains("unknown placeholder")
+        );
+        assert!(
+            Template::parse("Hi {resource.id")
+                .unwrap_err()
+                .contains("unclosed")
+        );
+    }
+
+    #[test]
+    fn strips_control_characters_and_truncates() {
+        let t = Template::parse("Offboard {resource.id}?").unwrap();
+        assert_eq!(t.render(&fields("10\n42\u{1b}[2J")), "Offboard 10 42 [2J?");
+        let long = "x".repeat(500);
+        let rendered = t.render(&fields(&long));
+        assert_eq!(rendered.chars().count(), MAX_BINDING_MESSAGE_CHARS);
+        assert!(rendered.ends_with('…'));
+    }
+}

@@ -1,0 +1,251 @@
+//! Configuration: a TOML file plus `TETHER_*` environment overrides.
+//!
+//! An override names a key path with `__` between levels:
+//! `TETHER_SERVER__LISTEN=0.0.0.0:7001` sets `[server] listen`. Its value is
+//! read as a TOML value when it parses as one (`8`, `true`, `["a"]`,
+//! `"quoted string"`) and as a plain string otherwise. Unknown keys are
+//! errors, so a typo in a file or a variable is caught before start-up.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// Variables with the `TETHER_` prefix that are not configuration overrides.
+pub const RESERVED_VARS: &[&str] = &["TETHER_CONFIG", "TETHER_LOG", "TETHER_LOG_FORMAT"];
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("`{path}` is not valid TOML: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable `{var}` does not name a configuration key")]
+    BadOverride { var: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Implemented by each service's `Config`.
+pub trait ServiceConfig: DeserializeOwned + Send + 'static {
+    /// The listener and transport settings.
+    fn server(&self) -> &ServerConfig;
+    /// Checks beyond what deserialization already enforces.
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.server().validate()
+    }
+}
+
+/// Settings every gRPC server shares (`[server]` in each service's file).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest gRPC message accepted or sent, in bytes.
+    pub max_message_bytes: usize,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub drain_timeout_secs: u64,
+    /// Per-request deadline enforced by the server.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_message_bytes: 4 * 1024 * 1024,
+            drain_timeout_secs: 10,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_message_bytes < 1024 || self.max_message_bytes > 64 * 1024 * 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "server.max_message_bytes must be between 1024 and 67108864, got {}",
+                self.max_message_bytes
+            )));
+        }
+        if self.request_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "server.request_timeout_secs must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+/// Reads `path` (if any), applies the `TETHER_*` overrides from `vars`,
+/// deserializes and validates.
+pub fn load<C: ServiceConfig>(
+    path: Option<&Path>,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<C, ConfigError> {
+    let name = path.map_or_else(|| "<defaults>".to_owned(), |p| p.display().to_string());
+    let mut table = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: name.clone(),
+                source,
+            })?;
+            text.parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse {
+                    path: name.clone(),
+                    message: e.message().to_owned(),
+                })?
+        }
+        None => toml::Table::new(),
+    };
+    let mut overrides: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("TETHER_") && !RESERVED_VARS.contains(&k.as_str()))
+        .collect();
+    overrides.sort();
+    for (var, raw) in overrides {
+        apply_override(&mut table, &var, &raw)?;
+    }
+    let config: C = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            ConfigError::Invalid(format!("in `{name}`: {}", e.message()))
+        })?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
+    let bad = || ConfigError::BadOverride {
+        var: var.to_owned(),
+    };
+    let path: Vec<String> = var
+        .trim_start_matches("TETHER_")
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(bad());
+    }
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let (last, parents) = path.split_last().ok_or_else(bad)?;
+    let mut cursor = table;
+    for key in parents {
+        let entry = cursor
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cursor = entry.as_table_mut().ok_or_else(bad)?;
+    }
+    cursor.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Example {
+        #[serde(default)]
+        server: ServerConfig,
+        name: String,
+        #[serde(default)]
+        retries: u32,
+    }
+
+    impl ServiceConfig for Example {
+        fn server(&self) -> &ServerConfig {
+            &self.server
+        }
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn file_then_env_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "name = \"pdp\"\n[server]\nlisten = \"127.0.0.1:7000\"\n",
+        )
+        .unwrap();
+        let c: Example = load(
+            Some(&path),
+            vars(&[
+                ("TETHER_SERVER__LISTEN", "0.0.0.0:7001"),
+                ("TETHER_RETRIES", "3"),
+                ("TETHER_LOG", "debug"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.name, "pdp");
+        assert_eq!(c.retries, 3);
+        assert_eq!(c.server.listen, "0.0.0.0:7001".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let err = load::<Example>(None, vars(&[("TETHER_NAME", "x"), ("TETHER_NAMEE", "y")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `namee`"), "{err}");
+        let err = load::<Example>(
+            None,
+            vars(&[("TETHER_NAME", "x"), ("TETHER_RETRIES", "many")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("retries"), "{err}");
+        let err = load::<Example>(
+            None,
+            vars(&[("TETHER_NAME", "x"), ("TETHER_SERVER____X", "1")]),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::BadOverride { .. }), "{err}");
+        let err = load::<Example>(
+            None,
+            vars(&[
+                ("TETHER_NAME", "x"),
+                ("TETHER_SERVER__MAX_MESSAGE_BYTES", "10"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("max_message_bytes"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_and_malformed_files_are_errors() {
+        let err = load::<Example>(Some(Path::new("/nonexistent/c.toml")), vars(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "name = ").unwrap();
+        let err = load::<Example>(Some(&path), vars(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+}

@@ -1,0 +1,99 @@
+//! The one mapping from domain errors to gRPC status codes.
+//!
+//! Every service error enum implements [`ServiceError`]; handlers return
+//! `Result<_, E>` and convert at the edge with [`into_status`]. The code says
+//! what happened; the message helps the caller; internal detail is logged
+//! and never returned.
+
+use tonic::{Code, Status};
+
+/// What kind of failure an error is, from the caller's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceErrorCode {
+    /// The request is malformed; retrying it unchanged will fail again.
+    InvalidArgument,
+    /// No valid credentials.
+    Unauthenticated,
+    /// Authenticated, and refused.
+    PermissionDenied,
+    /// The system is not in a state that allows this (e.g. session ended).
+    FailedPrecondition,
+    NotFound,
+    /// Over a size, count or rate limit.
+    ResourceExhausted,
+    /// A dependency is unreachable or not ready; retry later.
+    Unavailable,
+    DeadlineExceeded,
+    /// A bug or an unexpected state; details are logged, not returned.
+    Internal,
+}
+
+impl ServiceErrorCode {
+    pub fn grpc_code(self) -> Code {
+        match self {
+            Self::InvalidArgument => Code::InvalidArgument,
+            Self::Unauthenticated => Code::Unauthenticated,
+            Self::PermissionDenied => Code::PermissionDenied,
+            Self::FailedPrecondition => Code::FailedPrecondition,
+            Self::NotFound => Code::NotFound,
+            Self::ResourceExhausted => Code::ResourceExhausted,
+            Self::Unavailable => Code::Unavailable,
+            Self::DeadlineExceeded => Code::DeadlineExceeded,
+            Self::Internal => Code::Internal,
+        }
+    }
+}
+
+/// Implemented by every error that can reach a gRPC caller.
+pub trait ServiceError: std::error::Error {
+    fn error_code(&self) -> ServiceErrorCode;
+
+    /// The message returned to the caller. Defaults to the `Display` text;
+    /// override it when that text carries internal detail.
+    fn public_message(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Converts a domain error to a `Status`, logging what the caller is not told.
+pub fn into_status<E: ServiceError>(err: E) -> Status {
+    let code = err.error_code();
+    if code == ServiceErrorCode::Internal {
+        tracing::error!(error = %err, "internal error");
+        return Status::internal("internal error");
+    }
+    tracing::debug!(code = ?code, error = %err, "request refused");
+    Status::new(code.grpc_code(), err.public_message())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum E {
+        #[error("context must be a JSON object")]
+        Bad,
+        #[error("database at postgres://admin:hunter2@db failed")]
+        Boom,
+    }
+
+    impl ServiceError for E {
+        fn error_code(&self) -> ServiceErrorCode {
+            match self {
+                Self::Bad => ServiceErrorCode::InvalidArgument,
+                Self::Boom => ServiceErrorCode::Internal,
+            }
+        }
+    }
+
+    #[test]
+    fn maps_code_and_hides_internal_detail() {
+        let s = into_status(E::Bad);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "context must be a JSON object");
+        let s = into_status(E::Boom);
+        assert_eq!(s.code(), Code::Internal);
+        assert_eq!(s.message(), "internal error");
+    }
+}

@@ -1,0 +1,91 @@
+//! Serving a service on a pre-bound listener.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+
+use crate::config::ServerConfig;
+use crate::propagation::server_span;
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("building the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `routes` plus gRPC health and reflection on `listener` until
+/// `shutdown` resolves, then stops accepting, reports NOT_SERVING, and waits
+/// at most `drain_timeout` for in-flight requests.
+///
+/// `health_names` are the fully qualified service names reported SERVING
+/// (the empty name, "the server as a whole", is always reported).
+/// Message-size limits are set by the caller on each generated server
+/// (`max_decoding_message_size`), from the same [`ServerConfig`].
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    health_names: &[&str],
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in health_names.iter().copied().chain([""]) {
+        reporter
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tether_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let routes = routes.add_service(health).add_service(reflection);
+
+    let draining = Arc::new(Notify::new());
+    let signal = {
+        let draining = Arc::clone(&draining);
+        let names: Vec<String> = health_names.iter().map(|s| (*s).to_owned()).collect();
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested, draining");
+            for name in names.iter().map(String::as_str).chain([""]) {
+                reporter
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+            draining.notify_one();
+        }
+    };
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, "serving");
+    let server = tonic::transport::Server::builder()
+        .trace_fn(server_span)
+        .timeout(config.request_timeout())
+        .tcp_nodelay(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let deadline = async {
+        draining.notified().await;
+        tokio::time::sleep(config.drain_timeout()).await;
+    };
+    tokio::select! {
+        result = server => {
+            result?;
+            tracing::info!("drained, stopped");
+        }
+        () = deadline => {
+            tracing::warn!(
+                drain_timeout_secs = config.drain_timeout_secs,
+                "drain deadline passed with requests in flight; stopping anyway"
+            );
+        }
+    }
+    Ok(())
+}

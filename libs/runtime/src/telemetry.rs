@@ -1,0 +1,85 @@
+//! Logs and traces.
+//!
+//! Logs go to stderr: human-readable by default, one JSON object per line
+//! with `TETHER_LOG_FORMAT=json`; the filter comes from `TETHER_LOG` (or
+//! `RUST_LOG`), default `info`. Spans are exported over OTLP/gRPC only when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (Jaeger accepts OTLP directly);
+//! otherwise nothing leaves the process.
+
+use anyhow::Context as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Flushes and stops the exporter when dropped.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("warning: trace exporter shutdown failed: {e}");
+        }
+    }
+}
+
+/// Installs the global subscriber. Call once, inside the Tokio runtime.
+pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter = std::env::var("TETHER_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let filter =
+        EnvFilter::try_new(&filter).with_context(|| format!("invalid log filter `{filter}`"))?;
+    let json = std::env::var("TETHER_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let fmt = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
+
+    let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => Some(otlp_provider(service)?),
+        _ => None,
+    };
+    let otel = provider.as_ref().map(|p| {
+        opentelemetry::global::set_tracer_provider(p.clone());
+        tracing_opentelemetry::layer().with_tracer(p.tracer(service))
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .context("installing the tracing subscriber")?;
+    Ok(TelemetryGuard { provider })
+}
+
+fn otlp_provider(service: &'static str) -> anyhow::Result<SdkTracerProvider> {
+    // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT (and the other standard
+    // OTEL_* variables) itself.
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .context("building the OTLP span exporter")?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(Resource::builder().with_service_name(service).build())
+        .build())
+}
+
+use tracing_subscriber::Layer as _;

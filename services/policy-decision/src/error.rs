@@ -1,0 +1,34 @@
+//! Errors of the policy decision point and their gRPC codes.
+
+use tether_policy::RequestError;
+use tether_runtime::{ServiceError, ServiceErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PdpError {
+    #[error("{0}")]
+    Request(#[from] RequestError),
+    #[error("missing `{0}`")]
+    Missing(&'static str),
+    #[error("request_id is {0} bytes, the limit is 128")]
+    RequestIdTooLong(usize),
+    #[error("request is {size} bytes, the limit is {limit}")]
+    RequestTooLarge { size: usize, limit: usize },
+    #[error("batch has {size} requests, the limit is {limit}")]
+    BatchTooLarge { size: usize, limit: usize },
+    #[error("no valid policy set is loaded")]
+    NoPolicySet,
+}
+
+impl ServiceError for PdpError {
+    fn error_code(&self) -> ServiceErrorCode {
+        match self {
+            Self::Request(RequestError::Invalid(_))
+            | Self::Missing(_)
+            | Self::RequestIdTooLong(_) => ServiceErrorCode::InvalidArgument,
+            Self::Request(RequestError::TooLarge(_))
+            | Self::RequestTooLarge { .. }
+            | Self::BatchTooLarge { .. } => ServiceErrorCode::ResourceExhausted,
+            Self::NoPolicySet => ServiceErrorCode::Unavailable,
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Tether's policy decision point: Cedar policies evaluated at the moment of
+//! use, served over gRPC (`tether.policy.v1.PolicyDecision`).
+//!
+//! [`run`] is what both the binary and the tests call: it loads the policy
+//! pack, starts watching it for changes, and serves on the given listener
+//! until `shutdown` resolves.
+
+mod config;
+mod error;
+mod service;
+mod store;
+mod watcher;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+use tether_proto::policy::v1::policy_decision_server::{PolicyDecisionServer, SERVICE_NAME};
+
+pub use config::{Config, PolicyConfig, RequestLimits};
+pub use error::PdpError;
+pub use service::PolicyDecisionService;
+pub use store::{LoadOutcome, PolicyStore};
+
+/// Loads the pack in `config.policy.dir`, watches it, and serves gRPC on
+/// `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = Arc::new(PolicyStore::new(config.policy.dir.clone()));
+    if let LoadOutcome::Rejected(err) = store.reload() {
+        return Err(anyhow::anyhow!(err)).context("loading the initial policy pack");
+    }
+    let _watch = if config.policy.watch {
+        Some(watcher::watch(
+            Arc::clone(&store),
+            config.policy.reload_debounce(),
+        )?)
+    } else {
+        None
+    };
+    let service = PolicyDecisionService::new(Arc::clone(&store), config.limits);
+    let max = config.server.max_message_bytes;
+    let routes = Routes::new(
+        PolicyDecisionServer::new(service)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    tether_runtime::serve(listener, routes, &[SERVICE_NAME], &config.server, shutdown).await?;
+    Ok(())
+}
+
+use anyhow::Context as _;

@@ -1,0 +1,123 @@
+//! The serving policy pack, swapped atomically on reload.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use tether_policy::{LoadError, PolicyPack};
+
+/// Result of one reload attempt.
+#[derive(Debug)]
+pub enum LoadOutcome {
+    /// A new version is serving.
+    Loaded(String),
+    /// The files are unchanged; nothing swapped.
+    Unchanged,
+    /// Rejected; whatever served before keeps serving.
+    Rejected(LoadError),
+}
+
+/// The last load attempt, for `GetPolicySet`.
+#[derive(Debug, Clone, Default)]
+pub struct LoadStatus {
+    pub ok: bool,
+    pub error: String,
+    pub attempted_at_unix: i64,
+    pub loaded_at_unix: i64,
+}
+
+/// Holds the serving pack. Readers never block: a request takes the current
+/// `Arc<PolicyPack>` and evaluates against it even if a reload swaps in a
+/// new one meanwhile.
+#[derive(Debug)]
+pub struct PolicyStore {
+    dir: PathBuf,
+    current: ArcSwapOption<PolicyPack>,
+    status: Mutex<LoadStatus>,
+    // INVARIANT: reloads are serialized, so an older read of the directory
+    // can never overwrite a newer one.
+    reload_lock: Mutex<()>,
+}
+
+impl PolicyStore {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            current: ArcSwapOption::empty(),
+            status: Mutex::new(LoadStatus::default()),
+            reload_lock: Mutex::new(()),
+        }
+    }
+
+    /// The serving pack, if any has ever loaded.
+    pub fn current(&self) -> Option<Arc<PolicyPack>> {
+        self.current.load_full()
+    }
+
+    pub fn status(&self) -> LoadStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the directory again; swaps only a pack that fully validates.
+    pub fn reload(&self) -> LoadOutcome {
+        let _serial = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = unix_now();
+        let result = PolicyPack::load_dir(&self.dir);
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        status.attempted_at_unix = now;
+        match result {
+            Ok(pack) => {
+                status.ok = true;
+                status.error.clear();
+                let version = pack.version().to_owned();
+                if self
+                    .current
+                    .load()
+                    .as_ref()
+                    .is_some_and(|cur| cur.version() == version)
+                {
+                    return LoadOutcome::Unchanged;
+                }
+                let stats = pack.stats();
+                self.current.store(Some(Arc::new(pack)));
+                status.loaded_at_unix = now;
+                tracing::info!(
+                    policy_version = %version,
+                    policies = stats.policies,
+                    step_ups = stats.step_ups,
+                    entities = stats.entities,
+                    "policy set loaded"
+                );
+                LoadOutcome::Loaded(version)
+            }
+            Err(err) => {
+                status.ok = false;
+                status.error = err.to_string();
+                tracing::warn!(
+                    error = %err,
+                    serving = self.current.load().as_ref().map(|p| p.version().to_owned()),
+                    "policy update rejected; the last good set keeps serving"
+                );
+                LoadOutcome::Rejected(err)
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &PathBuf {
+        &self.dir
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
