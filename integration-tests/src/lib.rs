@@ -1,1 +1,53 @@
+//! Test harness: starts the real Tether services (their `run` functions) on
+//! loopback port 0, with their real dependencies, and tears them down.
+//!
+//! Modelled on quickwit's `ClusterSandboxBuilder`: a builder that owns its
+//! `TempDir`s, hands out connected clients, and an [`eventually`] helper
+//! instead of sleeps.
 
+pub mod cerbos;
+pub mod pdp;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The workspace root (for `examples/`, `integration-tests/peers/`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Polls `check` until it returns `Ok`, or fails with its last error once
+/// `timeout` has passed.
+pub async fn eventually<T, E, F, Fut>(timeout: Duration, mut check: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return Ok(value),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+}
+
+/// Copies every file of `from` (recursively) into `to`.
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}

@@ -121,11 +121,24 @@ pub fn load<C: ServiceConfig>(
     for (var, raw) in overrides {
         apply_override(&mut table, &var, &raw)?;
     }
-    let config: C = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| {
-            ConfigError::Invalid(format!("in `{name}`: {}", e.message()))
-        })?;
+    // Re-read the merged table as text so that errors carry the key path.
+    let merged =
+        toml::to_string(&table).map_err(|e| ConfigError::Invalid(format!("in `{name}`: {e}")))?;
+    let de = toml::de::Deserializer::parse(&merged).map_err(|e| ConfigError::Parse {
+        path: name.clone(),
+        message: e.message().to_owned(),
+    })?;
+    let config: C = serde_path_to_error::deserialize(de).map_err(
+        |e: serde_path_to_error::Error<toml::de::Error>| {
+            let path = e.path().to_string();
+            let message = e.into_inner().message().to_owned();
+            if path == "." {
+                ConfigError::Invalid(format!("in `{name}`: {message}"))
+            } else {
+                ConfigError::Invalid(format!("in `{name}`: `{path}`: {message}"))
+            }
+        },
+    )?;
     config.validate()?;
     Ok(config)
 }
@@ -247,5 +260,30 @@ mod tests {
         std::fs::write(&path, "name = ").unwrap();
         let err = load::<Example>(Some(&path), vars(&[])).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct C {
+        #[serde(default)]
+        server: ServerConfig,
+    }
+
+    impl ServiceConfig for C {
+        fn server(&self) -> &ServerConfig {
+            &self.server
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err =
+            load::<C>(None, vec![("TETHER_SERVER__LISTEN".into(), "nope".into())]).unwrap_err();
+        assert!(err.to_string().contains("`server.listen`"), "{err}");
     }
 }

@@ -1,0 +1,173 @@
+//! The real binary: configuration errors, `--validate-only`, SIGTERM.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tether-policy-decision");
+
+fn example_pack() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hr")
+}
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("pdp.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+fn run(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(config).args(extra);
+    cmd.env_remove("TETHER_LOG_FORMAT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn good_config(dir: &Path) -> PathBuf {
+    write_config(
+        dir,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[policy]\ndir = \"{}\"\n",
+            example_pack().display()
+        ),
+    )
+}
+
+#[test]
+fn validate_only_accepts_a_good_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&good_config(dir.path()), &["--validate-only"], &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "configuration is valid"
+    );
+}
+
+#[test]
+fn invalid_configuration_exits_64_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_pack = dir.path().join("pack");
+    std::fs::create_dir(&bad_pack).unwrap();
+    for entry in std::fs::read_dir(example_pack()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), bad_pack.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        bad_pack.join("typo.cedar"),
+        "\npermit (principal is Agnt, action, resource);\n",
+    )
+    .unwrap();
+
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "[server]\nlisten = \"127.0.0.1:0\"\n".into(),
+            vec![],
+            "missing field `policy`",
+        ),
+        (
+            format!(
+                "[policy]\ndir = \"{}\"\nwatchh = true\n",
+                example_pack().display()
+            ),
+            vec![],
+            "unknown field `watchh`",
+        ),
+        (
+            format!("[policy]\ndir = \"{}\"\n", bad_pack.display()),
+            vec![],
+            "typo.cedar:2",
+        ),
+        (
+            format!("[policy]\ndir = \"{}\"\n", example_pack().display()),
+            vec![("TETHER_SERVER__LISTEN", "not-an-address")],
+            "listen",
+        ),
+        (
+            format!(
+                "[policy]\ndir = \"{}\"\n[limits]\nmax_batch_size = 0\n",
+                example_pack().display()
+            ),
+            vec![],
+            "max_batch_size",
+        ),
+        ("[policy\n".into(), vec![], "not valid TOML"),
+    ];
+    for (body, env, expect) in cases {
+        let config = write_config(dir.path(), &body);
+        for extra in [&["--validate-only"][..], &[][..]] {
+            let out = run(&config, extra, &env);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{body}: {stderr}");
+            let lines: Vec<&str> = stderr.lines().collect();
+            assert_eq!(lines.len(), 1, "one line expected: {stderr}");
+            assert!(
+                lines[0].starts_with("error: invalid configuration: "),
+                "{stderr}"
+            );
+            assert!(lines[0].contains(expect), "`{stderr}` lacks `{expect}`");
+        }
+    }
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain_timeout_secs = 5\n[policy]\ndir = \"{}\"\n",
+            example_pack().display()
+        ),
+    );
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .env("TETHER_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    assert!(stderr.contains("drained, stopped"), "{stderr}");
+    // Structured JSON logs: every line parses.
+    for line in stderr.lines() {
+        serde_json_line(line);
+    }
+}
+
+fn serde_json_line(line: &str) {
+    assert!(
+        line.starts_with('{') && line.ends_with('}'),
+        "not a JSON log line: {line}"
+    );
+}
