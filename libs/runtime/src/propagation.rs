@@ -67,3 +67,68 @@ impl tonic::service::Interceptor for TraceContextInterceptor {
         Ok(request)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    use tonic::service::Interceptor as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT_ID: &str = "00f067aa0ba902b7";
+
+    #[test]
+    fn server_span_continues_the_callers_trace_and_client_passes_it_on() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+
+        let outgoing = tracing::subscriber::with_default(subscriber, || {
+            let request = http::Request::builder()
+                .uri("/tether.policy.v1.PolicyDecision/Check")
+                .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+                .header("authorization", "Bearer secret-token")
+                .body(())
+                .unwrap();
+            let span = server_span(&request);
+            let _entered = span.enter();
+            // A downstream call made while handling the request.
+            let out = TraceContextInterceptor
+                .call(tonic::Request::new(()))
+                .unwrap();
+            let cx = span.context();
+            assert_eq!(cx.span().span_context().trace_id().to_string(), TRACE_ID);
+            out
+        });
+        let header = outgoing
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap()
+            .to_owned();
+        assert!(header.starts_with(&format!("00-{TRACE_ID}-")), "{header}");
+        assert!(
+            !header.contains(PARENT_ID),
+            "the hop gets its own span id: {header}"
+        );
+
+        provider.force_flush().unwrap();
+        let spans = exporter.get_finished_spans().unwrap();
+        assert_eq!(spans.len(), 1);
+        let span = &spans[0];
+        assert_eq!(span.span_context.trace_id().to_string(), TRACE_ID);
+        assert_eq!(span.parent_span_id.to_string(), PARENT_ID);
+        assert_eq!(span.name, "/tether.policy.v1.PolicyDecision/Check");
+        // Headers (and so bearer tokens) never become span attributes.
+        let attrs = format!("{:?}", span.attributes);
+        assert!(!attrs.contains("secret-token"), "{attrs}");
+    }
+}

@@ -6,12 +6,15 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (Jaeger accepts OTLP directly);
 //! otherwise nothing leaves the process.
 
+use std::io::IsTerminal as _;
+
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -48,6 +51,7 @@ pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed()
     };
@@ -81,5 +85,3 @@ fn otlp_provider(service: &'static str) -> anyhow::Result<SdkTracerProvider> {
         .with_resource(Resource::builder().with_service_name(service).build())
         .build())
 }
-
-use tracing_subscriber::Layer as _;

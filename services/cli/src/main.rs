@@ -3,6 +3,8 @@
 //! ```text
 //! tether policy validate DIR          strict-validate a policy pack
 //! tether policy test DIR CASES.yaml   run policy test cases, exit 1 on a mismatch
+//! tether policy test DIR CASES.yaml --endpoint http://pdp:7002
+//!                                     the same cases against a running PDP
 //! ```
 
 use std::path::PathBuf;
@@ -39,6 +41,11 @@ enum PolicyCommand {
         dir: PathBuf,
         /// The cases file.
         cases: PathBuf,
+        /// Run the cases against a running policy decision point over gRPC
+        /// (e.g. `http://127.0.0.1:7002`) instead of in process. The pack in
+        /// DIR must be the one it serves: its version is compared.
+        #[arg(long)]
+        endpoint: Option<String>,
     },
 }
 
@@ -46,7 +53,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Policy(PolicyCommand::Validate { dir }) => policy::validate(&dir),
-        Command::Policy(PolicyCommand::Test { dir, cases }) => policy::test(&dir, &cases),
+        Command::Policy(PolicyCommand::Test {
+            dir,
+            cases,
+            endpoint: None,
+        }) => policy::test(&dir, &cases),
+        Command::Policy(PolicyCommand::Test {
+            dir,
+            cases,
+            endpoint: Some(endpoint),
+        }) => policy::test_remote(&dir, &cases, &endpoint),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Tether's two commands (and the benchmarks), on a fresh machine.
+#
+#   integration-tests/run.sh demo    the whole stack locally, with a scripted agent scenario
+#   integration-tests/run.sh test    every test (what CI runs)
+#   integration-tests/run.sh bench   the benchmarks in BENCHMARKS.md (release build)
+#
+# Everything it needs is installed into project-local, git-ignored folders
+# (target/, .tools/, node_modules/), every process it starts listens on a
+# free loopback port, and everything is stopped again on exit.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+TOOLS="$ROOT/.tools"
+PIDS=()
+WORK="$(mktemp -d)"
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]:-}"; do
+        [[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]:-}"; do
+        [[ -n "$pid" ]] && wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_for_port() {
+    local port=$1 name=$2 pid=$3 i
+    for i in $(seq 1 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        if ! kill -0 "$pid" 2>/dev/null; then echo "error: $name exited during start-up" >&2; return 1; fi
+        sleep 0.05
+    done
+    echo "error: $name did not listen on port $port within 10 s" >&2
+    return 1
+}
+
+# Pinned peers for the benchmarks, installed from the npm registry.
+ensure_cerbos() {
+    if [[ ! -x integration-tests/peers/cerbos/node_modules/@cerbos/cerbos-linux-x64/cerbos-linux-x64 ]]; then
+        log "installing Cerbos 0.55.0 (npm ci, project-local)"
+        (cd integration-tests/peers/cerbos && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+}
+
+ensure_nextest() {
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        log "installing cargo-nextest (pinned)"
+        cargo install --locked cargo-nextest@0.9.143 --root "$TOOLS"
+        export PATH="$TOOLS/bin:$PATH"
+    fi
+}
+
+start_pdp() {
+    local port=$1 pack=$2
+    cat >"$WORK/policy-decision.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+
+[policy]
+dir = "$pack"
+watch = true
+TOML
+    target/debug/tether-policy-decision --config "$WORK/policy-decision.toml" 2>"$WORK/policy-decision.log" &
+    PIDS+=($!)
+    wait_for_port "$port" "tether-policy-decision" "$!"
+}
+
+cmd_demo() {
+    log "building (debug)"
+    cargo build --quiet --bin tether-policy-decision --bin tether
+    local port
+    port=$(free_port)
+    log "starting the policy decision point on 127.0.0.1:$port with examples/hr"
+    start_pdp "$port" "$ROOT/examples/hr"
+    log "validating the pack, as a platform team's CI would"
+    target/debug/tether policy validate examples/hr
+    log "scripted agent scenario: the HR assistant's requests, decided over gRPC"
+    target/debug/tether policy test examples/hr examples/hr/cases.yaml --endpoint "http://127.0.0.1:$port"
+    log "stopping (SIGTERM, graceful drain)"
+    kill -TERM "${PIDS[0]}"
+    wait "${PIDS[0]}"
+    PIDS=()
+    log "service log (last lines):"
+    tail -n 5 "$WORK/policy-decision.log" >&2
+}
+
+cmd_test() {
+    ensure_nextest
+    log "doc tests"
+    cargo test --workspace --doc --quiet
+    log "unit and integration tests (real gRPC on loopback)"
+    cargo nextest run --workspace --no-fail-fast
+}
+
+cmd_bench() {
+    ensure_cerbos
+    cargo bench -p tether-integration-tests --bench pdp
+}
+
+case "${1:-}" in
+    demo) cmd_demo ;;
+    test) cmd_test ;;
+    bench) cmd_bench ;;
+    *) echo "usage: $0 demo|test|bench" >&2; exit 2 ;;
+esac
