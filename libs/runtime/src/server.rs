@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::config::ServerConfig;
@@ -35,6 +35,29 @@ pub async fn serve(
     health_names: &[&str],
     config: &ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve_inner(listener, routes, health_names, config, shutdown, false).await
+}
+
+/// Like [`serve`], and also accepts HTTP/1.1, for services whose `routes`
+/// include plain HTTP endpoints (OAuth endpoints next to gRPC).
+pub async fn serve_with_http(
+    listener: TcpListener,
+    routes: Routes,
+    health_names: &[&str],
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve_inner(listener, routes, health_names, config, shutdown, true).await
+}
+
+async fn serve_inner(
+    listener: TcpListener,
+    routes: Routes,
+    health_names: &[&str],
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    http1: bool,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in health_names.iter().copied().chain([""]) {
@@ -65,12 +88,15 @@ pub async fn serve(
     };
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, "serving");
+    // `Server::tcp_nodelay` does not apply to a pre-bound listener: set it on
+    // the accepted sockets, or Nagle + delayed ACKs add ~40 ms to replies.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
         .trace_fn(server_span)
         .timeout(config.request_timeout())
-        .tcp_nodelay(true)
+        .accept_http1(http1)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(incoming, signal);
     let deadline = async {
         draining.notified().await;
         tokio::time::sleep(config.drain_timeout()).await;

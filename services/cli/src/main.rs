@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod policy;
+use tether_cli::{login, policy};
 
 #[derive(Debug, Parser)]
 #[command(name = "tether", version, about = "Runtime security for AI agents")]
@@ -23,6 +23,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Log in to an OIDC provider (Authorization Code + PKCE, loopback
+    /// redirect) and print the tokens as JSON on stdout.
+    Login {
+        /// The provider's issuer URL.
+        #[arg(long)]
+        issuer: String,
+        #[arg(long, default_value = "tether-cli")]
+        client_id: String,
+        /// Space-separated scopes.
+        #[arg(long, default_value = "openid profile email")]
+        scope: String,
+        /// RFC 8707 resource the access token is for.
+        #[arg(long)]
+        resource: Option<String>,
+        #[arg(long)]
+        login_hint: Option<String>,
+    },
     /// Work with Cedar policy packs.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -52,6 +69,20 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Login {
+            issuer,
+            client_id,
+            scope,
+            resource,
+            login_hint,
+        } => run_login(login::LoginOptions {
+            issuer,
+            client_id,
+            scopes: scope.split_whitespace().map(str::to_owned).collect(),
+            resource,
+            login_hint,
+            timeout: std::time::Duration::from_secs(300),
+        }),
         Command::Policy(PolicyCommand::Validate { dir }) => policy::validate(&dir),
         Command::Policy(PolicyCommand::Test {
             dir,
@@ -71,4 +102,23 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn run_login(options: login::LoginOptions) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let tokens = runtime.block_on(login::login(&options, |url| async move {
+        eprintln!("Open this URL in your browser to log in:\n\n  {url}\n");
+        // Best effort; the printed URL is the fallback.
+        let _ = std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        Ok(())
+    }))?;
+    eprintln!("logged in as `{}`", tokens.subject);
+    println!("{}", serde_json::to_string_pretty(&tokens)?);
+    Ok(ExitCode::SUCCESS)
 }

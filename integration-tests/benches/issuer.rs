@@ -1,0 +1,240 @@
+//! Credential issuer benchmark (BENCHMARKS.md, "Credential issuer").
+//!
+//! In one run, against one OpenBao 2.7.2 dev server and one PostgreSQL 15
+//! cluster on loopback:
+//! 1. issuance latency through the issuer (gRPC `Issue`, registry write,
+//!    Vault read, registry update) against direct OpenBao HTTP issuance of
+//!    the same role (`GET /v1/database/creds/hr-readonly`), interleaved call
+//!    by call so both see the same server state;
+//! 2. the time for one `RevokeSession` call to revoke a session holding 50
+//!    leases (every Vault lease revoked and its PostgreSQL role dropped when
+//!    it returns).
+//!
+//! Run: `integration-tests/run.sh bench` (or
+//! `cargo bench -p tether-integration-tests --bench issuer`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "benchmark binary: a failure aborts the run"
+)]
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tether_credential_issuer::{Limits, RevocationConfig};
+use tether_integration_tests::issuer::{CredentialDeps, IssuerSandbox};
+use tether_proto::credentials::v1::{IssueRequest, RevokeSessionRequest};
+
+const WARMUP: usize = 30;
+const SAMPLES: usize = 400;
+const REVOKE_ROUNDS: usize = 5;
+const LEASES_PER_SESSION: usize = 50;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index into a short vector"
+    )]
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn request(session: &str) -> IssueRequest {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    IssueRequest {
+        session_id: session.into(),
+        profile: "hr-read".into(),
+        session_expires_at: Some(prost_types::Timestamp {
+            seconds: i64::try_from(now.as_secs()).unwrap() + 3600,
+            nanos: 0,
+        }),
+        action: r#"Action::"read""#.into(),
+        resource: r#"Employee::"1042""#.into(),
+        ..IssueRequest::default()
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    // Role default TTL = profile maximum (600 s): one Vault round-trip per
+    // issuance, the configuration the README recommends.
+    let deps = CredentialDeps::start(600)
+        .await
+        .expect("starting OpenBao and PostgreSQL (run `integration-tests/run.sh bench`)");
+    let issuer = IssuerSandbox::builder(deps.bao.addr())
+        .limits(Limits {
+            max_leases_per_session: 100_000,
+        })
+        // Production defaults, except the orphan sweep: the direct
+        // issuances we compare against live on the managed path and are
+        // orphans by definition; sweeping them would load Vault mid-run.
+        .revocation(RevocationConfig {
+            orphan_sweep: false,
+            ..RevocationConfig::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let mut client = issuer.client();
+
+    // The same issuer service, served with TCP_NODELAY on accepted sockets.
+    // `tether_runtime::serve` takes a pre-bound listener and hands tonic a
+    // `TcpListenerStream`; tonic ignores `.tcp_nodelay(true)` for
+    // `serve_with_incoming*`, so its accepted sockets keep Nagle on. This
+    // row shows what that costs (see BENCHMARKS.md).
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = IssuerSandbox::builder(deps.bao.addr())
+        .limits(Limits {
+            max_leases_per_session: 100_000,
+        })
+        .config(dir.path());
+    config.revocation.orphan_sweep = false;
+    let nodelay_issuer = tether_credential_issuer::Issuer::start(&config)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let routes = tonic::service::Routes::new(
+        tether_proto::credentials::v1::credential_issuer_server::CredentialIssuerServer::new(
+            nodelay_issuer.service(),
+        ),
+    );
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(incoming),
+    );
+    let mut nodelay_client =
+        tether_proto::credentials::v1::credential_issuer_client::CredentialIssuerClient::connect(
+            format!("http://{addr}"),
+        )
+        .await
+        .unwrap();
+    let mut via_nodelay = Vec::with_capacity(SAMPLES);
+
+    let mut via_issuer = Vec::with_capacity(SAMPLES);
+    let mut direct = Vec::with_capacity(SAMPLES);
+    for i in 0..WARMUP + SAMPLES {
+        let t = Instant::now();
+        client.issue(request("bench-issue")).await.unwrap();
+        let a = t.elapsed();
+        let t = Instant::now();
+        deps.bao.issue_direct("hr-readonly").await.unwrap();
+        let b = t.elapsed();
+        let t = Instant::now();
+        nodelay_client
+            .issue(request("bench-nodelay"))
+            .await
+            .unwrap();
+        let c = t.elapsed();
+        if i >= WARMUP {
+            via_issuer.push(a);
+            direct.push(b);
+            via_nodelay.push(c);
+        }
+    }
+    via_issuer.sort();
+    direct.sort();
+    via_nodelay.sort();
+    nodelay_client
+        .revoke_session(RevokeSessionRequest {
+            session_id: "bench-nodelay".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+
+    // Clean up before the revocation rounds.
+    client
+        .revoke_session(RevokeSessionRequest {
+            session_id: "bench-issue".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    deps.bao
+        .api(
+            "PUT",
+            "sys/leases/revoke-prefix/database/creds/hr-readonly",
+            None,
+        )
+        .await
+        .unwrap();
+
+    let mut revoke_times = Vec::new();
+    for round in 0..REVOKE_ROUNDS {
+        let session = format!("bench-revoke-{round}");
+        for _ in 0..LEASES_PER_SESSION {
+            client.issue(request(&session)).await.unwrap();
+        }
+        let t = Instant::now();
+        let resp = client
+            .revoke_session(RevokeSessionRequest {
+                session_id: session,
+                reason: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        revoke_times.push(t.elapsed());
+        assert_eq!(resp.revoked.len(), LEASES_PER_SESSION, "{resp:?}");
+        assert!(resp.pending.is_empty());
+        assert!(deps.pg.roles_like("v-").await.unwrap().is_empty());
+    }
+    revoke_times.sort();
+
+    let (i50, i99) = (percentile(&via_issuer, 0.50), percentile(&via_issuer, 0.99));
+    let (d50, d99) = (percentile(&direct, 0.50), percentile(&direct, 0.99));
+    let (n50, n99) = (
+        percentile(&via_nodelay, 0.50),
+        percentile(&via_nodelay, 0.99),
+    );
+    println!();
+    println!("credential issuer, {SAMPLES} issuances each (after {WARMUP} warm-up), interleaved:");
+    println!();
+    println!("| path | p50 | p99 | max |");
+    println!("|---|---|---|---|");
+    println!(
+        "| issuer (gRPC Issue → registry → OpenBao → registry) | {:.2} ms | {:.2} ms | {:.2} ms |",
+        ms(i50),
+        ms(i99),
+        ms(*via_issuer.last().unwrap())
+    );
+    println!(
+        "| direct OpenBao HTTP (`GET database/creds/hr-readonly`) | {:.2} ms | {:.2} ms | {:.2} ms |",
+        ms(d50),
+        ms(d99),
+        ms(*direct.last().unwrap())
+    );
+    println!(
+        "| issuer, same service with TCP_NODELAY on accepted sockets | {:.2} ms | {:.2} ms | {:.2} ms |",
+        ms(n50),
+        ms(n99),
+        ms(*via_nodelay.last().unwrap())
+    );
+    println!();
+    println!(
+        "issuer (tether_runtime::serve) p50 / direct p50 = {:.3} (target ≤ 1.10); overhead p50 = {:.2} ms",
+        ms(i50) / ms(d50),
+        ms(i50) - ms(d50)
+    );
+    println!(
+        "issuer (TCP_NODELAY) p50 / direct p50 = {:.3} (target ≤ 1.10); overhead p50 = {:.2} ms",
+        ms(n50) / ms(d50),
+        ms(n50) - ms(d50)
+    );
+    println!();
+    println!(
+        "RevokeSession of a {LEASES_PER_SESSION}-lease session ({REVOKE_ROUNDS} rounds): median {:.1} ms, max {:.1} ms (target ≤ 2000 ms)",
+        ms(percentile(&revoke_times, 0.5)),
+        ms(*revoke_times.last().unwrap())
+    );
+}

@@ -1,0 +1,239 @@
+//! The identity exchange on loopback, wired to a test IdP and a registry of
+//! agents whose keys the test holds.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use serde_json::json;
+use tempfile::TempDir;
+use tether_identity_exchange::{
+    AgentConfig, Config, MayActFor, StoreConfig, TokenConfig, TrustedIssuer,
+};
+use tether_proto::identity::v1::identity_exchange_client::IdentityExchangeClient;
+use tether_runtime::ServerConfig;
+use tether_token::SigningKey;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// The audience agents ask delegated tokens for (the agent facade's).
+pub const FACADE_AUDIENCE: &str = "https://tether.local/facade";
+
+/// A registered test agent and its private key.
+#[derive(Debug)]
+pub struct TestAgent {
+    pub id: String,
+    pub key: SigningKey,
+}
+
+impl TestAgent {
+    pub fn new(id: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            id: id.into(),
+            key: SigningKey::generate()?,
+        })
+    }
+
+    /// A fresh RFC 7523 client assertion for `token_endpoint`.
+    pub fn assertion(&self, token_endpoint: &str) -> anyhow::Result<String> {
+        self.assertion_valid_for(token_endpoint, 60)
+    }
+
+    /// An assertion that expires `lifetime_secs` from now.
+    pub fn assertion_valid_for(
+        &self,
+        token_endpoint: &str,
+        lifetime_secs: i64,
+    ) -> anyhow::Result<String> {
+        let now = tether_token::unix_now();
+        Ok(self.key.sign_raw(
+            &json!({"alg": "ES256", "typ": "JWT", "kid": self.key.kid()}),
+            &json!({
+                "iss": self.id, "sub": self.id, "aud": token_endpoint,
+                "iat": now, "exp": now + lifetime_secs, "jti": uuid::Uuid::new_v4().to_string(),
+            }),
+        )?)
+    }
+}
+
+/// Builds an [`IdentitySandbox`].
+#[derive(Debug)]
+pub struct IdentitySandboxBuilder {
+    idp_issuer: String,
+    agents: Vec<(AgentConfig, Option<&'static str>)>,
+    store_url: Option<String>,
+    max_depth: usize,
+    rotate_after_secs: u64,
+}
+
+impl IdentitySandboxBuilder {
+    /// Rotate signing keys this often (default: daily).
+    pub fn rotate_after_secs(mut self, secs: u64) -> Self {
+        self.rotate_after_secs = secs;
+        self
+    }
+
+    /// Registers `agent`, allowed `scopes`, acting for members of `groups`.
+    pub fn agent(mut self, agent: &TestAgent, scopes: &[&str], groups: &[&str]) -> Self {
+        let jwks = serde_json::to_value(agent.key.jwks()).unwrap_or_default();
+        self.agents.push((
+            AgentConfig {
+                id: agent.id.clone(),
+                jwks: Some(jwks),
+                jwks_uri: None,
+                spiffe_id: None,
+                audiences: vec![FACADE_AUDIENCE.into()],
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                may_act_for: MayActFor {
+                    subjects: Vec::new(),
+                    groups: groups.iter().map(|s| (*s).to_owned()).collect(),
+                },
+                algorithms: vec!["ES256".into()],
+            },
+            None,
+        ));
+        self
+    }
+
+    /// Use this store URL (default: SQLite in the sandbox's directory).
+    pub fn store_url(mut self, url: impl Into<String>) -> Self {
+        self.store_url = Some(url.into());
+        self
+    }
+
+    pub fn max_delegation_depth(mut self, depth: usize) -> Self {
+        self.max_depth = depth;
+        self
+    }
+
+    pub async fn start(self) -> anyhow::Result<IdentitySandbox> {
+        let dir = tempfile::tempdir()?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let issuer = format!("http://{addr}");
+        let config = Config {
+            server: ServerConfig::default(),
+            issuer: issuer.clone(),
+            store: StoreConfig {
+                url: self
+                    .store_url
+                    .unwrap_or_else(|| tether_store::sqlite_url(&dir.path().join("identity.db"))),
+            },
+            tokens: TokenConfig {
+                keys_dir: dir.path().join("keys"),
+                max_delegation_depth: self.max_depth,
+                rotate_after_secs: self.rotate_after_secs,
+                ..TokenConfig::default()
+            },
+            trusted_issuers: vec![TrustedIssuer {
+                issuer: self.idp_issuer.clone(),
+                audiences: vec![crate::idp::API_RESOURCE.into(), "tether-cli".into()],
+                algorithms: vec!["ES256".into()],
+                jwks_uri: None,
+            }],
+            agents: self.agents.into_iter().map(|(a, _)| a).collect(),
+            spiffe: None,
+            http: tether_identity_exchange::HttpConfig {
+                timeout_secs: 2,
+                jwks_min_refresh_secs: 1,
+            },
+        };
+        tether_runtime::ServiceConfig::validate(&config).context("sandbox configuration")?;
+        let keys_dir = config.tokens.keys_dir.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(tether_identity_exchange::run(
+            config,
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let channel = crate::eventually(std::time::Duration::from_secs(10), || async {
+            Channel::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await
+                .map_err(anyhow::Error::from)
+        })
+        .await?;
+        Ok(IdentitySandbox {
+            addr,
+            issuer,
+            channel,
+            keys_dir,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+}
+
+/// A running identity exchange. Stops when dropped.
+#[derive(Debug)]
+pub struct IdentitySandbox {
+    addr: SocketAddr,
+    issuer: String,
+    channel: Channel,
+    keys_dir: PathBuf,
+    dir: TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl IdentitySandbox {
+    pub fn builder(idp_issuer: &str) -> IdentitySandboxBuilder {
+        IdentitySandboxBuilder {
+            idp_issuer: idp_issuer.into(),
+            agents: Vec::new(),
+            store_url: None,
+            max_depth: 3,
+            rotate_after_secs: 24 * 3600,
+        }
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/token", self.issuer)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn client(&self) -> IdentityExchangeClient<Channel> {
+        IdentityExchangeClient::new(self.channel.clone())
+    }
+
+    pub fn keys_dir(&self) -> &PathBuf {
+        &self.keys_dir
+    }
+
+    /// The SQLite store file (when the default store is used).
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("identity.db")
+    }
+
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for IdentitySandbox {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,926 @@
+//! Identity exchange end to end: the real test IdP (oidc-provider), the
+//! real service on loopback (gRPC and HTTP), SQLite, and `libs/token`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions"
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use tether_integration_tests::eventually;
+use tether_integration_tests::identity::{FACADE_AUDIENCE, IdentitySandbox, TestAgent};
+use tether_integration_tests::idp::{API_RESOURCE, Idp};
+use tether_proto::identity::v1::{
+    ExchangeRequest, ExchangeResponse, IntrospectRequest, ListRevokedSessionsRequest,
+    RevokeSessionRequest,
+};
+use tether_token::{
+    DelegatedTokenVerifier, JwksCache, RevocationList, RevokedSession, SigningKey, TokenError,
+};
+use tonic::Code;
+
+const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+const ID: &str = "urn:ietf:params:oauth:token-type:id_token";
+const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+const INTENT: &str =
+    r#"[{"type":"hr_record_access","actions":["read"],"identifier":"employee/1042"}]"#;
+
+struct Stack {
+    idp: Idp,
+    identity: IdentitySandbox,
+    agent: TestAgent,
+    sub_agent: TestAgent,
+    third_agent: TestAgent,
+}
+
+async fn stack_with(
+    configure: impl FnOnce(
+        tether_integration_tests::identity::IdentitySandboxBuilder,
+    ) -> tether_integration_tests::identity::IdentitySandboxBuilder,
+) -> Stack {
+    let idp = Idp::start().await.unwrap();
+    let agent = TestAgent::new("hr-assistant").unwrap();
+    let sub_agent = TestAgent::new("report-writer").unwrap();
+    let third_agent = TestAgent::new("formatter").unwrap();
+    let builder = IdentitySandbox::builder(idp.issuer())
+        .agent(&agent, &["hr:read", "hr:offboard"], &["hr"])
+        .agent(&sub_agent, &["hr:read"], &["hr"])
+        .agent(&third_agent, &["hr:read"], &["hr"]);
+    let identity = configure(builder).start().await.unwrap();
+    Stack {
+        idp,
+        identity,
+        agent,
+        sub_agent,
+        third_agent,
+    }
+}
+
+async fn stack() -> Stack {
+    stack_with(|b| b).await
+}
+
+impl Stack {
+    fn request(&self, subject: &str, subject_type: &str, actor: String) -> ExchangeRequest {
+        ExchangeRequest {
+            subject_token: subject.into(),
+            subject_token_type: subject_type.into(),
+            actor_token: actor,
+            actor_token_type: JWT.into(),
+            audience: FACADE_AUDIENCE.into(),
+            scope: "hr:read".into(),
+            requested_token_type: String::new(),
+            authorization_details: INTENT.into(),
+        }
+    }
+
+    fn assertion(&self, agent: &TestAgent) -> String {
+        agent.assertion(&self.identity.token_endpoint()).unwrap()
+    }
+
+    async fn alice(&self) -> String {
+        self.idp
+            .login("alice", &["openid", "profile", "email", "hr:read"])
+            .await
+            .unwrap()
+            .access_token
+    }
+
+    async fn exchange(&self, req: ExchangeRequest) -> Result<ExchangeResponse, tonic::Status> {
+        self.identity
+            .client()
+            .exchange(req)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn sessions(&self) -> i64 {
+        let url = tether_store::sqlite_url(&self.identity.store_path());
+        let pool = tether_store::open(
+            &url,
+            "identity_exchange",
+            &tether_store::PoolSettings::default(),
+        )
+        .await
+        .unwrap();
+        let row: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM sessions")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        row.0
+    }
+
+    /// A `libs/token` verifier as another service would hold it.
+    async fn verifier(
+        &self,
+    ) -> (
+        DelegatedTokenVerifier<JwksCache, Arc<RevocationList>>,
+        Arc<RevocationList>,
+    ) {
+        let http = reqwest::Client::new();
+        let keys = JwksCache::new(
+            format!("{}/.well-known/jwks.json", self.identity.issuer()),
+            http,
+        );
+        let list = Arc::new(RevocationList::new(Duration::from_secs(30)));
+        self.sync(&list).await;
+        let verifier = DelegatedTokenVerifier::new(
+            self.identity.issuer().into(),
+            FACADE_AUDIENCE.into(),
+            keys,
+            Arc::clone(&list),
+        );
+        (verifier, list)
+    }
+
+    async fn sync(&self, list: &RevocationList) {
+        let mut client = self.identity.client();
+        list.sync(|since| async move {
+            let resp = client
+                .list_revoked_sessions(ListRevokedSessionsRequest {
+                    since_unix_ms: since,
+                    page_size: 0,
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            let entries = resp
+                .sessions
+                .into_iter()
+                .map(|s| RevokedSession {
+                    sid: s.sid,
+                    revoked_at_ms: s.revoked_at_unix_ms,
+                    expires_at_ms: s.session_expires_at_unix_ms,
+                })
+                .collect();
+            Ok((entries, resp.server_time_unix_ms))
+        })
+        .await
+        .unwrap();
+    }
+}
+
+fn header_of(token: &str) -> Value {
+    let part = token.split('.').next().unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn login_exchange_and_verify_with_libs_token() {
+    let s = stack().await;
+    let login = s
+        .idp
+        .login("alice", &["openid", "profile", "email", "hr:read"])
+        .await
+        .unwrap();
+    assert_eq!(login.subject, "alice");
+
+    let resp = s
+        .exchange(s.request(&login.access_token, ACCESS, s.assertion(&s.agent)))
+        .await
+        .unwrap();
+    assert_eq!(resp.token_type, "Bearer");
+    assert_eq!(resp.issued_token_type, ACCESS);
+    assert_eq!(resp.scope, "hr:read");
+    assert_eq!(resp.audience, FACADE_AUDIENCE);
+    assert!(
+        resp.expires_in > 0 && resp.expires_in <= 900,
+        "{}",
+        resp.expires_in
+    );
+    assert!(resp.sid.starts_with("s_"));
+    assert_eq!(header_of(&resp.access_token)["typ"], "at+jwt");
+    assert_eq!(header_of(&resp.access_token)["alg"], "ES256");
+
+    let (verifier, _) = s.verifier().await;
+    let claims = verifier.verify(&resp.access_token).await.unwrap();
+    assert_eq!(claims.sub, "alice");
+    assert_eq!(claims.act.sub, "hr-assistant");
+    assert!(claims.act.act.is_none());
+    assert_eq!(claims.sid, resp.sid);
+    assert_eq!(claims.aud, FACADE_AUDIENCE);
+    assert_eq!(claims.user["groups"], json!(["hr"]));
+    assert_eq!(claims.user["department"], "people");
+    assert_eq!(
+        claims.authorization_details,
+        Some(serde_json::from_str::<Value>(INTENT).unwrap())
+    );
+
+    let intro = s
+        .identity
+        .client()
+        .introspect(IntrospectRequest {
+            token: resp.access_token.clone(),
+            token_type_hint: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(intro.active);
+    assert_eq!(intro.sid, resp.sid);
+    assert_eq!(intro.act.unwrap().sub, "hr-assistant");
+    assert_eq!(intro.iss, s.identity.issuer());
+
+    // An ID token works as subject too (its audience is the CLI's client id).
+    let resp = s
+        .exchange(ExchangeRequest {
+            scope: String::new(),
+            ..s.request(&login.id_token, ID, s.assertion(&s.agent))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        verifier.verify(&resp.access_token).await.unwrap().sub,
+        "alice"
+    );
+    assert_eq!(s.sessions().await, 2);
+
+    // The same exchange over HTTP, as a standard OAuth client would do it.
+    let http = reqwest::Client::new();
+    let body: Value = http
+        .post(format!("{}/token", s.identity.issuer()))
+        .form(&[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", login.access_token.as_str()),
+            ("subject_token_type", ACCESS),
+            ("actor_token", s.assertion(&s.agent).as_str()),
+            ("actor_token_type", JWT),
+            ("audience", FACADE_AUDIENCE),
+            ("scope", "hr:read"),
+            ("authorization_details", INTENT),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["issued_token_type"], ACCESS);
+    let token = body["access_token"].as_str().unwrap();
+    assert_eq!(verifier.verify(token).await.unwrap().sub, "alice");
+    let meta: Value = http
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            s.identity.issuer()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["issuer"], s.identity.issuer());
+    assert_eq!(
+        meta["token_endpoint"],
+        format!("{}/token", s.identity.issuer())
+    );
+    let intro: Value = http
+        .post(format!("{}/introspect", s.identity.issuer()))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(intro["active"], true);
+    assert_eq!(intro["act"]["sub"], "hr-assistant");
+}
+
+#[tokio::test]
+async fn re_exchange_for_a_sub_agent_nests_act_and_keeps_the_session() {
+    let s = stack_with(|b| b.max_delegation_depth(2)).await;
+    let user = s.alice().await;
+    let parent = s
+        .exchange(s.request(&user, ACCESS, s.assertion(&s.agent)))
+        .await
+        .unwrap();
+
+    let child_req = ExchangeRequest {
+        authorization_details: String::new(),
+        ..s.request(&parent.access_token, ACCESS, s.assertion(&s.sub_agent))
+    };
+    let child = s.exchange(child_req).await.unwrap();
+    assert_eq!(child.sid, parent.sid);
+    let (verifier, _) = s.verifier().await;
+    let claims = verifier.verify(&child.access_token).await.unwrap();
+    assert_eq!(claims.act.chain(), ["report-writer", "hr-assistant"]);
+    assert_eq!(claims.sub, "alice");
+    assert!(claims.exp <= parent.expires_at.unwrap().seconds);
+    assert_eq!(
+        claims.authorization_details,
+        Some(serde_json::from_str::<Value>(INTENT).unwrap())
+    );
+
+    // The intent cannot be replaced on re-exchange.
+    let err = s
+        .exchange(s.request(&parent.access_token, ACCESS, s.assertion(&s.sub_agent)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // A third hop exceeds the depth limit of 2.
+    let third = ExchangeRequest {
+        authorization_details: String::new(),
+        ..s.request(&child.access_token, ACCESS, s.assertion(&s.third_agent))
+    };
+    let err = s.exchange(third).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message()
+            .contains("delegation chain would be 3 deep, the limit is 2"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(s.sessions().await, 1);
+}
+
+#[tokio::test]
+async fn key_rotation_keeps_tokens_signed_by_the_old_key_valid() {
+    let s = stack_with(|b| b.rotate_after_secs(2)).await;
+    let user = s.alice().await;
+    let old = s
+        .exchange(s.request(&user, ACCESS, s.assertion(&s.agent)))
+        .await
+        .unwrap();
+    let old_kid = header_of(&old.access_token)["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stack = &s;
+    let new = eventually(Duration::from_secs(15), || {
+        let req = stack.request(&user, ACCESS, stack.assertion(&stack.agent));
+        let old_kid = old_kid.clone();
+        async move {
+            let resp = stack.exchange(req).await.map_err(|e| e.to_string())?;
+            if header_of(&resp.access_token)["kid"] == old_kid.as_str() {
+                Err("not rotated yet".to_string())
+            } else {
+                Ok(resp)
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let (verifier, _) = s.verifier().await;
+    assert_eq!(
+        verifier.verify(&new.access_token).await.unwrap().sub,
+        "alice"
+    );
+    assert_eq!(
+        verifier.verify(&old.access_token).await.unwrap().sub,
+        "alice"
+    );
+    let jwks: Value = reqwest::get(format!("{}/.well-known/jwks.json", s.identity.issuer()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(jwks["keys"].as_array().unwrap().len() >= 2);
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k.get("d").is_none()),
+        "no private key is published"
+    );
+}
+
+#[tokio::test]
+async fn revoking_a_session_deactivates_its_tokens_everywhere() {
+    let s = stack().await;
+    let user = s.alice().await;
+    let resp = s
+        .exchange(s.request(&user, ACCESS, s.assertion(&s.agent)))
+        .await
+        .unwrap();
+    let (verifier, list) = s.verifier().await;
+    assert!(verifier.verify(&resp.access_token).await.is_ok());
+
+    let mut client = s.identity.client();
+    let revoked = client
+        .revoke_session(RevokeSessionRequest {
+            sid: resp.sid.clone(),
+            reason: "session ended by agent".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!revoked.already_revoked);
+    let again = client
+        .revoke_session(RevokeSessionRequest {
+            sid: resp.sid.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.already_revoked);
+    assert_eq!(again.revoked_at, revoked.revoked_at);
+
+    let intro = client
+        .introspect(IntrospectRequest {
+            token: resp.access_token.clone(),
+            token_type_hint: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!intro.active);
+    assert!(
+        intro.sid.is_empty() && intro.sub.is_empty(),
+        "an inactive answer discloses nothing"
+    );
+
+    s.sync(&list).await;
+    assert_eq!(
+        verifier.verify(&resp.access_token).await.unwrap_err(),
+        TokenError::SessionRevoked
+    );
+
+    // A revoked session cannot be extended to a sub-agent.
+    let err = s
+        .exchange(ExchangeRequest {
+            authorization_details: String::new(),
+            ..s.request(&resp.access_token, ACCESS, s.assertion(&s.sub_agent))
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let err = client
+        .revoke_session(RevokeSessionRequest {
+            sid: "s_never_minted".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // RFC 7009 over HTTP ends the session of the token presented.
+    let second = s
+        .exchange(s.request(&user, ACCESS, s.assertion(&s.agent)))
+        .await
+        .unwrap();
+    let status = reqwest::Client::new()
+        .post(format!("{}/revoke", s.identity.issuer()))
+        .form(&[("token", second.access_token.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    s.sync(&list).await;
+    assert_eq!(
+        verifier.verify(&second.access_token).await.unwrap_err(),
+        TokenError::SessionRevoked
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_idp_is_unavailable_and_nothing_is_minted() {
+    let mut s = stack().await;
+    let user = s.alice().await;
+    s.idp.stop().await.unwrap();
+    let err = s
+        .exchange(s.request(&user, ACCESS, s.assertion(&s.agent)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(!err.message().contains(&user[..20]));
+    let status = reqwest::Client::new()
+        .post(format!("{}/token", s.identity.issuer()))
+        .form(&[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", user.as_str()),
+            ("subject_token_type", ACCESS),
+            ("actor_token", s.assertion(&s.agent).as_str()),
+            ("actor_token_type", JWT),
+            ("audience", FACADE_AUDIENCE),
+            ("authorization_details", INTENT),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 503);
+    assert_eq!(s.sessions().await, 0);
+}
+
+/// A subject token signed with `key`, from `claims` merged over a valid
+/// access token's claims, with `header` merged over a valid header.
+fn forge(key: &SigningKey, idp: &Idp, header: Value, claims: Value) -> String {
+    let now = tether_token::unix_now();
+    let mut h = json!({"alg": "ES256", "typ": "at+jwt", "kid": key.kid()});
+    let mut c = json!({
+        "iss": idp.issuer(), "sub": "alice", "aud": API_RESOURCE, "iat": now, "exp": now + 600,
+        "scope": "openid hr:read", "groups": ["hr"], "client_id": "tether-cli", "jti": uuid::Uuid::new_v4().to_string(),
+    });
+    for (k, v) in header.as_object().unwrap() {
+        if v.is_null() {
+            h.as_object_mut().unwrap().remove(k);
+        } else {
+            h[k] = v.clone();
+        }
+    }
+    for (k, v) in claims.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    key.sign_raw(&h, &c).unwrap()
+}
+
+#[tokio::test]
+async fn every_bad_input_is_refused_over_grpc_and_http_and_nothing_is_minted() {
+    let s = stack().await;
+    let idp_key = s.idp.key();
+    let attacker = SigningKey::generate().unwrap();
+    let now = tether_token::unix_now();
+    let good = forge(idp_key, &s.idp, json!({}), json!({}));
+    // Premise: the forged-but-valid token is accepted (so each case below
+    // fails for its own reason only).
+    let ok = s
+        .exchange(s.request(&good, ACCESS, s.assertion(&s.agent)))
+        .await
+        .unwrap();
+    let baseline = s.sessions().await;
+    assert_eq!(baseline, 1);
+    drop(ok);
+
+    let b64 = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let alg_none = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "at+jwt"})),
+        good.split('.').nth(1).unwrap()
+    );
+    let public_jwk = serde_json::to_string(idp_key.public_jwk()).unwrap();
+    let hs256 = {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        h.typ = Some("at+jwt".into());
+        h.kid = Some(idp_key.kid().into());
+        let claims: Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(good.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        jsonwebtoken::encode(
+            &h,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(public_jwk.as_bytes()),
+        )
+        .unwrap()
+    };
+    let tampered = {
+        let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+        let mut claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+        claims["sub"] = "carol".into();
+        parts[1] = b64(claims);
+        parts.join(".")
+    };
+    let bob = s
+        .idp
+        .login("bob", &["openid", "profile", "hr:read"])
+        .await
+        .unwrap()
+        .access_token;
+    let alice = s.alice().await;
+
+    // (name, subject token, subject type, audience, scope, intent, gRPC code, OAuth error, HTTP status)
+    struct Case {
+        name: &'static str,
+        subject: String,
+        subject_type: &'static str,
+        audience: &'static str,
+        scope: &'static str,
+        intent: &'static str,
+        actor: Option<String>,
+        code: Code,
+        error: &'static str,
+        http: u16,
+    }
+    let case = |name, subject: String, code, error: &'static str| Case {
+        name,
+        subject,
+        subject_type: ACCESS,
+        audience: FACADE_AUDIENCE,
+        scope: "hr:read",
+        intent: INTENT,
+        actor: None,
+        code,
+        error,
+        http: if error == "invalid_client" { 401 } else { 400 },
+    };
+    let grant = |name, subject| case(name, subject, Code::Unauthenticated, "invalid_grant");
+    let mut cases = vec![
+        grant("alg none", alg_none),
+        grant("HS256 signed with the IdP's public key", hs256),
+        grant("tampered payload", tampered),
+        grant(
+            "expired",
+            forge(
+                idp_key,
+                &s.idp,
+                json!({}),
+                json!({"exp": now - 120, "iat": now - 700}),
+            ),
+        ),
+        grant(
+            "nbf in the future",
+            forge(idp_key, &s.idp, json!({}), json!({"nbf": now + 600})),
+        ),
+        grant(
+            "wrong iss",
+            forge(
+                idp_key,
+                &s.idp,
+                json!({}),
+                json!({"iss": "https://evil.example"}),
+            ),
+        ),
+        grant(
+            "wrong aud",
+            forge(
+                idp_key,
+                &s.idp,
+                json!({}),
+                json!({"aud": "https://other.example"}),
+            ),
+        ),
+        grant(
+            "wrong typ",
+            forge(idp_key, &s.idp, json!({"typ": "JWT"}), json!({})),
+        ),
+        grant(
+            "unknown kid",
+            forge(&attacker, &s.idp, json!({"kid": "attacker-kid"}), json!({})),
+        ),
+        grant(
+            "jku header",
+            forge(
+                &attacker,
+                &s.idp,
+                json!({"kid": attacker.kid(), "jku": "http://127.0.0.1:9/jwks"}),
+                json!({}),
+            ),
+        ),
+        grant(
+            "x5u header",
+            forge(
+                &attacker,
+                &s.idp,
+                json!({"kid": attacker.kid(), "x5u": "http://127.0.0.1:9/cert"}),
+                json!({}),
+            ),
+        ),
+        grant(
+            "embedded jwk",
+            forge(
+                &attacker,
+                &s.idp,
+                json!({"kid": attacker.kid(), "jwk": serde_json::to_value(attacker.public_jwk()).unwrap()}),
+                json!({}),
+            ),
+        ),
+        grant(
+            "unknown crit",
+            forge(
+                idp_key,
+                &s.idp,
+                json!({"crit": ["exp-v2"], "exp-v2": 1}),
+                json!({}),
+            ),
+        ),
+        grant(
+            "untrusted issuer",
+            forge(
+                &attacker,
+                &s.idp,
+                json!({}),
+                json!({"iss": "https://untrusted.example"}),
+            ),
+        ),
+        case(
+            "oversized token",
+            "a".repeat(20 * 1024),
+            Code::InvalidArgument,
+            "invalid_request",
+        ),
+        case(
+            "empty subject token with a valid actor",
+            String::new(),
+            Code::InvalidArgument,
+            "invalid_request",
+        ),
+        Case {
+            scope: "hr:offboard",
+            ..case(
+                "scope wider than the user's",
+                alice.clone(),
+                Code::PermissionDenied,
+                "invalid_scope",
+            )
+        },
+        Case {
+            audience: "https://payroll.example",
+            ..case(
+                "audience the agent may not get",
+                alice.clone(),
+                Code::PermissionDenied,
+                "invalid_target",
+            )
+        },
+        case(
+            "a user the agent may not act for",
+            bob,
+            Code::PermissionDenied,
+            "unauthorized_client",
+        ),
+        Case {
+            intent: "",
+            ..case(
+                "no declared intent",
+                alice.clone(),
+                Code::InvalidArgument,
+                "invalid_request",
+            )
+        },
+        Case {
+            intent: "{\"type\":\"x\"}",
+            ..case(
+                "intent not an RFC 9396 array",
+                alice.clone(),
+                Code::InvalidArgument,
+                "invalid_request",
+            )
+        },
+        Case {
+            subject_type: "urn:ietf:params:oauth:token-type:saml2",
+            ..case(
+                "unsupported subject token type",
+                alice.clone(),
+                Code::InvalidArgument,
+                "invalid_request",
+            )
+        },
+        Case {
+            actor: Some(
+                TestAgent {
+                    id: "hr-assistant".into(),
+                    key: SigningKey::generate().unwrap(),
+                }
+                .assertion(&s.identity.token_endpoint())
+                .unwrap(),
+            ),
+            ..case(
+                "actor assertion signed by an unregistered key",
+                alice.clone(),
+                Code::Unauthenticated,
+                "invalid_client",
+            )
+        },
+        Case {
+            actor: Some(
+                TestAgent::new("ghost-agent")
+                    .unwrap()
+                    .assertion(&s.identity.token_endpoint())
+                    .unwrap(),
+            ),
+            ..case(
+                "unknown agent",
+                alice.clone(),
+                Code::Unauthenticated,
+                "invalid_client",
+            )
+        },
+        Case {
+            actor: Some(s.agent.assertion("https://other.example/token").unwrap()),
+            ..case(
+                "actor assertion for another audience",
+                alice.clone(),
+                Code::Unauthenticated,
+                "invalid_client",
+            )
+        },
+    ];
+
+    // A replayed assertion: first used by a (failing) exchange, then again.
+    let used = s.assertion(&s.agent);
+    let first = s
+        .exchange(ExchangeRequest {
+            subject_token: "not.a.token".into(),
+            ..s.request(&alice, ACCESS, used.clone())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(first.code(), Code::Unauthenticated);
+    cases.push(Case {
+        actor: Some(used),
+        ..case(
+            "replayed actor assertion",
+            alice.clone(),
+            Code::Unauthenticated,
+            "invalid_client",
+        )
+    });
+
+    let http = reqwest::Client::new();
+    for c in &cases {
+        let actor = c.actor.clone().unwrap_or_else(|| s.assertion(&s.agent));
+        let req = ExchangeRequest {
+            subject_token: c.subject.clone(),
+            subject_token_type: c.subject_type.into(),
+            actor_token: actor,
+            actor_token_type: JWT.into(),
+            audience: c.audience.into(),
+            scope: c.scope.into(),
+            requested_token_type: String::new(),
+            authorization_details: c.intent.into(),
+        };
+        let err = s.exchange(req).await.expect_err(c.name);
+        assert_eq!(err.code(), c.code, "{}: {}", c.name, err.message());
+        let details = tonic_types::StatusExt::get_details_error_info(&err).expect(c.name);
+        assert_eq!(details.reason, c.error.to_ascii_uppercase(), "{}", c.name);
+        if c.subject.len() > 30 {
+            assert!(
+                !err.message().contains(&c.subject[..30]),
+                "{}: token echoed",
+                c.name
+            );
+        }
+
+        // Same request over HTTP (a fresh assertion unless the case is about the actor).
+        let actor = match &c.actor {
+            Some(a) => a.clone(),
+            None => s.assertion(&s.agent),
+        };
+        let response = http
+            .post(format!("{}/token", s.identity.issuer()))
+            .form(&[
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
+                ("subject_token", c.subject.as_str()),
+                ("subject_token_type", c.subject_type),
+                ("actor_token", actor.as_str()),
+                ("actor_token_type", JWT),
+                ("audience", c.audience),
+                ("scope", c.scope),
+                ("authorization_details", c.intent),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        assert_eq!(
+            response.headers()["cache-control"],
+            "no-store",
+            "{}",
+            c.name
+        );
+        let body: Value = response.json().await.unwrap();
+        let expected_error = if c.name == "replayed actor assertion" || c.actor.is_some() {
+            "invalid_client"
+        } else {
+            c.error
+        };
+        assert_eq!(body["error"], expected_error, "{}: {body}", c.name);
+        assert_eq!(
+            status,
+            if expected_error == "invalid_client" {
+                401
+            } else {
+                c.http
+            },
+            "{}",
+            c.name
+        );
+        assert!(body.get("access_token").is_none());
+    }
+    assert_eq!(
+        s.sessions().await,
+        baseline,
+        "nothing was minted by any bad request"
+    );
+}

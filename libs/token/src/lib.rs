@@ -1,0 +1,39 @@
+//! JWT and JWKS for Tether.
+//!
+//! - [`verify`]: strict verification of any JWT against a [`VerifyPolicy`]:
+//!   algorithms from configuration (never from the token), `iss`, `aud`,
+//!   `exp`, `nbf`, `iat`, `typ`, a size limit, and refusal of `jku`, `x5u`,
+//!   `x5c`, embedded `jwk` and any `crit` header.
+//! - [`JwksCache`] (keys fetched from a URL, refreshed on an unknown `kid` at
+//!   a bounded rate) and [`StaticKeys`] (keys from configuration).
+//! - [`KeyRing`]: ES256 signing keys, generated or loaded, rotated with
+//!   overlap, published as a JWKS.
+//! - [`DelegatedClaims`] and [`DelegatedTokenVerifier`]: what other services
+//!   use to check a delegated token locally, including whether its session
+//!   was revoked.
+
+mod claims;
+mod delegated;
+mod error;
+mod jwks;
+mod oidc_http;
+mod signing;
+mod verify;
+
+pub use claims::{Actor, DelegatedClaims, TOKEN_TYPE_AT_JWT};
+pub use delegated::{DelegatedTokenVerifier, RevocationCheck, RevocationList, RevokedSession};
+pub use error::TokenError;
+pub use jsonwebtoken::jwk::JwkSet;
+pub use jsonwebtoken::{Algorithm, DecodingKey};
+pub use jwks::{JwksCache, KeySource, StaticKeys};
+pub use oidc_http::{HttpError, idp_http_client, oidc_client};
+pub use signing::{KeyError, KeyRing, SigningKey};
+pub use verify::{TypRule, Verified, VerifyPolicy, peek_issuer, verify};
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,63 @@
+//! An HTTP client for the `openidconnect` crate over reqwest 0.13.
+//!
+//! `openidconnect` is built without its default features (they pull a second
+//! reqwest and TLS stack); it accepts any async function from
+//! `http::Request<Vec<u8>>` to `http::Response<Vec<u8>>`, which this is.
+//! Redirects are not followed (OIDC discovery and token endpoints must not
+//! redirect; following them invites SSRF).
+
+use std::future::Future;
+
+/// Why an HTTP exchange with the IdP failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HttpError(String);
+
+/// Largest response accepted from an IdP endpoint.
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// What the client function returns.
+pub type ResponseFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<http::Response<Vec<u8>>, HttpError>> + Send>>;
+
+/// Builds the client function. `http` should have redirects disabled and a
+/// timeout set (see [`idp_http_client`]).
+pub fn oidc_client(http: reqwest::Client) -> impl Fn(http::Request<Vec<u8>>) -> ResponseFuture {
+    move |request: http::Request<Vec<u8>>| {
+        let http = http.clone();
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let mut builder = http.request(parts.method, parts.uri.to_string()).body(body);
+            for (name, value) in &parts.headers {
+                builder = builder.header(name, value);
+            }
+            let response = builder.send().await.map_err(|e| HttpError(e.to_string()))?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| HttpError(e.to_string()))?;
+            if bytes.len() > MAX_RESPONSE_BYTES {
+                return Err(HttpError("response too large".into()));
+            }
+            let mut out = http::Response::builder().status(status);
+            for (name, value) in &headers {
+                out = out.header(name, value);
+            }
+            out.body(bytes.to_vec())
+                .map_err(|e| HttpError(e.to_string()))
+        })
+    }
+}
+
+/// A reqwest client suitable for talking to an IdP: no redirects, bounded
+/// time.
+pub fn idp_http_client(timeout: std::time::Duration) -> Result<reqwest::Client, HttpError> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .map_err(|e| HttpError(e.to_string()))
+}

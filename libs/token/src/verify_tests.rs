@@ -1,0 +1,272 @@
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::jwks::StaticKeys;
+use crate::signing::SigningKey;
+
+const ISS: &str = "https://idp.example";
+const AUD: &str = "https://tether.local/api";
+
+fn policy() -> VerifyPolicy {
+    let mut p = VerifyPolicy::new(vec![ISS.into()], vec![AUD.into()], vec![Algorithm::ES256]);
+    p.typ = TypRule::AccessToken;
+    p.leeway = Duration::from_secs(5);
+    p
+}
+
+fn claims() -> Value {
+    let now = crate::unix_now();
+    json!({"iss": ISS, "aud": AUD, "sub": "alice", "iat": now, "exp": now + 300})
+}
+
+fn header(key: &SigningKey) -> Value {
+    json!({"alg": "ES256", "typ": "at+jwt", "kid": key.kid()})
+}
+
+async fn check(token: &str, key: &SigningKey) -> Result<Value, TokenError> {
+    verify::<Value, _>(token, &policy(), &StaticKeys::new(&key.jwks()))
+        .await
+        .map(|v| v.claims)
+}
+
+#[tokio::test]
+async fn a_good_token_verifies() {
+    let key = SigningKey::generate().unwrap();
+    let token = key.sign_raw(&header(&key), &claims()).unwrap();
+    assert_eq!(check(&token, &key).await.unwrap()["sub"], "alice");
+    // And via the typed signer.
+    let token = key.sign("at+jwt", &claims()).unwrap();
+    assert!(check(&token, &key).await.is_ok());
+}
+
+fn with(mut value: Value, key: &str, v: Value) -> Value {
+    value[key] = v;
+    value
+}
+
+#[tokio::test]
+async fn hostile_tokens_are_refused_with_the_right_reason() {
+    let key = SigningKey::generate().unwrap();
+    let other = SigningKey::generate().unwrap();
+    let now = crate::unix_now();
+    let h = header(&key);
+    let c = claims();
+    let good = key.sign_raw(&h, &c).unwrap();
+
+    let alg_none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(json!({"alg": "none", "typ": "at+jwt"}).to_string()),
+        URL_SAFE_NO_PAD.encode(c.to_string())
+    );
+    // HS256 "signed" with the public key as the HMAC secret (key confusion).
+    let public_pem = serde_json::to_string(key.public_jwk()).unwrap();
+    let hs256 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &c,
+        &jsonwebtoken::EncodingKey::from_secret(public_pem.as_bytes()),
+    )
+    .unwrap();
+    let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+    parts[1] = URL_SAFE_NO_PAD.encode(with(c.clone(), "sub", json!("mallory")).to_string());
+    let tampered = parts.join(".");
+
+    let cases: Vec<(&str, String, TokenError)> = vec![
+        ("empty", String::new(), TokenError::Empty),
+        (
+            "alg none",
+            alg_none,
+            TokenError::DisallowedAlgorithm("none".into()),
+        ),
+        (
+            "HS256 with the public key",
+            hs256,
+            TokenError::DisallowedAlgorithm("HS256".into()),
+        ),
+        ("tampered payload", tampered, TokenError::BadSignature),
+        (
+            "signed by another key with our kid",
+            other.sign_raw(&h, &c).unwrap(),
+            TokenError::BadSignature,
+        ),
+        (
+            "expired",
+            key.sign_raw(&h, &with(c.clone(), "exp", json!(now - 60)))
+                .unwrap(),
+            TokenError::Expired,
+        ),
+        (
+            "nbf in the future",
+            key.sign_raw(&h, &with(c.clone(), "nbf", json!(now + 600)))
+                .unwrap(),
+            TokenError::NotYetValid,
+        ),
+        (
+            "iat in the future",
+            key.sign_raw(&h, &with(c.clone(), "iat", json!(now + 600)))
+                .unwrap(),
+            TokenError::IssuedInFuture,
+        ),
+        (
+            "wrong iss",
+            key.sign_raw(&h, &with(c.clone(), "iss", json!("https://evil.example")))
+                .unwrap(),
+            TokenError::UntrustedIssuer("https://evil.example".into()),
+        ),
+        (
+            "wrong aud",
+            key.sign_raw(&h, &with(c.clone(), "aud", json!("https://other.example")))
+                .unwrap(),
+            TokenError::WrongAudience,
+        ),
+        (
+            "wrong typ",
+            key.sign_raw(&with(h.clone(), "typ", json!("JWT")), &c)
+                .unwrap(),
+            TokenError::WrongType {
+                found: "JWT".into(),
+                expected: "`at+jwt`".into(),
+            },
+        ),
+        (
+            "unknown kid",
+            key.sign_raw(&with(h.clone(), "kid", json!("nope")), &c)
+                .unwrap(),
+            TokenError::UnknownKey("nope".into()),
+        ),
+        (
+            "jku header",
+            key.sign_raw(
+                &with(h.clone(), "jku", json!("https://evil.example/jwks")),
+                &c,
+            )
+            .unwrap(),
+            TokenError::ForbiddenHeader("jku"),
+        ),
+        (
+            "x5u header",
+            key.sign_raw(
+                &with(h.clone(), "x5u", json!("https://evil.example/cert")),
+                &c,
+            )
+            .unwrap(),
+            TokenError::ForbiddenHeader("x5u"),
+        ),
+        (
+            "embedded jwk",
+            other
+                .sign_raw(
+                    &with(
+                        h.clone(),
+                        "jwk",
+                        serde_json::to_value(other.public_jwk()).unwrap(),
+                    ),
+                    &c,
+                )
+                .unwrap(),
+            TokenError::ForbiddenHeader("jwk"),
+        ),
+        (
+            "unknown crit",
+            key.sign_raw(&with(h.clone(), "crit", json!(["exp-v2"])), &c)
+                .unwrap(),
+            TokenError::UnknownCritical("exp-v2".into()),
+        ),
+        (
+            "oversized",
+            "a".repeat(20_000),
+            TokenError::Oversized {
+                size: 20_000,
+                limit: 16_384,
+            },
+        ),
+        (
+            "missing sub",
+            key.sign_raw(
+                &h,
+                &json!({"iss": ISS, "aud": AUD, "iat": now, "exp": now + 60}),
+            )
+            .unwrap(),
+            TokenError::MissingClaim("sub".into()),
+        ),
+        (
+            "two parts",
+            "a.b".into(),
+            TokenError::Malformed("expected 3 dot-separated parts, found 2".into()),
+        ),
+    ];
+    for (name, token, expected) in cases {
+        let err = check(&token, &key).await.expect_err(name);
+        assert_eq!(err, expected, "{name}");
+        // No error message ever carries the token.
+        if token.len() > 20 {
+            assert!(!err.to_string().contains(&token[..20]), "{name}: {err}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn max_lifetime_is_enforced() {
+    let key = SigningKey::generate().unwrap();
+    let mut p = policy();
+    p.max_lifetime = Some(Duration::from_secs(60));
+    let token = key.sign_raw(&header(&key), &claims()).unwrap();
+    let err = verify::<Value, _>(&token, &p, &StaticKeys::new(&key.jwks()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TokenError::MissingClaim(m) if m.contains("lifetime")));
+}
+
+#[test]
+fn key_files_round_trip_and_rings_rotate() {
+    let dir = std::env::temp_dir().join(format!("tether-token-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ring = crate::KeyRing::open_dir(&dir).unwrap();
+    let first = ring.current().unwrap().kid().to_owned();
+    let second = ring.rotate().unwrap().kid().to_owned();
+    assert_ne!(first, second);
+    assert_eq!(ring.jwks().keys.len(), 2);
+    drop(ring);
+    let reopened = crate::KeyRing::open_dir(&dir).unwrap();
+    assert_eq!(reopened.jwks().keys.len(), 2);
+    assert!(reopened.retire(&first).unwrap());
+    let current = reopened.current().unwrap();
+    assert!(!reopened.retire(current.kid()).unwrap());
+    assert_eq!(reopened.jwks().keys.len(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn revocation_list_fails_closed_when_stale() {
+    use crate::delegated::{RevocationCheck as _, RevocationList, RevokedSession};
+    let list = RevocationList::new(Duration::from_millis(200));
+    // Never synced: deny.
+    assert!(list.is_revoked("s1").await.is_err());
+    let now_ms = crate::unix_now() * 1000;
+    list.sync(|since| async move {
+        assert_eq!(since, 0);
+        Ok((
+            vec![RevokedSession {
+                sid: "s1".into(),
+                revoked_at_ms: now_ms,
+                expires_at_ms: now_ms + 60_000,
+            }],
+            now_ms,
+        ))
+    })
+    .await
+    .unwrap();
+    assert!(list.is_revoked("s1").await.unwrap());
+    assert!(!list.is_revoked("s2").await.unwrap());
+    // A failed sync keeps the copy but not its freshness.
+    assert!(
+        list.sync(|_| async { Err("down".to_string()) })
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(list.is_revoked("s2").await.is_err());
+}

@@ -1,0 +1,400 @@
+//! Configuration of the credential issuer.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tether_runtime::{ConfigError, ServerConfig, ServiceConfig};
+
+/// `credential-issuer.toml`:
+///
+/// ```toml
+/// [server]
+/// listen = "0.0.0.0:7003"
+///
+/// [vault]
+/// address = "https://vault.internal:8200"
+/// request_timeout_ms = 5000
+/// [vault.auth]
+/// method = "approle"          # token | approle | kubernetes
+/// role_id = "…"
+/// secret_id_file = "/run/secrets/tether-secret-id"
+///
+/// [store]
+/// url = "postgres://tether@db/tether"   # default: SQLite under data_dir
+///
+/// [profiles.hr-read]
+/// vault_path = "database/creds/hr-readonly"
+/// max_ttl_secs = 600
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub vault: VaultConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Credential profiles by name. A caller names a profile, never a path.
+    pub profiles: BTreeMap<String, Profile>,
+    #[serde(default)]
+    pub revocation: RevocationConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Fail points for tests. Refused at start-up unless the binary was
+    /// built with the `test-hooks` feature (never in a release).
+    #[serde(default)]
+    pub test_hooks: TestHooks,
+}
+
+/// Test-only fail points (`[test_hooks]`, e.g.
+/// `TETHER_TEST_HOOKS__PAUSE_AFTER_VAULT_ISSUE_MS=60000`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestHooks {
+    /// Sleep this long after Vault issued a secret and before the registry
+    /// records it (to SIGKILL the issuer there).
+    pub pause_after_vault_issue_ms: u64,
+}
+
+/// One credential profile.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// The Vault path read to mint a credential, e.g.
+    /// `database/creds/hr-readonly`. Its prefix is also what the orphan sweep
+    /// lists, so the path must be used by Tether only.
+    pub vault_path: String,
+    /// The longest a credential of this profile lives (before the session
+    /// cap).
+    pub max_ttl_secs: u64,
+}
+
+impl Profile {
+    pub fn max_ttl(&self) -> Duration {
+        Duration::from_secs(self.max_ttl_secs)
+    }
+}
+
+/// Where Vault/OpenBao is and how the issuer logs in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// `http(s)://host:port`.
+    pub address: String,
+    pub auth: VaultAuth,
+    /// Every Vault request is abandoned after this long (fail closed:
+    /// UNAVAILABLE).
+    #[serde(default = "default_vault_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// PEM bundle of CAs to trust for `https` addresses (default: the
+    /// platform's web PKI roots).
+    #[serde(default)]
+    pub ca_cert_file: Option<PathBuf>,
+}
+
+impl VaultConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// How the issuer authenticates to Vault. Secrets are redacted from `Debug`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
+pub enum VaultAuth {
+    /// A static token (development). Renewed while it is renewable.
+    Token {
+        #[serde(default)]
+        token: Option<Secret>,
+        #[serde(default)]
+        token_file: Option<PathBuf>,
+    },
+    /// AppRole: `role_id` plus a `secret_id` (inline or from a file).
+    Approle {
+        #[serde(default = "default_approle_mount")]
+        mount: String,
+        role_id: String,
+        #[serde(default)]
+        secret_id: Option<Secret>,
+        #[serde(default)]
+        secret_id_file: Option<PathBuf>,
+    },
+    /// Kubernetes: the pod's service-account token, exchanged at
+    /// `auth/<mount>/login` for the Vault `role`.
+    Kubernetes {
+        #[serde(default = "default_kubernetes_mount")]
+        mount: String,
+        role: String,
+        #[serde(default = "default_jwt_path")]
+        jwt_path: PathBuf,
+    },
+}
+
+/// A secret configuration value: never printed by `Debug`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The durable lease registry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://…` or `postgres://…`. Unset: SQLite at
+    /// `<data_dir>/credential-issuer.db`.
+    pub url: Option<String>,
+    /// Directory for the default SQLite file.
+    pub data_dir: PathBuf,
+    pub max_connections: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            data_dir: PathBuf::from("data"),
+            max_connections: 8,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The store URL actually used.
+    pub fn effective_url(&self) -> String {
+        self.url.clone().unwrap_or_else(|| {
+            tether_store::sqlite_url(&self.data_dir.join("credential-issuer.db"))
+        })
+    }
+}
+
+/// Sweeper, reconciler and retry settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// How often the sweeper looks for leases to revoke.
+    pub sweep_interval_ms: u64,
+    /// How often (at most) the orphan sweep lists the managed Vault paths.
+    pub orphan_sweep_interval_ms: u64,
+    /// Whether to revoke Vault leases under managed paths that no live lease
+    /// of the registry owns. Needs `list` + `sudo` on `sys/leases/lookup/<path>`.
+    pub orphan_sweep: bool,
+    /// First retry delay after a failed revocation; doubles per attempt.
+    pub backoff_initial_ms: u64,
+    /// Longest delay between two attempts. Attempts never stop.
+    pub backoff_max_ms: u64,
+    /// How long RevokeSession waits for revocations before reporting the rest
+    /// as `pending` (they go on in the background).
+    pub revoke_call_budget_ms: u64,
+    /// Revocations in flight at once.
+    pub concurrency: usize,
+    /// Allowed difference between this host's clock and Vault's, used by the
+    /// orphan sweep before it calls a lease abandoned.
+    pub clock_skew_ms: u64,
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        Self {
+            sweep_interval_ms: 10_000,
+            orphan_sweep_interval_ms: 60_000,
+            orphan_sweep: true,
+            backoff_initial_ms: 250,
+            backoff_max_ms: 60_000,
+            revoke_call_budget_ms: 5_000,
+            concurrency: 16,
+            clock_skew_ms: 5_000,
+        }
+    }
+}
+
+/// Per-request limits.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Live (ISSUING, ACTIVE, REVOKING, REVOCATION_FAILED) leases one session
+    /// may hold.
+    pub max_leases_per_session: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_leases_per_session: 64,
+        }
+    }
+}
+
+fn default_vault_timeout_ms() -> u64 {
+    5_000
+}
+
+fn default_approle_mount() -> String {
+    "approle".into()
+}
+
+fn default_kubernetes_mount() -> String {
+    "kubernetes".into()
+}
+
+fn default_jwt_path() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+}
+
+fn valid_vault_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && !path.ends_with('/')
+        && path.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
+        && !path.starts_with("sys/")
+        && !path.starts_with("auth/")
+}
+
+impl ServiceConfig for Config {
+    fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !(self.vault.address.starts_with("http://")
+            || self.vault.address.starts_with("https://"))
+        {
+            return invalid(format!(
+                "vault.address `{}` must start with http:// or https://",
+                self.vault.address
+            ));
+        }
+        if self.vault.request_timeout_ms == 0 {
+            return invalid("vault.request_timeout_ms must be positive".into());
+        }
+        match &self.vault.auth {
+            VaultAuth::Token { token, token_file } => {
+                if token.is_some() == token_file.is_some() {
+                    return invalid(
+                        "vault.auth (token): set exactly one of `token` and `token_file`".into(),
+                    );
+                }
+            }
+            VaultAuth::Approle {
+                role_id,
+                secret_id,
+                secret_id_file,
+                ..
+            } => {
+                if role_id.is_empty() {
+                    return invalid("vault.auth (approle): `role_id` is empty".into());
+                }
+                if secret_id.is_some() == secret_id_file.is_some() {
+                    return invalid(
+                        "vault.auth (approle): set exactly one of `secret_id` and `secret_id_file`"
+                            .into(),
+                    );
+                }
+            }
+            VaultAuth::Kubernetes { role, .. } => {
+                if role.is_empty() {
+                    return invalid("vault.auth (kubernetes): `role` is empty".into());
+                }
+            }
+        }
+        if self.profiles.is_empty() {
+            return invalid("no credential profiles: add at least one [profiles.<name>]".into());
+        }
+        for (name, p) in &self.profiles {
+            if name.is_empty() || name.len() > 128 {
+                return invalid(format!("profile name `{name}` must be 1-128 bytes"));
+            }
+            if !valid_vault_path(&p.vault_path) {
+                return invalid(format!(
+                    "profiles.{name}.vault_path `{}` is not a plain relative Vault path outside sys/ and auth/",
+                    p.vault_path
+                ));
+            }
+            if p.max_ttl_secs == 0 {
+                return invalid(format!("profiles.{name}.max_ttl_secs must be positive"));
+            }
+        }
+        if let Some(url) = &self.store.url
+            && tether_store::Backend::of(url).is_none()
+        {
+            return invalid(format!(
+                "store.url `{}` must start with sqlite: or postgres://",
+                tether_store::redact_url(url)
+            ));
+        }
+        let r = &self.revocation;
+        if r.sweep_interval_ms == 0
+            || r.orphan_sweep_interval_ms == 0
+            || r.backoff_initial_ms == 0
+            || r.concurrency == 0
+            || r.revoke_call_budget_ms == 0
+        {
+            return invalid(
+                "revocation: sweep_interval_ms, orphan_sweep_interval_ms, backoff_initial_ms, revoke_call_budget_ms and concurrency must be positive".into(),
+            );
+        }
+        if r.backoff_max_ms < r.backoff_initial_ms {
+            return invalid("revocation.backoff_max_ms is below backoff_initial_ms".into());
+        }
+        if cfg!(not(feature = "test-hooks")) && self.test_hooks != TestHooks::default() {
+            return invalid(
+                "test_hooks are set but this build has no test hooks (feature `test-hooks`)".into(),
+            );
+        }
+        if self.limits.max_leases_per_session == 0 {
+            return invalid("limits.max_leases_per_session must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vault_paths() {
+        assert!(valid_vault_path("database/creds/hr-readonly"));
+        assert!(!valid_vault_path("/database/creds/x"));
+        assert!(!valid_vault_path("database/../sys/seal"));
+        assert!(!valid_vault_path("sys/leases/revoke-prefix/x"));
+        assert!(!valid_vault_path("database/creds/x?list=true"));
+        assert!(!valid_vault_path("database//x"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_from_debug() {
+        let auth = VaultAuth::Approle {
+            mount: "approle".into(),
+            role_id: "r".into(),
+            secret_id: Some(Secret::new("s3cr3t-id")),
+            secret_id_file: None,
+        };
+        assert!(!format!("{auth:?}").contains("s3cr3t-id"));
+    }
+}

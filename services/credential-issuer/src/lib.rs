@@ -1,0 +1,183 @@
+//! Tether's credential issuer: just-in-time, session-bound credentials minted
+//! from Vault/OpenBao dynamic secrets, served over gRPC
+//! (`tether.credentials.v1.CredentialIssuer`).
+//!
+//! [`run`] is what both the binary and the tests call: it opens the lease
+//! registry, logs in to Vault, runs the reconciler once, starts the sweeper
+//! and the token upkeep, and serves on the given listener until `shutdown`
+//! resolves. See `docs/design/002-lease-registry.md` for the guarantees.
+
+mod config;
+mod error;
+mod registry;
+mod revoker;
+mod service;
+mod vault;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+use tether_proto::credentials::v1::credential_issuer_server::{
+    CredentialIssuerServer, SERVICE_NAME,
+};
+
+pub use config::{
+    Config, Limits, Profile, RevocationConfig, Secret, StoreConfig, TestHooks, VaultAuth,
+    VaultConfig,
+};
+pub use error::IssuerError;
+pub use registry::{LeaseRow, Registry, Status as LeaseStatus};
+pub use revoker::Metrics;
+pub use service::CredentialIssuerService;
+pub use vault::{Vault, VaultError};
+
+/// Slack added to the Vault request timeout to get the issuing window: the
+/// longest an Issue may take between writing its row and claiming its lease.
+const ISSUING_SLACK: Duration = Duration::from_secs(1);
+
+/// Installs the process-wide rustls provider (aws-lc) that reqwest and
+/// sqlx's TLS need; a provider installed earlier is kept.
+pub fn install_crypto_provider() {
+    let _already_installed = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// A started issuer: the gRPC service plus its background tasks.
+#[derive(Debug)]
+pub struct Issuer {
+    service: CredentialIssuerService,
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    vault: Arc<Vault>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Issuer {
+    /// Opens and migrates the registry, logs in to Vault (a failed login is
+    /// retried in the background; requests fail UNAVAILABLE meanwhile), runs
+    /// the reconciler once and starts the sweeper and token upkeep.
+    pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        install_crypto_provider();
+        let url = config.store.effective_url();
+        let pool = tether_store::open(
+            &url,
+            "credential_issuer",
+            &tether_store::PoolSettings {
+                max_connections: config.store.max_connections,
+                ..tether_store::PoolSettings::default()
+            },
+        )
+        .await
+        .context("opening the lease registry")?;
+        tether_store::migrate(&pool, &registry::MIGRATOR)
+            .await
+            .context("migrating the lease registry")?;
+        let registry = Registry::new(pool);
+        tracing::info!(store = %tether_store::redact_url(&url), "lease registry ready");
+
+        let vault = Arc::new(Vault::new(config.vault.clone())?);
+        if let Err(e) = vault.login().await {
+            tracing::warn!(error = %e, "vault login failed at start-up; retrying in the background");
+        }
+        let issuing_window = config.vault.request_timeout() * 2 + ISSUING_SLACK;
+        let metrics = Arc::new(Metrics::default());
+        let paths: BTreeSet<String> = config
+            .profiles
+            .values()
+            .map(|p| p.vault_path.clone())
+            .collect();
+        let revoker = Arc::new(revoker::Revoker::new(
+            registry.clone(),
+            Arc::clone(&vault),
+            config.revocation.clone(),
+            issuing_window,
+            paths,
+            Arc::clone(&metrics),
+        ));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(Arc::clone(&revoker).run(stopped.clone())),
+            tokio::spawn(Arc::clone(&vault).maintain_token(stopped)),
+        ];
+        let service = CredentialIssuerService::new(
+            config.profiles.clone(),
+            config.limits,
+            registry.clone(),
+            Arc::clone(&vault),
+            revoker,
+            issuing_window,
+            Duration::from_millis(config.revocation.revoke_call_budget_ms),
+            config.test_hooks,
+        );
+        Ok(Self {
+            service,
+            registry,
+            metrics,
+            vault,
+            stop,
+            tasks,
+        })
+    }
+
+    pub fn service(&self) -> CredentialIssuerService {
+        self.service.clone()
+    }
+
+    /// The lease registry (tests read it directly).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The Vault client (its login and token-renewal counters).
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// Stops the background tasks.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Issuer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the issuer and serves gRPC on `listener` until `shutdown`
+/// resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let issuer = Issuer::start(&config).await?;
+    let max = config.server.max_message_bytes;
+    let routes = Routes::new(
+        CredentialIssuerServer::new(issuer.service())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    let served =
+        tether_runtime::serve(listener, routes, &[SERVICE_NAME], &config.server, shutdown).await;
+    issuer.stop().await;
+    served?;
+    Ok(())
+}

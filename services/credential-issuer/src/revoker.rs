@@ -1,0 +1,349 @@
+//! Guaranteed revocation: the start-up reconciler, the periodic sweeper, the
+//! orphan sweep, and the retry schedule they share.
+//!
+//! Nothing here gives up: a failed revocation is recorded
+//! (REVOCATION_FAILED, `last_error`, `revocation_attempts`), logged at WARN,
+//! counted in [`Metrics::revocation_failures`], and attempted again after an
+//! exponential backoff capped at `backoff_max_ms`, for as long as it takes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use tokio::sync::Notify;
+
+use crate::config::RevocationConfig;
+use crate::registry::{LeaseRow, Registry, Status};
+use crate::vault::Vault;
+
+/// Counters exported in logs (`tether_credential_*` fields) and readable in
+/// process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub issued: AtomicU64,
+    pub issue_failures: AtomicU64,
+    pub revoked: AtomicU64,
+    pub revocation_failures: AtomicU64,
+    pub orphans_revoked: AtomicU64,
+}
+
+impl Metrics {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    fn inc(counter: &AtomicU64) -> u64 {
+        counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Revokes leases and keeps retrying.
+#[derive(Debug)]
+pub struct Revoker {
+    registry: Registry,
+    vault: Arc<Vault>,
+    config: RevocationConfig,
+    /// Longest an Issue may take from writing its row to claiming its
+    /// Vault lease (`issuing_deadline - created_at`).
+    issuing_window: Duration,
+    paths: Vec<String>,
+    metrics: Arc<Metrics>,
+    wake: Notify,
+    last_orphan_sweep: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Revoker {
+    pub fn new(
+        registry: Registry,
+        vault: Arc<Vault>,
+        config: RevocationConfig,
+        issuing_window: Duration,
+        paths: BTreeSet<String>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            registry,
+            vault,
+            config,
+            issuing_window,
+            paths: paths.into_iter().collect(),
+            metrics,
+            wake: Notify::new(),
+            last_orphan_sweep: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Asks the background loop to look at the registry now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn backoff(&self, attempts: i64) -> Duration {
+        let exp = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
+        let delay = self
+            .config
+            .backoff_initial_ms
+            .saturating_mul(1u64 << exp.min(20));
+        Duration::from_millis(delay.min(self.config.backoff_max_ms))
+    }
+
+    /// How long after an issuing deadline the orphan sweep can be sure an
+    /// unclaimed lease is abandoned.
+    fn orphan_grace(&self) -> i64 {
+        ms(self.issuing_window) + i64::try_from(self.config.clock_skew_ms).unwrap_or(i64::MAX)
+    }
+
+    /// One attempt at revoking one lease that has a Vault lease id. Returns
+    /// true when it is gone.
+    pub async fn revoke_one(&self, row: &LeaseRow) -> bool {
+        let Some(vault_lease_id) = row.vault_lease_id.as_deref() else {
+            return false;
+        };
+        match self.vault.revoke(vault_lease_id).await {
+            Ok(()) => {
+                let now = now_ms();
+                let status = if row.expires_at.is_some_and(|e| e <= now) {
+                    Status::Expired
+                } else {
+                    Status::Revoked
+                };
+                let total = Metrics::inc(&self.metrics.revoked);
+                tracing::info!(
+                    lease_id = %row.id,
+                    session_id = %row.session_id,
+                    profile = %row.profile,
+                    status = status.as_str(),
+                    tether_credential_revoked_total = total,
+                    "lease revoked"
+                );
+                if let Err(e) = self.registry.mark_done(&row.id, status, now).await {
+                    // Vault has revoked it; the next sweep revokes it again
+                    // (idempotent) and records it then.
+                    tracing::warn!(lease_id = %row.id, error = %e, "recording a revocation failed");
+                }
+                true
+            }
+            Err(e) => {
+                self.failed(row, &e.to_string()).await;
+                false
+            }
+        }
+    }
+
+    async fn failed(&self, row: &LeaseRow, error: &str) {
+        let attempt = row.revocation_attempts + 1;
+        let delay = self.backoff(row.revocation_attempts);
+        let total = Metrics::inc(&self.metrics.revocation_failures);
+        tracing::warn!(
+            lease_id = %row.id,
+            session_id = %row.session_id,
+            attempt,
+            retry_in_ms = ms(delay),
+            error,
+            tether_credential_revocation_failures_total = total,
+            "revocation failed; will retry"
+        );
+        if let Err(e) = self
+            .registry
+            .mark_failed(&row.id, now_ms() + ms(delay), error)
+            .await
+        {
+            tracing::warn!(lease_id = %row.id, error = %e, "recording a failed revocation failed");
+        }
+        self.wake();
+    }
+
+    /// Revokes `rows` concurrently (at most `concurrency` at once).
+    pub async fn revoke_many(&self, rows: Vec<LeaseRow>) {
+        futures::stream::iter(rows)
+            .for_each_concurrent(self.config.concurrency, |row| async move {
+                self.revoke_one(&row).await;
+            })
+            .await;
+    }
+
+    /// One pass: mark what is due, revoke it, settle interrupted issuances,
+    /// and run the orphan sweep when its interval has passed (or `force`).
+    pub async fn sweep(&self, force_orphans: bool) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        let marked = self.registry.mark_due(now).await?;
+        if marked > 0 {
+            tracing::info!(
+                leases = marked,
+                "leases of ended or expired sessions marked for revocation"
+            );
+        }
+        let due = self.registry.due(now, 1000).await?;
+        let (with_id, interrupted): (Vec<_>, Vec<_>) =
+            due.into_iter().partition(|r| r.vault_lease_id.is_some());
+        self.revoke_many(with_id).await;
+
+        let grace = self.orphan_grace();
+        let mut sweep_paths = BTreeSet::new();
+        for row in &interrupted {
+            if row.issuing_deadline + grace < now {
+                sweep_paths.insert(row.vault_path.clone());
+            } else {
+                self.registry
+                    .postpone(&row.id, row.issuing_deadline + grace + 1)
+                    .await?;
+            }
+        }
+        let orphan_due = {
+            let last = self.last_orphan_sweep.lock().await;
+            force_orphans
+                || last.is_none_or(|t| {
+                    t.elapsed() >= Duration::from_millis(self.config.orphan_sweep_interval_ms)
+                })
+        };
+        if orphan_due && self.config.orphan_sweep {
+            sweep_paths.extend(self.paths.iter().cloned());
+            *self.last_orphan_sweep.lock().await = Some(tokio::time::Instant::now());
+        }
+        for path in sweep_paths {
+            self.orphan_sweep(&path, &interrupted).await?;
+        }
+        Ok(())
+    }
+
+    /// Revokes every Vault lease under `path` that no live row owns and that
+    /// is older than the issuing window plus clock skew, then settles the
+    /// interrupted issuances this sweep covered.
+    async fn orphan_sweep(&self, path: &str, interrupted: &[LeaseRow]) -> Result<(), sqlx::Error> {
+        let started = now_ms();
+        let grace = self.orphan_grace();
+        match self.orphans_of(path, started, grace).await {
+            Ok(revoked) => {
+                if revoked > 0 {
+                    tracing::info!(
+                        vault_path = path,
+                        leases = revoked,
+                        "orphan sweep revoked leases"
+                    );
+                }
+                let settled = self
+                    .registry
+                    .settle_interrupted(path, started - grace, now_ms())
+                    .await?;
+                if settled > 0 {
+                    tracing::info!(
+                        vault_path = path,
+                        leases = settled,
+                        "interrupted issuances settled by the orphan sweep"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(vault_path = path, error = %e, "orphan sweep failed; will retry");
+                for row in interrupted.iter().filter(|r| r.vault_path == path) {
+                    self.failed(row, &format!("orphan sweep: {e}")).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn orphans_of(&self, path: &str, started: i64, grace: i64) -> Result<u64, String> {
+        let listed = self
+            .vault
+            .list_leases(path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let claimed = self
+            .registry
+            .claimed(path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut revoked = 0;
+        let mut first_error = None;
+        for lease in listed.iter().filter(|l| !claimed.contains(*l)) {
+            let info = match self.vault.lookup(lease).await {
+                Ok(Some(info)) => info,
+                Ok(None) => continue,
+                Err(e) => {
+                    first_error.get_or_insert(e.to_string());
+                    continue;
+                }
+            };
+            // INVARIANT: a Vault lease can be claimed as ACTIVE only before
+            // its row's issuing deadline, which is at most `issuing_window`
+            // after Vault issued it. Older than that (plus clock skew) and
+            // unclaimed, it never will be: revoking it cannot take a
+            // credential away from a caller who got it.
+            if info.issue_time * 1000 + grace >= started {
+                continue;
+            }
+            match self.registry.is_claimed(lease).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e.to_string());
+                    continue;
+                }
+            }
+            match self.vault.revoke(lease).await {
+                Ok(()) => {
+                    revoked += 1;
+                    let total = Metrics::inc(&self.metrics.orphans_revoked);
+                    tracing::info!(
+                        vault_lease_id = lease.as_str(),
+                        tether_credential_orphans_revoked_total = total,
+                        "orphan lease revoked"
+                    );
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.revocation_failures);
+                    first_error.get_or_insert(e.to_string());
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(revoked),
+        }
+    }
+
+    /// The reconciler (one forced pass at start-up) and then the sweeper,
+    /// until `stop` flips.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let interval = Duration::from_millis(self.config.sweep_interval_ms);
+        let mut force = true;
+        loop {
+            if let Err(e) = self.sweep(force).await {
+                tracing::warn!(error = %e, "lease sweep failed (registry unavailable?); will retry");
+            } else {
+                force = false;
+            }
+            let wait = match self.registry.next_due().await {
+                Ok(Some(t)) => {
+                    let until = u64::try_from((t - now_ms()).max(0)).unwrap_or(0);
+                    interval.min(Duration::from_millis(until))
+                }
+                _ => interval,
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait.max(Duration::from_millis(20))) => {}
+                () = self.wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}

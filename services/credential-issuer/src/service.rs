@@ -1,0 +1,759 @@
+//! The gRPC handlers of `tether.credentials.v1.CredentialIssuer`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::Digest as _;
+use tether_proto::credentials::v1 as pb;
+use tether_runtime::into_status;
+use tonic::{Request, Response, Status};
+
+use crate::config::{Limits, Profile, TestHooks};
+use crate::error::IssuerError;
+use crate::registry::{BeginError, LeaseRow, NewLease, Registry, Status as LeaseStatus};
+use crate::revoker::{Revoker, now_ms};
+use crate::vault::{Vault, to_credential};
+
+const MAX_ID_BYTES: usize = 128;
+const MAX_INTENT_BYTES: usize = 8 * 1024;
+const MAX_UID_BYTES: usize = 512;
+const MAX_REASON_BYTES: usize = 256;
+const MAX_POLICY_IDS: usize = 256;
+const MAX_PAGE: u32 = 1000;
+
+/// `tether.credentials.v1.CredentialIssuer`.
+#[derive(Debug, Clone)]
+pub struct CredentialIssuerService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    profiles: BTreeMap<String, Profile>,
+    limits: Limits,
+    registry: Registry,
+    vault: Arc<Vault>,
+    revoker: Arc<Revoker>,
+    issuing_window: Duration,
+    revoke_budget: Duration,
+    test_hooks: TestHooks,
+}
+
+impl CredentialIssuerService {
+    #[expect(clippy::too_many_arguments, reason = "wired once, in `Issuer::start`")]
+    pub(crate) fn new(
+        profiles: BTreeMap<String, Profile>,
+        limits: Limits,
+        registry: Registry,
+        vault: Arc<Vault>,
+        revoker: Arc<Revoker>,
+        issuing_window: Duration,
+        revoke_budget: Duration,
+        test_hooks: TestHooks,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                profiles,
+                limits,
+                registry,
+                vault,
+                revoker,
+                issuing_window,
+                revoke_budget,
+                test_hooks,
+            }),
+        }
+    }
+}
+
+fn check_id(field: &str, value: &str) -> Result<(), IssuerError> {
+    if value.is_empty() {
+        return Err(IssuerError::InvalidArgument(format!("missing `{field}`")));
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err(IssuerError::InvalidArgument(format!(
+            "`{field}` is {} bytes, the limit is {MAX_ID_BYTES}",
+            value.len()
+        )));
+    }
+    if value.chars().any(char::is_control) || value.trim() != value {
+        return Err(IssuerError::InvalidArgument(format!(
+            "`{field}` contains control characters or surrounding whitespace"
+        )));
+    }
+    Ok(())
+}
+
+fn check_len(field: &str, value: &str, limit: usize) -> Result<(), IssuerError> {
+    if value.len() > limit {
+        return Err(IssuerError::InvalidArgument(format!(
+            "`{field}` is {} bytes, the limit is {limit}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+fn ts_ms(t: &prost_types::Timestamp) -> Result<i64, IssuerError> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(IssuerError::InvalidArgument(
+            "`session_expires_at` has invalid nanos".into(),
+        ));
+    }
+    t.seconds
+        .checked_mul(1000)
+        .and_then(|s| s.checked_add(i64::from(t.nanos / 1_000_000)))
+        .ok_or_else(|| IssuerError::InvalidArgument("`session_expires_at` is out of range".into()))
+}
+
+fn positive_duration(field: &str, d: &prost_types::Duration) -> Result<Duration, IssuerError> {
+    if d.seconds < 0 || d.nanos < 0 || (d.seconds == 0 && d.nanos == 0) {
+        return Err(IssuerError::InvalidArgument(format!(
+            "`{field}` must be positive"
+        )));
+    }
+    let secs = u64::try_from(d.seconds).unwrap_or(0);
+    let nanos = u32::try_from(d.nanos).unwrap_or(0);
+    Ok(Duration::new(secs, nanos.min(999_999_999)))
+}
+
+fn to_ts(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+fn to_pb(row: &LeaseRow) -> pb::Lease {
+    let status = match row.status {
+        LeaseStatus::Issuing => pb::LeaseStatus::Issuing,
+        LeaseStatus::Active => pb::LeaseStatus::Active,
+        LeaseStatus::Revoking => pb::LeaseStatus::Revoking,
+        LeaseStatus::Revoked => pb::LeaseStatus::Revoked,
+        LeaseStatus::Expired => pb::LeaseStatus::Expired,
+        LeaseStatus::RevocationFailed => pb::LeaseStatus::RevocationFailed,
+    };
+    let pending = matches!(
+        row.status,
+        LeaseStatus::Revoking | LeaseStatus::RevocationFailed
+    );
+    pb::Lease {
+        lease_id: row.id.clone(),
+        session_id: row.session_id.clone(),
+        profile: row.profile.clone(),
+        vault_path: row.vault_path.clone(),
+        vault_lease_id: row.vault_lease_id.clone().unwrap_or_default(),
+        granted_ttl: row.granted_ttl_secs.map(|s| prost_types::Duration {
+            seconds: s,
+            nanos: 0,
+        }),
+        issued_at: row.issued_at.map(to_ts),
+        expires_at: row.expires_at.map(to_ts),
+        status: status.into(),
+        renewable: row.renewable,
+        revoked_at: row
+            .revoked_at
+            .filter(|_| row.status.is_terminal())
+            .map(to_ts),
+        revocation_attempts: u32::try_from(row.revocation_attempts).unwrap_or(u32::MAX),
+        next_attempt_at: row.next_attempt_at.filter(|_| pending).map(to_ts),
+        last_error: row.last_error.clone().unwrap_or_default(),
+        action: row.action.clone(),
+        resource: row.resource.clone(),
+    }
+}
+
+fn page_token(session_id: &str, offset: i64) -> String {
+    let digest = sha2::Sha256::digest(session_id.as_bytes());
+    format!("{offset}.{}", hex::encode(&digest[..8]))
+}
+
+fn parse_page_token(session_id: &str, token: &str) -> Result<i64, IssuerError> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    let bad = || {
+        IssuerError::InvalidArgument(
+            "`page_token` was not produced by ListLeases for this session".into(),
+        )
+    };
+    let (offset, _) = token.split_once('.').ok_or_else(bad)?;
+    let offset: i64 = offset.parse().map_err(|_| bad())?;
+    if offset < 0 || page_token(session_id, offset) != token {
+        return Err(bad());
+    }
+    Ok(offset)
+}
+
+/// The `pause_after_vault_issue_ms` fail point (compiled in only with the
+/// `test-hooks` feature).
+async fn test_pause_after_vault_issue(hooks: TestHooks) {
+    if cfg!(feature = "test-hooks") && hooks.pause_after_vault_issue_ms > 0 {
+        tracing::warn!(
+            pause_ms = hooks.pause_after_vault_issue_ms,
+            "test hook: paused after vault issuance"
+        );
+        tokio::time::sleep(Duration::from_millis(hooks.pause_after_vault_issue_ms)).await;
+    }
+}
+
+impl Inner {
+    async fn issue(&self, req: pb::IssueRequest) -> Result<pb::IssueResponse, IssuerError> {
+        check_id("session_id", &req.session_id)?;
+        check_id("profile", &req.profile)?;
+        check_len("intent", &req.intent, MAX_INTENT_BYTES)?;
+        check_len("action", &req.action, MAX_UID_BYTES)?;
+        check_len("resource", &req.resource, MAX_UID_BYTES)?;
+        check_len("policy_version", &req.policy_version, MAX_ID_BYTES)?;
+        check_len("decision_id", &req.decision_id, MAX_ID_BYTES)?;
+        check_len("approval_ticket_id", &req.approval_ticket_id, MAX_ID_BYTES)?;
+        check_len("user_subject", &req.user_subject, MAX_UID_BYTES)?;
+        check_len("agent_id", &req.agent_id, MAX_UID_BYTES)?;
+        if req.policy_ids.len() > MAX_POLICY_IDS {
+            return Err(IssuerError::InvalidArgument(format!(
+                "`policy_ids` has {} entries, the limit is {MAX_POLICY_IDS}",
+                req.policy_ids.len()
+            )));
+        }
+        for id in &req.policy_ids {
+            check_len("policy_ids[]", id, MAX_ID_BYTES)?;
+        }
+        let expires_at = req
+            .session_expires_at
+            .as_ref()
+            .ok_or_else(|| IssuerError::InvalidArgument("missing `session_expires_at`".into()))
+            .and_then(ts_ms)?;
+        let requested = req
+            .requested_ttl
+            .as_ref()
+            .map(|d| positive_duration("requested_ttl", d))
+            .transpose()?;
+        let profile = self
+            .profiles
+            .get(&req.profile)
+            .ok_or_else(|| IssuerError::UnknownProfile(req.profile.clone()))?;
+
+        let now = now_ms();
+        if expires_at <= now {
+            return Err(IssuerError::FailedPrecondition(format!(
+                "session `{}` has expired",
+                req.session_id
+            )));
+        }
+        let remaining = Duration::from_millis(u64::try_from(expires_at - now).unwrap_or(0));
+        let mut target = profile.max_ttl().min(remaining);
+        if let Some(r) = requested {
+            target = target.min(r);
+        }
+        // Vault counts TTLs in whole seconds.
+        let target = Duration::from_secs(target.as_secs());
+        if target.is_zero() {
+            return Err(IssuerError::FailedPrecondition(format!(
+                "session `{}` has less than one second left",
+                req.session_id
+            )));
+        }
+
+        let id = uuid::Uuid::new_v4().to_string();
+        let new = NewLease {
+            id: id.clone(),
+            session_id: req.session_id.clone(),
+            session_expires_at: expires_at,
+            profile: req.profile.clone(),
+            vault_path: profile.vault_path.clone(),
+            created_at: now,
+            issuing_deadline: now
+                + i64::try_from(self.issuing_window.as_millis()).unwrap_or(i64::MAX / 2),
+            action: req.action.clone(),
+            resource: req.resource.clone(),
+            intent: req.intent.clone(),
+            policy_version: req.policy_version.clone(),
+            decision_id: req.decision_id.clone(),
+            policy_ids: serde_json::to_string(&req.policy_ids).unwrap_or_else(|_| "[]".into()),
+            approval_ticket_id: req.approval_ticket_id.clone(),
+            user_subject: req.user_subject.clone(),
+            agent_id: req.agent_id.clone(),
+        };
+        tracing::Span::current().record("lease_id", id.as_str());
+        // INVARIANT: the registry row exists (ISSUING) before Vault is asked,
+        // so every lease Vault creates for us is either claimed by this row
+        // or found by the orphan sweep of this profile's path.
+        match self
+            .registry
+            .begin_issue(&new, self.limits.max_leases_per_session)
+            .await
+        {
+            Ok(()) => {}
+            Err(BeginError::SessionEnded) => {
+                return Err(IssuerError::FailedPrecondition(format!(
+                    "session `{}` has ended; it gets no new credentials",
+                    req.session_id
+                )));
+            }
+            Err(BeginError::TooMany { limit }) => {
+                return Err(IssuerError::TooManyLeases {
+                    session: req.session_id.clone(),
+                    limit,
+                });
+            }
+            Err(BeginError::Db(e)) => return Err(IssuerError::Registry(e)),
+        }
+
+        let secret = match self.vault.issue(&profile.vault_path).await {
+            Ok(secret) => secret,
+            Err(e) => {
+                self.revoker
+                    .metrics()
+                    .issue_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(lease_id = %id, error = %e, "vault issuance failed");
+                if e.certainly_not_applied() {
+                    if let Err(db) = self.registry.discard(&id).await {
+                        tracing::warn!(lease_id = %id, error = %db, "discarding the lease row failed; the sweeper settles it");
+                    }
+                    return Err(IssuerError::Vault(e));
+                }
+                // Vault may have created a lease we never saw: the row stays
+                // ISSUING and the orphan sweep revokes whatever it finds.
+                self.revoker.wake();
+                return Err(IssuerError::VaultNoAnswer(e));
+            }
+        };
+        test_pause_after_vault_issue(self.test_hooks).await;
+
+        let mut granted = secret.lease_duration;
+        let mut renewable = secret.renewable;
+        if granted.is_zero() || granted > target {
+            // The role grants longer than this session may hold: shorten it
+            // (renewing to a smaller increment moves the expiry earlier).
+            let shortened = if secret.renewable {
+                self.vault.renew(&secret.lease_id, target).await
+            } else {
+                Err(crate::vault::VaultError::Decode(
+                    "the lease is longer than allowed and not renewable".into(),
+                ))
+            };
+            match shortened {
+                Ok((ttl, r)) if !ttl.is_zero() && ttl <= target => {
+                    granted = ttl;
+                    renewable = r;
+                }
+                other => {
+                    let error = match other {
+                        Err(e) => e.to_string(),
+                        Ok((ttl, _)) => format!(
+                            "vault granted {} s, more than {} s",
+                            ttl.as_secs(),
+                            target.as_secs()
+                        ),
+                    };
+                    tracing::warn!(lease_id = %id, error, "cannot cap the lease to the session; revoking it");
+                    return Err(self.abandon(&id, &secret.lease_id, now_ms()).await);
+                }
+            }
+        }
+
+        let issued_at = now_ms();
+        let granted_secs = i64::try_from(granted.as_secs()).unwrap_or(i64::MAX);
+        let lease_expires = issued_at + granted_secs * 1000;
+        let row = match self
+            .registry
+            .claim(
+                &id,
+                &secret.lease_id,
+                issued_at,
+                granted_secs,
+                lease_expires,
+                renewable,
+                issued_at,
+            )
+            .await
+        {
+            Ok(Some(row)) => row,
+            Ok(None) => {
+                return Err(IssuerError::Internal(format!(
+                    "lease `{id}` vanished during issuance"
+                )));
+            }
+            Err(e) => {
+                tracing::warn!(lease_id = %id, error = %e, "recording the vault lease failed; revoking it");
+                if let Err(ve) = self.vault.revoke(&secret.lease_id).await {
+                    tracing::warn!(lease_id = %id, error = %ve, "revoking the unrecorded lease failed; the orphan sweep will");
+                }
+                return Err(IssuerError::Registry(e));
+            }
+        };
+        if row.status != LeaseStatus::Active {
+            self.revoker.revoke_one(&row).await;
+            return Err(IssuerError::FailedPrecondition(format!(
+                "session `{}` ended (or the issuance outlived its deadline) while the credential was being issued; it was revoked",
+                req.session_id
+            )));
+        }
+        let total = self
+            .revoker
+            .metrics()
+            .issued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        tracing::info!(
+            lease_id = %id,
+            session_id = %req.session_id,
+            profile = %req.profile,
+            ttl_secs = granted_secs,
+            tether_credential_issued_total = total,
+            "credential issued"
+        );
+        Ok(pb::IssueResponse {
+            credential: Some(to_credential(&secret.data)),
+            lease: Some(to_pb(&row)),
+        })
+    }
+
+    /// Records the Vault lease of a row that will not be handed out, and
+    /// revokes it (retrying in the background if that fails).
+    async fn abandon(&self, id: &str, vault_lease_id: &str, now: i64) -> IssuerError {
+        // Past-deadline claim: the row becomes REVOKING with the Vault id.
+        let claimed = self
+            .registry
+            .record_for_revocation(id, vault_lease_id, now)
+            .await;
+        match claimed {
+            Ok(_) => {
+                if let Ok(Some(row)) = self.registry.get(id).await {
+                    self.revoker.revoke_one(&row).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(lease_id = %id, error = %e, "recording the abandoned lease failed");
+                if let Err(ve) = self.vault.revoke(vault_lease_id).await {
+                    tracing::warn!(lease_id = %id, error = %ve, "revoking the abandoned lease failed; the orphan sweep will");
+                }
+            }
+        }
+        IssuerError::FailedPrecondition(
+            "the credential could not be limited to the session's lifetime; it was revoked".into(),
+        )
+    }
+
+    async fn renew(&self, req: pb::RenewRequest) -> Result<pb::RenewResponse, IssuerError> {
+        check_id("lease_id", &req.lease_id)?;
+        check_id("session_id", &req.session_id)?;
+        let increment = req
+            .increment
+            .as_ref()
+            .map(|d| positive_duration("increment", d))
+            .transpose()?;
+        let row = self
+            .registry
+            .get(&req.lease_id)
+            .await?
+            .filter(|r| r.session_id == req.session_id)
+            .ok_or_else(|| IssuerError::NotFound(req.lease_id.clone()))?;
+        if row.status != LeaseStatus::Active {
+            return Err(IssuerError::FailedPrecondition(format!(
+                "lease `{}` is {}, not ACTIVE",
+                row.id,
+                row.status.as_str()
+            )));
+        }
+        if !row.renewable {
+            return Err(IssuerError::FailedPrecondition(format!(
+                "lease `{}` is not renewable",
+                row.id
+            )));
+        }
+        let session = self
+            .registry
+            .session(&row.session_id)
+            .await?
+            .ok_or_else(|| IssuerError::Internal(format!("lease `{}` has no session", row.id)))?;
+        let now = now_ms();
+        if session.ended_at.is_some() {
+            return Err(IssuerError::FailedPrecondition(format!(
+                "session `{}` has ended",
+                row.session_id
+            )));
+        }
+        let remaining = Duration::from_millis(u64::try_from(session.expires_at - now).unwrap_or(0));
+        let profile = self.profiles.get(&row.profile).ok_or_else(|| {
+            IssuerError::FailedPrecondition(format!(
+                "profile `{}` is no longer configured",
+                row.profile
+            ))
+        })?;
+        let mut target = profile.max_ttl().min(remaining);
+        if let Some(i) = increment {
+            target = target.min(i);
+        }
+        let target = Duration::from_secs(target.as_secs());
+        if target.is_zero() {
+            return Err(IssuerError::FailedPrecondition(format!(
+                "session `{}` has no time left to extend into",
+                row.session_id
+            )));
+        }
+        let vault_lease_id = row.vault_lease_id.as_deref().ok_or_else(|| {
+            IssuerError::Internal(format!("active lease `{}` without vault id", row.id))
+        })?;
+        let (ttl, renewable) = self
+            .vault
+            .renew(vault_lease_id, target)
+            .await
+            .map_err(IssuerError::VaultRenew)?;
+        let granted = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+        let now = now_ms();
+        if !self
+            .registry
+            .renewed(&row.id, granted, now + granted * 1000, renewable)
+            .await?
+        {
+            return Err(IssuerError::FailedPrecondition(format!(
+                "lease `{}` was revoked during the renewal",
+                row.id
+            )));
+        }
+        tracing::info!(lease_id = %row.id, session_id = %row.session_id, ttl_secs = granted, "lease renewed");
+        let row = self
+            .registry
+            .get(&row.id)
+            .await?
+            .ok_or_else(|| IssuerError::Internal("renewed lease vanished".into()))?;
+        Ok(pb::RenewResponse {
+            lease: Some(to_pb(&row)),
+        })
+    }
+
+    async fn revoke_session(
+        &self,
+        req: pb::RevokeSessionRequest,
+    ) -> Result<pb::RevokeSessionResponse, IssuerError> {
+        check_id("session_id", &req.session_id)?;
+        check_len("reason", &req.reason, MAX_REASON_BYTES)?;
+        let now = now_ms();
+        let (ended_at, already_ended) = self
+            .registry
+            .end_session(&req.session_id, &req.reason, now)
+            .await?;
+        tracing::info!(session_id = %req.session_id, already_ended, "session ended for credentials");
+        let all = self.all_leases(&req.session_id).await?;
+        let due: Vec<LeaseRow> = all
+            .into_iter()
+            .filter(|r| {
+                r.vault_lease_id.is_some()
+                    && matches!(
+                        r.status,
+                        LeaseStatus::Revoking | LeaseStatus::RevocationFailed
+                    )
+            })
+            .collect();
+        let count = due.len();
+        if tokio::time::timeout(self.revoke_budget, self.revoker.revoke_many(due))
+            .await
+            .is_err()
+        {
+            tracing::warn!(session_id = %req.session_id, leases = count, "revocations still running after the call budget; they go on in the background");
+        }
+        self.revoker.wake();
+        let (revoked, pending): (Vec<_>, Vec<_>) = self
+            .all_leases(&req.session_id)
+            .await?
+            .iter()
+            .map(to_pb)
+            .partition(|l| {
+                matches!(
+                    l.status(),
+                    pb::LeaseStatus::Revoked | pb::LeaseStatus::Expired
+                )
+            });
+        Ok(pb::RevokeSessionResponse {
+            revoked,
+            pending,
+            session_ended_at: Some(to_ts(ended_at)),
+            already_ended,
+        })
+    }
+
+    async fn all_leases(&self, session_id: &str) -> Result<Vec<LeaseRow>, IssuerError> {
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .registry
+                .leases_of(
+                    session_id,
+                    1000,
+                    i64::try_from(out.len()).unwrap_or(i64::MAX),
+                )
+                .await?;
+            let done = page.len() < 1000;
+            out.extend(page);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn list_leases(
+        &self,
+        req: pb::ListLeasesRequest,
+    ) -> Result<pb::ListLeasesResponse, IssuerError> {
+        check_id("session_id", &req.session_id)?;
+        if req.page_size > MAX_PAGE {
+            return Err(IssuerError::InvalidArgument(format!(
+                "`page_size` is {}, the limit is {MAX_PAGE}",
+                req.page_size
+            )));
+        }
+        let size = if req.page_size == 0 {
+            100
+        } else {
+            req.page_size
+        };
+        let offset = parse_page_token(&req.session_id, &req.page_token)?;
+        let mut rows = self
+            .registry
+            .leases_of(&req.session_id, i64::from(size) + 1, offset)
+            .await?;
+        let more = rows.len() > size as usize;
+        rows.truncate(size as usize);
+        Ok(pb::ListLeasesResponse {
+            next_page_token: if more {
+                page_token(&req.session_id, offset + i64::from(size))
+            } else {
+                String::new()
+            },
+            leases: rows.iter().map(to_pb).collect(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::credential_issuer_server::CredentialIssuer for CredentialIssuerService {
+    async fn issue(
+        &self,
+        request: Request<pb::IssueRequest>,
+    ) -> Result<Response<pb::IssueResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!(
+            "credentials.issue",
+            session_id = %truncate(&req.session_id),
+            profile = %truncate(&req.profile),
+            lease_id = tracing::field::Empty,
+            ttl_secs = tracing::field::Empty,
+        );
+        let inner = Arc::clone(&self.inner);
+        let result =
+            tracing::Instrument::instrument(async move { inner.issue(req).await }, span.clone())
+                .await;
+        match result {
+            Ok(resp) => {
+                if let Some(ttl) = resp.lease.as_ref().and_then(|l| l.granted_ttl.as_ref()) {
+                    span.record("ttl_secs", ttl.seconds);
+                }
+                Ok(Response::new(resp))
+            }
+            Err(e) => Err(span.in_scope(|| into_status(e))),
+        }
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!("credentials.renew", lease_id = %truncate(&req.lease_id), session_id = %truncate(&req.session_id));
+        let inner = Arc::clone(&self.inner);
+        tracing::Instrument::instrument(async move { inner.renew(req).await }, span.clone())
+            .await
+            .map(Response::new)
+            .map_err(|e| span.in_scope(|| into_status(e)))
+    }
+
+    async fn revoke_session(
+        &self,
+        request: Request<pb::RevokeSessionRequest>,
+    ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!("credentials.revoke_session", session_id = %truncate(&req.session_id));
+        let inner = Arc::clone(&self.inner);
+        tracing::Instrument::instrument(
+            async move { inner.revoke_session(req).await },
+            span.clone(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(|e| span.in_scope(|| into_status(e)))
+    }
+
+    async fn list_leases(
+        &self,
+        request: Request<pb::ListLeasesRequest>,
+    ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        let req = request.into_inner();
+        let span =
+            tracing::info_span!("credentials.list_leases", session_id = %truncate(&req.session_id));
+        let inner = Arc::clone(&self.inner);
+        tracing::Instrument::instrument(async move { inner.list_leases(req).await }, span.clone())
+            .await
+            .map(Response::new)
+            .map_err(|e| span.in_scope(|| into_status(e)))
+    }
+}
+
+/// Caller-supplied ids go into spans only up to the id size limit.
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(MAX_ID_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_are_bound_to_the_session() {
+        let t = page_token("s-1", 100);
+        assert_eq!(parse_page_token("s-1", &t).unwrap(), 100);
+        assert!(parse_page_token("s-2", &t).is_err());
+        assert!(parse_page_token("s-1", "100.deadbeef").is_err());
+        assert!(parse_page_token("s-1", "garbage").is_err());
+        assert_eq!(parse_page_token("s-1", "").unwrap(), 0);
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(check_id("session_id", "").is_err());
+        assert!(check_id("session_id", &"x".repeat(129)).is_err());
+        assert!(check_id("session_id", "a\nb").is_err());
+        assert!(check_id("session_id", "sid-1").is_ok());
+    }
+
+    #[test]
+    fn durations_must_be_positive() {
+        let zero = prost_types::Duration {
+            seconds: 0,
+            nanos: 0,
+        };
+        let neg = prost_types::Duration {
+            seconds: -5,
+            nanos: 0,
+        };
+        assert!(positive_duration("requested_ttl", &zero).is_err());
+        assert!(positive_duration("requested_ttl", &neg).is_err());
+        assert_eq!(
+            positive_duration(
+                "requested_ttl",
+                &prost_types::Duration {
+                    seconds: 5,
+                    nanos: 0
+                }
+            )
+            .unwrap(),
+            Duration::from_secs(5)
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! Configuration of the identity exchange.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use tether_runtime::{ConfigError, ServerConfig, ServiceConfig};
+
+/// `identity-exchange.toml`. The gRPC service and the OAuth HTTP endpoints
+/// share one port.
+///
+/// ```toml
+/// issuer = "https://tether.example.com"          # `iss` of delegated tokens
+///
+/// [store]
+/// url = "sqlite:///var/lib/tether/identity/identity.db"   # or postgres://…
+///
+/// [tokens]
+/// max_lifetime_secs = 900
+/// keys_dir = "/var/lib/tether/identity/keys"
+///
+/// [[trusted_issuers]]
+/// issuer = "https://login.example.com"
+/// audiences = ["https://tether.example.com"]
+/// algorithms = ["ES256", "RS256"]
+///
+/// [[agents]]
+/// id = "hr-assistant"
+/// jwks_uri = "https://agents.example.com/hr-assistant/jwks.json"
+/// audiences = ["https://hr.example.com"]
+/// scopes = ["hr:read", "hr:offboard"]
+/// may_act_for = { groups = ["hr"] }
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// This service's issuer URL: the `iss` of every delegated token. The
+    /// token endpoint (the `aud` of actor assertions) is `{issuer}/token`.
+    pub issuer: String,
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub tokens: TokenConfig,
+    /// IdPs whose user tokens are accepted.
+    #[serde(default)]
+    pub trusted_issuers: Vec<TrustedIssuer>,
+    /// Registered agents.
+    #[serde(default)]
+    pub agents: Vec<AgentConfig>,
+    /// SPIFFE JWT-SVIDs as actor tokens.
+    #[serde(default)]
+    pub spiffe: Option<SpiffeConfig>,
+    /// Outbound HTTP (discovery, JWKS).
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://…`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Lifetime of a delegated token; at most 900 (15 minutes).
+    pub max_lifetime_secs: u64,
+    /// Tolerated clock skew.
+    pub leeway_secs: u64,
+    /// Where signing keys live (PKCS#8 PEM, one per file). One is generated
+    /// when the directory is empty. Replicas share it (a Kubernetes Secret).
+    pub keys_dir: PathBuf,
+    /// Generate a new signing key when the current one is this old; the old
+    /// one keeps verifying until every token it signed has expired. 0 turns
+    /// rotation off (keys managed outside, e.g. a shared Kubernetes Secret).
+    pub rotate_after_secs: u64,
+    /// Longest `act` chain (1 = an agent, 2 = a sub-agent of it, …).
+    pub max_delegation_depth: usize,
+    /// Subject-token claims copied into the delegated token's `user` claim.
+    pub propagate_claims: Vec<String>,
+    /// Longest accepted lifetime (`exp - iat`) of an actor assertion.
+    pub max_assertion_lifetime_secs: u64,
+    /// Largest accepted token or assertion, in bytes.
+    pub max_token_bytes: usize,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            max_lifetime_secs: 900,
+            leeway_secs: 30,
+            keys_dir: PathBuf::from("keys"),
+            rotate_after_secs: 24 * 3600,
+            max_delegation_depth: 3,
+            propagate_claims: ["groups", "roles", "department", "email"]
+                .map(String::from)
+                .to_vec(),
+            max_assertion_lifetime_secs: 300,
+            max_token_bytes: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuer {
+    /// Exact `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values of its tokens.
+    pub audiences: Vec<String>,
+    /// Accepted signing algorithms (never taken from a token).
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// JWKS URL. When absent it is found by OIDC discovery.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Agent id: `iss` and `sub` of its assertions, `act.sub` in tokens.
+    pub id: String,
+    /// Its public keys, inline (a JWKS object)…
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// …or at a URL.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Its SPIFFE id, when it may prove itself with a JWT-SVID.
+    #[serde(default)]
+    pub spiffe_id: Option<String>,
+    /// Audiences it may ever get.
+    pub audiences: Vec<String>,
+    /// Scopes it may ever get.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Which users it may act for. Empty means nobody.
+    #[serde(default)]
+    pub may_act_for: MayActFor,
+    /// Accepted assertion algorithms.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+}
+
+/// `may_act`-style constraint: the user's `sub` is listed (or `*`), or the
+/// user is in one of the groups.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MayActFor {
+    pub subjects: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpiffeConfig {
+    pub trust_domain: String,
+    /// The trust bundle's JWT authorities as a JWKS file.
+    pub bundle_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub timeout_secs: u64,
+    /// Smallest interval between JWKS refreshes caused by unknown `kid`s.
+    pub jwks_min_refresh_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            timeout_secs: 5,
+            jwks_min_refresh_secs: 10,
+        }
+    }
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["ES256".into()]
+}
+
+pub(crate) fn parse_algorithms(names: &[String]) -> Result<Vec<tether_token::Algorithm>, String> {
+    use tether_token::Algorithm as A;
+    names
+        .iter()
+        .map(|n| match n.as_str() {
+            "ES256" => Ok(A::ES256),
+            "ES384" => Ok(A::ES384),
+            "EdDSA" => Ok(A::EdDSA),
+            "RS256" => Ok(A::RS256),
+            "RS384" => Ok(A::RS384),
+            "RS512" => Ok(A::RS512),
+            "PS256" => Ok(A::PS256),
+            "PS384" => Ok(A::PS384),
+            "PS512" => Ok(A::PS512),
+            other => Err(format!(
+                "algorithm `{other}` is not accepted (asymmetric algorithms only: ES256, ES384, EdDSA, RS256…)"
+            )),
+        })
+        .collect()
+}
+
+impl ServiceConfig for Config {
+    fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !(self.issuer.starts_with("https://") || self.issuer.starts_with("http://")) {
+            return invalid(format!("issuer `{}` must be an http(s) URL", self.issuer));
+        }
+        let t = &self.tokens;
+        if t.max_lifetime_secs == 0 || t.max_lifetime_secs > 900 {
+            return invalid("tokens.max_lifetime_secs must be between 1 and 900".into());
+        }
+        if t.max_delegation_depth == 0 || t.max_delegation_depth > 10 {
+            return invalid("tokens.max_delegation_depth must be between 1 and 10".into());
+        }
+        if tether_store::Backend::of(&self.store.url).is_none() {
+            return invalid(format!(
+                "store.url must start with `sqlite:` or `postgres://`, got `{}`",
+                tether_store::redact_url(&self.store.url)
+            ));
+        }
+        for issuer in &self.trusted_issuers {
+            if issuer.audiences.is_empty() {
+                return invalid(format!(
+                    "trusted issuer `{}` needs at least one audience",
+                    issuer.issuer
+                ));
+            }
+            parse_algorithms(&issuer.algorithms).map_err(|e| {
+                ConfigError::Invalid(format!("trusted issuer `{}`: {e}", issuer.issuer))
+            })?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for agent in &self.agents {
+            if !seen.insert(agent.id.as_str()) {
+                return invalid(format!("agent `{}` is registered twice", agent.id));
+            }
+            if agent.jwks.is_none() && agent.jwks_uri.is_none() && agent.spiffe_id.is_none() {
+                return invalid(format!(
+                    "agent `{}` needs `jwks`, `jwks_uri` or `spiffe_id`",
+                    agent.id
+                ));
+            }
+            if let Some(jwks) = &agent.jwks {
+                let set: tether_token::JwkSet =
+                    serde_json::from_value(jwks.clone()).map_err(|e| {
+                        ConfigError::Invalid(format!("agent `{}`: jwks: {e}", agent.id))
+                    })?;
+                if tether_token::StaticKeys::new(&set).is_empty() {
+                    return invalid(format!(
+                        "agent `{}`: jwks has no usable public signing key",
+                        agent.id
+                    ));
+                }
+            }
+            if agent.audiences.is_empty() {
+                return invalid(format!("agent `{}` needs at least one audience", agent.id));
+            }
+            parse_algorithms(&agent.algorithms)
+                .map_err(|e| ConfigError::Invalid(format!("agent `{}`: {e}", agent.id)))?;
+        }
+        if let Some(spiffe) = &self.spiffe
+            && !spiffe.bundle_path.exists()
+        {
+            return invalid(format!(
+                "spiffe.bundle_path `{}` does not exist",
+                spiffe.bundle_path.display()
+            ));
+        }
+        Ok(())
+    }
+}

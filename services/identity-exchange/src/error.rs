@@ -1,0 +1,145 @@
+//! Token exchange errors: RFC 6749 §5.2 / RFC 8693 codes, and their gRPC
+//! status codes (one mapping for both transports).
+
+use tether_runtime::{ServiceError, ServiceErrorCode};
+use tether_token::TokenError;
+
+/// The RFC error codes this service answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthCode {
+    InvalidRequest,
+    InvalidGrant,
+    InvalidClient,
+    InvalidTarget,
+    InvalidScope,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+}
+
+impl OAuthCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidGrant => "invalid_grant",
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidTarget => "invalid_target",
+            Self::InvalidScope => "invalid_scope",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+        }
+    }
+}
+
+/// Why nothing was minted.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// Refused, with the RFC code and a description safe to return.
+    #[error("{description}")]
+    OAuth {
+        code: OAuthCode,
+        description: String,
+    },
+    /// The IdP's keys or the store cannot be reached: a deny, retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected state; logged, not returned.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ExchangeError {
+    pub fn oauth(code: OAuthCode, description: impl Into<String>) -> Self {
+        Self::OAuth {
+            code,
+            description: description.into(),
+        }
+    }
+
+    /// A subject token problem (`invalid_grant`), or UNAVAILABLE when the
+    /// keys could not be fetched.
+    pub fn subject(err: TokenError) -> Self {
+        if err.is_unavailable() {
+            return Self::Unavailable(format!("cannot verify the subject token: {err}"));
+        }
+        Self::oauth(
+            OAuthCode::InvalidGrant,
+            format!("subject token rejected: {err}"),
+        )
+    }
+
+    /// An actor token problem (`invalid_client`), or UNAVAILABLE.
+    pub fn actor(err: TokenError) -> Self {
+        if err.is_unavailable() {
+            return Self::Unavailable(format!("cannot verify the actor token: {err}"));
+        }
+        Self::oauth(
+            OAuthCode::InvalidClient,
+            format!("actor token rejected: {err}"),
+        )
+    }
+
+    pub fn store(err: sqlx::Error) -> Self {
+        Self::Unavailable(format!("session store unavailable: {err}"))
+    }
+
+    /// The RFC error code, for HTTP bodies and gRPC ErrorInfo.
+    pub fn rfc_code(&self) -> &'static str {
+        match self {
+            Self::OAuth { code, .. } => code.as_str(),
+            Self::Unavailable(_) => "temporarily_unavailable",
+            Self::Internal(_) => "server_error",
+        }
+    }
+
+    /// The HTTP status for the `/token` endpoint.
+    pub fn http_status(&self) -> http::StatusCode {
+        match self {
+            Self::OAuth {
+                code: OAuthCode::InvalidClient,
+                ..
+            } => http::StatusCode::UNAUTHORIZED,
+            Self::OAuth { .. } => http::StatusCode::BAD_REQUEST,
+            Self::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Status with a `google.rpc.ErrorInfo` detail carrying the RFC code.
+    pub fn into_status(self) -> tonic::Status {
+        use tonic_types::{ErrorDetails, StatusExt as _};
+        let reason = self.rfc_code().to_ascii_uppercase();
+        let status = tether_runtime::into_status(self);
+        let details =
+            ErrorDetails::with_error_info(reason, "tether", std::collections::HashMap::new());
+        tonic::Status::with_error_details(status.code(), status.message(), details)
+    }
+}
+
+impl ServiceError for ExchangeError {
+    fn error_code(&self) -> ServiceErrorCode {
+        match self {
+            Self::OAuth { code, .. } => match code {
+                OAuthCode::InvalidRequest | OAuthCode::UnsupportedGrantType => {
+                    ServiceErrorCode::InvalidArgument
+                }
+                OAuthCode::InvalidGrant | OAuthCode::InvalidClient => {
+                    ServiceErrorCode::Unauthenticated
+                }
+                OAuthCode::InvalidTarget
+                | OAuthCode::InvalidScope
+                | OAuthCode::UnauthorizedClient => ServiceErrorCode::PermissionDenied,
+            },
+            Self::Unavailable(_) => ServiceErrorCode::Unavailable,
+            Self::Internal(_) => ServiceErrorCode::Internal,
+        }
+    }
+
+    fn public_message(&self) -> String {
+        match self {
+            Self::Unavailable(_) => {
+                "a dependency is unavailable; nothing was minted, retry later".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}

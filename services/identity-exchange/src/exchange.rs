@@ -1,0 +1,804 @@
+//! The token exchange itself (RFC 8693), shared by the gRPC and HTTP
+//! interfaces. Nothing is minted unless every check passes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tether_token::{
+    Actor, DelegatedClaims, KeyRing, StaticKeys, TOKEN_TYPE_AT_JWT, TokenError, TypRule,
+    VerifyPolicy, peek_issuer, unix_now, verify,
+};
+
+use crate::agents::{Agent, AgentRegistry};
+use crate::config::Config;
+use crate::error::{ExchangeError, OAuthCode};
+use crate::issuers::TrustedIssuers;
+use crate::store::{SessionRecord, Store};
+
+pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const TOKEN_TYPE_ID: &str = "urn:ietf:params:oauth:token-type:id_token";
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+const MAX_AUDIENCE_BYTES: usize = 512;
+const MAX_SCOPE_BYTES: usize = 1024;
+const MAX_SCOPE_TOKENS: usize = 64;
+const MAX_INTENT_BYTES: usize = 8 * 1024;
+const MAX_REASON_BYTES: usize = 256;
+
+/// An exchange request, transport-neutral.
+#[derive(Debug, Default, Clone)]
+pub struct ExchangeInput {
+    pub subject_token: String,
+    pub subject_token_type: String,
+    pub actor_token: String,
+    pub actor_token_type: String,
+    pub audience: String,
+    pub scope: String,
+    pub requested_token_type: String,
+    pub authorization_details: String,
+}
+
+/// A minted delegated token.
+#[derive(Debug, Clone)]
+pub struct Minted {
+    pub access_token: String,
+    pub claims: DelegatedClaims,
+    pub session_expires_at: i64,
+}
+
+/// What introspection reveals about an active token.
+#[derive(Debug, Clone)]
+pub struct Introspection {
+    pub claims: DelegatedClaims,
+    pub session_expires_at: i64,
+}
+
+/// Holds everything an exchange needs.
+#[derive(Debug)]
+pub struct Exchanger {
+    issuer: String,
+    token_endpoint: String,
+    max_lifetime: i64,
+    max_depth: usize,
+    leeway: Duration,
+    max_token_bytes: usize,
+    max_assertion_lifetime: Duration,
+    propagate: Vec<String>,
+    issuers: TrustedIssuers,
+    agents: AgentRegistry,
+    spiffe: Option<(String, StaticKeys)>,
+    ring: Arc<KeyRing>,
+    store: Store,
+}
+
+/// Who proved themselves with the actor token.
+struct ProvenActor {
+    /// `act.sub`: the agent id, or its SPIFFE id.
+    sub: String,
+    agent: Arc<Agent>,
+}
+
+/// The user, from a verified subject token.
+struct Subject {
+    sub: String,
+    exp: i64,
+    scopes: Option<Vec<String>>,
+    groups: Vec<String>,
+    user: Map<String, Value>,
+    /// Set when the subject token is one of ours (re-exchange).
+    parent: Option<DelegatedClaims>,
+}
+
+impl Exchanger {
+    pub fn new(
+        config: &Config,
+        ring: Arc<KeyRing>,
+        store: Store,
+        http: &reqwest::Client,
+    ) -> anyhow::Result<Self> {
+        let issuer = config.issuer.trim_end_matches('/').to_owned();
+        let spiffe = match &config.spiffe {
+            Some(s) => {
+                let text = std::fs::read_to_string(&s.bundle_path)?;
+                let set: tether_token::JwkSet = serde_json::from_str(&text)?;
+                Some((s.trust_domain.clone(), StaticKeys::new(&set)))
+            }
+            None => None,
+        };
+        Ok(Self {
+            token_endpoint: format!("{issuer}/token"),
+            issuer,
+            max_lifetime: i64::try_from(config.tokens.max_lifetime_secs)?,
+            max_depth: config.tokens.max_delegation_depth,
+            leeway: Duration::from_secs(config.tokens.leeway_secs),
+            max_token_bytes: config.tokens.max_token_bytes,
+            max_assertion_lifetime: Duration::from_secs(config.tokens.max_assertion_lifetime_secs),
+            propagate: config.tokens.propagate_claims.clone(),
+            issuers: TrustedIssuers::new(config, http).map_err(anyhow::Error::msg)?,
+            agents: AgentRegistry::new(config, http).map_err(anyhow::Error::msg)?,
+            spiffe,
+            ring,
+            store,
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn token_endpoint(&self) -> &str {
+        &self.token_endpoint
+    }
+
+    pub fn ring(&self) -> &KeyRing {
+        &self.ring
+    }
+
+    pub fn ring_arc(&self) -> &Arc<KeyRing> {
+        &self.ring
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// RFC 8693 token exchange.
+    pub async fn exchange(&self, input: &ExchangeInput) -> Result<Minted, ExchangeError> {
+        let intent = self.check_input(input)?;
+        // The actor first: its assertion is single-use, consumed here.
+        let actor = self.verify_actor(&input.actor_token).await?;
+        let subject = self
+            .verify_subject(&input.subject_token, &input.subject_token_type)
+            .await?;
+
+        if subject.parent.is_some() && intent.is_some() {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidRequest,
+                "`authorization_details` must be empty when re-exchanging a delegated token (the intent is inherited)",
+            ));
+        }
+        if subject.parent.is_none() && intent.is_none() {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidRequest,
+                "`authorization_details` (the agent's declared intent) is required",
+            ));
+        }
+        if !actor.agent.may_act_for(&subject.sub, &subject.groups) {
+            return Err(ExchangeError::oauth(
+                OAuthCode::UnauthorizedClient,
+                format!("agent `{}` may not act for this user", actor.agent.id),
+            ));
+        }
+        if !actor.agent.audiences.iter().any(|a| a == &input.audience) {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidTarget,
+                format!(
+                    "agent `{}` may not get audience `{}`",
+                    actor.agent.id,
+                    clip(&input.audience)
+                ),
+            ));
+        }
+        let scope = grant_scope(&input.scope, subject.scopes.as_deref(), &actor.agent.scopes)?;
+
+        let now = unix_now();
+        let act = match &subject.parent {
+            Some(parent) => Actor {
+                sub: actor.sub.clone(),
+                act: Some(Box::new(parent.act.clone())),
+            },
+            None => Actor {
+                sub: actor.sub.clone(),
+                act: None,
+            },
+        };
+        if act.depth() > self.max_depth {
+            return Err(ExchangeError::oauth(
+                OAuthCode::UnauthorizedClient,
+                format!(
+                    "delegation chain would be {} deep, the limit is {}",
+                    act.depth(),
+                    self.max_depth
+                ),
+            ));
+        }
+        let exp = (now + self.max_lifetime).min(subject.exp);
+        if exp <= now {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidGrant,
+                "subject token has expired",
+            ));
+        }
+        let (sid, session_expires_at) = match &subject.parent {
+            Some(parent) => {
+                let session = self.live_session(&parent.sid, now).await?;
+                (parent.sid.clone(), session.expires_at_ms / 1000)
+            }
+            None => {
+                let sid = format!("s_{}", uuid::Uuid::new_v4().simple());
+                self.store
+                    .insert_session(&SessionRecord {
+                        sid: sid.clone(),
+                        sub: subject.sub.clone(),
+                        agent: actor.agent.id.clone(),
+                        audience: input.audience.clone(),
+                        created_at_ms: now * 1000,
+                        expires_at_ms: exp * 1000,
+                        revoked_at_ms: None,
+                    })
+                    .await?;
+                (sid, exp)
+            }
+        };
+        let exp = exp.min(session_expires_at);
+        let claims = DelegatedClaims {
+            iss: self.issuer.clone(),
+            sub: subject.sub,
+            aud: input.audience.clone(),
+            exp,
+            iat: now,
+            nbf: None,
+            jti: uuid::Uuid::new_v4().to_string(),
+            sid,
+            scope,
+            act,
+            client_id: actor.agent.id.clone(),
+            authorization_details: intent.or_else(|| {
+                subject
+                    .parent
+                    .as_ref()
+                    .and_then(|p| p.authorization_details.clone())
+            }),
+            user: subject.user,
+        };
+        let key = self
+            .ring
+            .current()
+            .map_err(|e| ExchangeError::Internal(e.to_string()))?;
+        let access_token = key
+            .sign(TOKEN_TYPE_AT_JWT, &claims)
+            .map_err(|e| ExchangeError::Internal(e.to_string()))?;
+        tracing::info!(
+            session.id = %claims.sid,
+            agent = %claims.client_id,
+            act_depth = claims.act.depth(),
+            audience = %claims.aud,
+            expires_in = claims.exp - now,
+            "delegated token minted"
+        );
+        Ok(Minted {
+            access_token,
+            claims,
+            session_expires_at,
+        })
+    }
+
+    /// Field checks before any token is looked at. Returns the parsed intent.
+    fn check_input(&self, input: &ExchangeInput) -> Result<Option<Value>, ExchangeError> {
+        let bad = |m: String| Err(ExchangeError::oauth(OAuthCode::InvalidRequest, m));
+        if input.subject_token.is_empty() {
+            return bad(
+                "`subject_token` is required (the agent's own identity is never used in its place)"
+                    .into(),
+            );
+        }
+        if input.subject_token_type != TOKEN_TYPE_ACCESS
+            && input.subject_token_type != TOKEN_TYPE_ID
+        {
+            return bad(format!(
+                "`subject_token_type` must be `{TOKEN_TYPE_ACCESS}` or `{TOKEN_TYPE_ID}`, got `{}`",
+                clip(&input.subject_token_type)
+            ));
+        }
+        if input.actor_token.is_empty() {
+            return bad("`actor_token` (the agent's assertion) is required".into());
+        }
+        if input.actor_token_type != TOKEN_TYPE_JWT {
+            return bad(format!(
+                "`actor_token_type` must be `{TOKEN_TYPE_JWT}`, got `{}`",
+                clip(&input.actor_token_type)
+            ));
+        }
+        for (name, token) in [
+            ("subject_token", &input.subject_token),
+            ("actor_token", &input.actor_token),
+        ] {
+            if token.len() > self.max_token_bytes {
+                return bad(format!(
+                    "`{name}` is {} bytes, the limit is {}",
+                    token.len(),
+                    self.max_token_bytes
+                ));
+            }
+        }
+        if !input.requested_token_type.is_empty() && input.requested_token_type != TOKEN_TYPE_ACCESS
+        {
+            return bad(format!(
+                "`requested_token_type` must be `{TOKEN_TYPE_ACCESS}`, got `{}`",
+                clip(&input.requested_token_type)
+            ));
+        }
+        if input.audience.is_empty() {
+            return bad("`audience` is required (exactly one)".into());
+        }
+        if input.audience.len() > MAX_AUDIENCE_BYTES || input.audience.contains(char::is_whitespace)
+        {
+            return bad("`audience` must be one value of at most 512 bytes".into());
+        }
+        if input.scope.len() > MAX_SCOPE_BYTES
+            || input.scope.split_ascii_whitespace().count() > MAX_SCOPE_TOKENS
+            || !input
+                .scope
+                .chars()
+                .all(|c| c == ' ' || (c.is_ascii_graphic() && c != '"' && c != '\\'))
+        {
+            return bad(
+                "`scope` must be at most 64 space-separated tokens (1 KiB) of printable ASCII"
+                    .into(),
+            );
+        }
+        if input.authorization_details.is_empty() {
+            return Ok(None);
+        }
+        if input.authorization_details.len() > MAX_INTENT_BYTES {
+            return bad(format!(
+                "`authorization_details` is over {MAX_INTENT_BYTES} bytes"
+            ));
+        }
+        let intent: Value = serde_json::from_str(&input.authorization_details).map_err(|e| {
+            ExchangeError::oauth(
+                OAuthCode::InvalidRequest,
+                format!("`authorization_details` is not JSON: {e}"),
+            )
+        })?;
+        let valid = intent.as_array().is_some_and(|items| {
+            !items.is_empty()
+                && items.iter().all(|i| {
+                    i.get("type")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| !t.is_empty())
+                })
+        });
+        if !valid {
+            return bad("`authorization_details` must be a non-empty JSON array of objects with a string `type` (RFC 9396)".into());
+        }
+        Ok(Some(intent))
+    }
+
+    async fn verify_actor(&self, token: &str) -> Result<ProvenActor, ExchangeError> {
+        let claims =
+            unverified_claims(token, self.max_token_bytes).map_err(ExchangeError::actor)?;
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if sub.starts_with("spiffe://") {
+            return self.verify_svid(token, &sub).await;
+        }
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let Some(agent) = self.agents.get(iss) else {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidClient,
+                format!(
+                    "actor token rejected: agent `{}` is not registered",
+                    clip(iss)
+                ),
+            ));
+        };
+        let mut policy = VerifyPolicy::new(
+            vec![agent.id.clone()],
+            vec![self.token_endpoint.clone()],
+            agent.algorithms.clone(),
+        );
+        policy.typ = TypRule::JwtOrAbsent;
+        policy.leeway = self.leeway;
+        policy.max_token_bytes = self.max_token_bytes;
+        policy.max_lifetime = Some(self.max_assertion_lifetime);
+        let verified = verify::<Map<String, Value>, _>(token, &policy, &agent.keys)
+            .await
+            .map_err(ExchangeError::actor)?;
+        let claims = verified.claims;
+        if claims.get("sub").and_then(Value::as_str) != Some(agent.id.as_str()) {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidClient,
+                "actor token rejected: `sub` must equal `iss` (RFC 7523)",
+            ));
+        }
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if jti.is_empty() || jti.len() > 256 {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidClient,
+                "actor token rejected: a single-use `jti` is required",
+            ));
+        }
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .unwrap_or_default();
+        let keep_until = (exp + i64::try_from(self.leeway.as_secs()).unwrap_or(0)) * 1000;
+        if !self
+            .store
+            .consume_assertion(&agent.id, jti, keep_until)
+            .await?
+        {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidClient,
+                "actor token rejected: assertion was already used (replay)",
+            ));
+        }
+        Ok(ProvenActor {
+            sub: agent.id.clone(),
+            agent: Arc::clone(agent),
+        })
+    }
+
+    /// A SPIFFE JWT-SVID: signed by the trust bundle, `sub` a registered
+    /// SPIFFE id in the trust domain, `aud` this token endpoint. SVIDs are
+    /// reusable within their (short) lifetime, so no `jti` is required.
+    async fn verify_svid(&self, token: &str, sub: &str) -> Result<ProvenActor, ExchangeError> {
+        let reject = |m: String| {
+            ExchangeError::oauth(
+                OAuthCode::InvalidClient,
+                format!("actor token rejected: {m}"),
+            )
+        };
+        let Some((domain, bundle)) = &self.spiffe else {
+            return Err(reject(
+                "JWT-SVIDs are not accepted (no trust bundle configured)".into(),
+            ));
+        };
+        let prefix = format!("spiffe://{domain}/");
+        if !sub.starts_with(&prefix) {
+            return Err(reject(format!(
+                "SPIFFE id is not in trust domain `{domain}`"
+            )));
+        }
+        let Some(agent) = self.agents.by_spiffe_id(sub) else {
+            return Err(reject(format!(
+                "SPIFFE id `{}` is not a registered agent",
+                clip(sub)
+            )));
+        };
+        // JWT-SVIDs carry no fixed issuer: accept the token's own `iss`
+        // only after the signature proves it came from the bundle.
+        let iss = peek_issuer(token, self.max_token_bytes).unwrap_or_default();
+        let mut policy = VerifyPolicy::new(
+            vec![iss],
+            vec![self.token_endpoint.clone()],
+            agent.algorithms.clone(),
+        );
+        policy.typ = TypRule::OneOf(vec![String::new(), "JWT".into(), "JOSE".into()]);
+        policy.leeway = self.leeway;
+        policy.max_token_bytes = self.max_token_bytes;
+        policy.max_lifetime = Some(self.max_assertion_lifetime);
+        policy.require_iat = false;
+        verify::<Map<String, Value>, _>(token, &policy, bundle)
+            .await
+            .map_err(ExchangeError::actor)?;
+        Ok(ProvenActor {
+            sub: sub.to_owned(),
+            agent: Arc::clone(agent),
+        })
+    }
+
+    async fn verify_subject(
+        &self,
+        token: &str,
+        token_type: &str,
+    ) -> Result<Subject, ExchangeError> {
+        let iss = peek_issuer(token, self.max_token_bytes).map_err(ExchangeError::subject)?;
+        if iss == self.issuer {
+            if token_type != TOKEN_TYPE_ACCESS {
+                return Err(ExchangeError::oauth(
+                    OAuthCode::InvalidRequest,
+                    "a Tether delegated token has `subject_token_type` access_token",
+                ));
+            }
+            return self.verify_parent(token).await;
+        }
+        let Some(entry) = self.issuers.get(&iss) else {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidGrant,
+                format!(
+                    "subject token rejected: issuer `{}` is not trusted",
+                    clip(&iss)
+                ),
+            ));
+        };
+        let typ = if token_type == TOKEN_TYPE_ACCESS {
+            TypRule::AccessToken
+        } else {
+            TypRule::JwtOrAbsent
+        };
+        let keys = entry.keys().await.map_err(ExchangeError::subject)?;
+        let claims = verify::<Map<String, Value>, _>(token, &entry.policy(typ), keys)
+            .await
+            .map_err(ExchangeError::subject)?
+            .claims;
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .unwrap_or_default();
+        let scopes = scopes_of(&claims);
+        let groups = claims
+            .get("groups")
+            .and_then(Value::as_array)
+            .map(|g| {
+                g.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let user = self
+            .propagate
+            .iter()
+            .filter_map(|name| claims.get(name).map(|v| (name.clone(), v.clone())))
+            .collect();
+        Ok(Subject {
+            sub,
+            exp,
+            scopes: Some(scopes),
+            groups,
+            user,
+            parent: None,
+        })
+    }
+
+    /// A delegated token presented for re-exchange to a sub-agent.
+    async fn verify_parent(&self, token: &str) -> Result<Subject, ExchangeError> {
+        let claims = self
+            .verify_own(token)
+            .await
+            .map_err(ExchangeError::subject)?;
+        self.live_session(&claims.sid, unix_now()).await?;
+        let groups = claims
+            .user
+            .get("groups")
+            .and_then(Value::as_array)
+            .map(|g| {
+                g.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Subject {
+            sub: claims.sub.clone(),
+            exp: claims.exp,
+            scopes: Some(claims.scopes().map(str::to_owned).collect()),
+            groups,
+            user: claims.user.clone(),
+            parent: Some(claims),
+        })
+    }
+
+    /// Verifies a token this service minted (signature, claims), not its
+    /// session state.
+    pub async fn verify_own(&self, token: &str) -> Result<DelegatedClaims, TokenError> {
+        let mut policy = VerifyPolicy::new(
+            vec![self.issuer.clone()],
+            self.agents.all_audiences(),
+            vec![tether_token::Algorithm::ES256],
+        );
+        policy.typ = TypRule::AccessToken;
+        policy.leeway = self.leeway;
+        policy.max_token_bytes = self.max_token_bytes;
+        Ok(
+            verify::<DelegatedClaims, _>(token, &policy, self.ring.as_ref())
+                .await?
+                .claims,
+        )
+    }
+
+    async fn live_session(&self, sid: &str, now: i64) -> Result<SessionRecord, ExchangeError> {
+        let session = self.store.session(sid).await?.ok_or_else(|| {
+            ExchangeError::oauth(
+                OAuthCode::InvalidGrant,
+                "subject token rejected: unknown session",
+            )
+        })?;
+        if session.revoked_at_ms.is_some() {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidGrant,
+                "subject token rejected: session has been revoked",
+            ));
+        }
+        if session.expires_at_ms <= now * 1000 {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidGrant,
+                "subject token rejected: session has ended",
+            ));
+        }
+        Ok(session)
+    }
+
+    /// RFC 7662: `None` for anything that is not an active delegated token.
+    pub async fn introspect(&self, token: &str) -> Result<Option<Introspection>, ExchangeError> {
+        let Ok(claims) = self.verify_own(token).await else {
+            return Ok(None);
+        };
+        let Some(session) = self.store.session(&claims.sid).await? else {
+            return Ok(None);
+        };
+        if session.revoked_at_ms.is_some() || session.expires_at_ms <= unix_now() * 1000 {
+            return Ok(None);
+        }
+        Ok(Some(Introspection {
+            session_expires_at: session.expires_at_ms / 1000,
+            claims,
+        }))
+    }
+
+    /// Revokes a session. `None` when it never existed.
+    pub async fn revoke_session(
+        &self,
+        sid: &str,
+        reason: &str,
+    ) -> Result<Option<(i64, bool)>, ExchangeError> {
+        if sid.is_empty() || sid.len() > 128 {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidRequest,
+                "`sid` must be 1 to 128 bytes",
+            ));
+        }
+        if reason.len() > MAX_REASON_BYTES {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidRequest,
+                "`reason` is over 256 bytes",
+            ));
+        }
+        let result = self.store.revoke(sid, reason, unix_now_ms()).await?;
+        if let Some((_, false)) = result {
+            tracing::info!(session.id = %sid, reason, "session revoked");
+        }
+        Ok(result)
+    }
+
+    /// RFC 7009: revokes the session of a delegated token. Unknown or
+    /// invalid tokens are ignored (the endpoint answers 200 either way).
+    pub async fn revoke_token(&self, token: &str) -> Result<(), ExchangeError> {
+        if let Ok(claims) = self.verify_own(token).await {
+            self.revoke_session(&claims.sid, "revoked via RFC 7009 endpoint")
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Scope granted: the requested set when it is within both the user's and
+/// the agent's; the intersection when nothing was requested.
+fn grant_scope(
+    requested: &str,
+    user: Option<&[String]>,
+    agent: &[String],
+) -> Result<String, ExchangeError> {
+    let user = user.unwrap_or(&[]);
+    let requested: Vec<&str> = requested.split_ascii_whitespace().collect();
+    if requested.is_empty() {
+        let granted: Vec<&str> = user
+            .iter()
+            .map(String::as_str)
+            .filter(|s| agent.iter().any(|a| a == s))
+            .collect();
+        return Ok(granted.join(" "));
+    }
+    for scope in &requested {
+        if !user.iter().any(|u| u == scope) {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidScope,
+                format!("scope `{}` is wider than the user's", clip(scope)),
+            ));
+        }
+        if !agent.iter().any(|a| a == scope) {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidScope,
+                format!("scope `{}` is not allowed for this agent", clip(scope)),
+            ));
+        }
+    }
+    let mut granted = requested;
+    granted.dedup();
+    Ok(granted.join(" "))
+}
+
+/// A token's `scope` (space-separated) or `scp` (array) claim.
+fn scopes_of(claims: &Map<String, Value>) -> Vec<String> {
+    match (claims.get("scope"), claims.get("scp")) {
+        (Some(Value::String(s)), _) => s.split_ascii_whitespace().map(str::to_owned).collect(),
+        (_, Some(Value::Array(items))) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Claims of an unverified token, only to route it to the right verifier.
+fn unverified_claims(token: &str, limit: usize) -> Result<Map<String, Value>, TokenError> {
+    use base64::Engine as _;
+    if token.len() > limit {
+        return Err(TokenError::Oversized {
+            size: token.len(),
+            limit,
+        });
+    }
+    let payload = token
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| TokenError::Malformed("expected 3 dot-separated parts".into()))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| TokenError::Malformed("payload is not base64url".into()))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(TokenError::Malformed("payload is not a JSON object".into())),
+    }
+}
+
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Caller-supplied text echoed in an error is cut short.
+pub fn clip(text: &str) -> String {
+    const MAX: usize = 64;
+    if text.chars().count() <= MAX {
+        text.to_owned()
+    } else {
+        text.chars().take(MAX).chain(std::iter::once('…')).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| (*x).to_owned()).collect()
+    }
+
+    #[test]
+    fn scope_is_never_wider_than_user_or_agent() {
+        let user = s(&["openid", "hr:read", "hr:write"]);
+        let agent = s(&["hr:read", "hr:offboard"]);
+        assert_eq!(grant_scope("", Some(&user), &agent).unwrap(), "hr:read");
+        assert_eq!(
+            grant_scope("hr:read", Some(&user), &agent).unwrap(),
+            "hr:read"
+        );
+        assert!(matches!(
+            grant_scope("hr:offboard", Some(&user), &agent),
+            Err(ExchangeError::OAuth {
+                code: OAuthCode::InvalidScope,
+                ..
+            })
+        ));
+        assert!(matches!(
+            grant_scope("hr:write", Some(&user), &agent),
+            Err(ExchangeError::OAuth {
+                code: OAuthCode::InvalidScope,
+                ..
+            })
+        ));
+        assert_eq!(grant_scope("", None, &agent).unwrap(), "");
+    }
+}

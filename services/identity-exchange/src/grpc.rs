@@ -1,0 +1,212 @@
+//! `tether.identity.v1.IdentityExchange` over gRPC.
+
+use std::sync::Arc;
+
+use tether_proto::identity::v1 as pb;
+use tether_token::Actor;
+use tonic::{Request, Response, Status};
+
+use crate::error::{ExchangeError, OAuthCode};
+use crate::exchange::{ExchangeInput, Exchanger, Introspection, TOKEN_TYPE_ACCESS, unix_now_ms};
+
+#[derive(Debug, Clone)]
+pub struct IdentityService {
+    exchanger: Arc<Exchanger>,
+}
+
+impl IdentityService {
+    pub fn new(exchanger: Arc<Exchanger>) -> Self {
+        Self { exchanger }
+    }
+}
+
+pub(crate) fn timestamp(unix_secs: i64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: unix_secs,
+        nanos: 0,
+    })
+}
+
+fn actor(a: &Actor) -> pb::Actor {
+    pb::Actor {
+        sub: a.sub.clone(),
+        act: a.act.as_deref().map(|inner| Box::new(actor(inner))),
+    }
+}
+
+fn user_claims(map: &serde_json::Map<String, serde_json::Value>) -> Option<prost_types::Struct> {
+    fn value(v: &serde_json::Value) -> prost_types::Value {
+        use prost_types::value::Kind;
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+                values: items.iter().map(value).collect(),
+            }),
+            serde_json::Value::Object(m) => Kind::StructValue(prost_types::Struct {
+                fields: m.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
+            }),
+        };
+        prost_types::Value { kind: Some(kind) }
+    }
+    Some(prost_types::Struct {
+        fields: map.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
+    })
+}
+
+fn introspection(i: Introspection) -> pb::IntrospectResponse {
+    let c = i.claims;
+    pb::IntrospectResponse {
+        active: true,
+        sub: c.sub,
+        act: Some(actor(&c.act)),
+        sid: c.sid,
+        scope: c.scope,
+        aud: c.aud,
+        exp: timestamp(c.exp),
+        iat: timestamp(c.iat),
+        jti: c.jti,
+        authorization_details: c
+            .authorization_details
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
+        iss: c.iss,
+        user_claims: user_claims(&c.user),
+        session_expires_at: timestamp(i.session_expires_at),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::identity_exchange_server::IdentityExchange for IdentityService {
+    async fn exchange(
+        &self,
+        request: Request<pb::ExchangeRequest>,
+    ) -> Result<Response<pb::ExchangeResponse>, Status> {
+        let r = request.into_inner();
+        let input = ExchangeInput {
+            subject_token: r.subject_token,
+            subject_token_type: r.subject_token_type,
+            actor_token: r.actor_token,
+            actor_token_type: r.actor_token_type,
+            audience: r.audience,
+            scope: r.scope,
+            requested_token_type: r.requested_token_type,
+            authorization_details: r.authorization_details,
+        };
+        let span = tracing::info_span!(
+            "identity.exchange",
+            session.id = tracing::field::Empty,
+            outcome = tracing::field::Empty
+        );
+        let _guard = span.enter();
+        let minted = match self.exchanger.exchange(&input).await {
+            Ok(m) => m,
+            Err(e) => {
+                span.record("outcome", e.rfc_code());
+                tracing::info!(error = %e, "exchange refused");
+                return Err(e.into_status());
+            }
+        };
+        span.record("session.id", minted.claims.sid.as_str());
+        span.record("outcome", "minted");
+        let c = &minted.claims;
+        Ok(Response::new(pb::ExchangeResponse {
+            issued_token_type: TOKEN_TYPE_ACCESS.into(),
+            token_type: "Bearer".into(),
+            expires_in: c.exp - c.iat,
+            scope: c.scope.clone(),
+            sid: c.sid.clone(),
+            expires_at: timestamp(c.exp),
+            session_expires_at: timestamp(minted.session_expires_at),
+            issued_at: timestamp(c.iat),
+            jti: c.jti.clone(),
+            audience: c.aud.clone(),
+            access_token: minted.access_token,
+        }))
+    }
+
+    async fn introspect(
+        &self,
+        request: Request<pb::IntrospectRequest>,
+    ) -> Result<Response<pb::IntrospectResponse>, Status> {
+        let r = request.into_inner();
+        if r.token.is_empty() || r.token.len() > 16 * 1024 {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidRequest,
+                "`token` must be 1 byte to 16 KiB",
+            )
+            .into_status());
+        }
+        match self
+            .exchanger
+            .introspect(&r.token)
+            .await
+            .map_err(ExchangeError::into_status)?
+        {
+            Some(i) => Ok(Response::new(introspection(i))),
+            None => Ok(Response::new(pb::IntrospectResponse::default())),
+        }
+    }
+
+    async fn revoke_session(
+        &self,
+        request: Request<pb::RevokeSessionRequest>,
+    ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
+        let r = request.into_inner();
+        match self
+            .exchanger
+            .revoke_session(&r.sid, &r.reason)
+            .await
+            .map_err(ExchangeError::into_status)?
+        {
+            Some((at_ms, already)) => Ok(Response::new(pb::RevokeSessionResponse {
+                revoked_at: Some(prost_types::Timestamp {
+                    seconds: at_ms / 1000,
+                    nanos: i32::try_from((at_ms % 1000) * 1_000_000).unwrap_or(0),
+                }),
+                already_revoked: already,
+            })),
+            None => Err(Status::not_found(
+                "no session with this `sid` was ever minted",
+            )),
+        }
+    }
+
+    async fn list_revoked_sessions(
+        &self,
+        request: Request<pb::ListRevokedSessionsRequest>,
+    ) -> Result<Response<pb::ListRevokedSessionsResponse>, Status> {
+        let r = request.into_inner();
+        if r.page_size > 1000 {
+            return Err(Status::invalid_argument("`page_size` is at most 1000"));
+        }
+        let limit = if r.page_size == 0 {
+            1000
+        } else {
+            i64::from(r.page_size)
+        };
+        let now = unix_now_ms();
+        let rows = self
+            .exchanger
+            .store()
+            .revoked_since(r.since_unix_ms, now, limit + 1)
+            .await
+            .map_err(ExchangeError::into_status)?;
+        let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        Ok(Response::new(pb::ListRevokedSessionsResponse {
+            sessions: rows
+                .into_iter()
+                .take(usize::try_from(limit).unwrap_or(usize::MAX))
+                .map(|(sid, revoked, expires)| pb::RevokedSession {
+                    sid,
+                    revoked_at_unix_ms: revoked,
+                    session_expires_at_unix_ms: expires,
+                })
+                .collect(),
+            server_time_unix_ms: now,
+            more,
+        }))
+    }
+}

@@ -1,0 +1,110 @@
+//! Tether's identity exchange: RFC 8693 token exchange that ties every agent
+//! to a human. A user's IdP token plus the agent's own assertion become a
+//! short-lived delegated token (`sub` = user, `act` = agent, `sid`, intent).
+//!
+//! One port serves the gRPC service (`tether.identity.v1.IdentityExchange`)
+//! and the OAuth HTTP endpoints (`/token`, `/introspect`, `/revoke`,
+//! `/.well-known/jwks.json`, `/.well-known/oauth-authorization-server`).
+
+mod agents;
+mod config;
+mod error;
+mod exchange;
+mod grpc;
+mod http;
+mod issuers;
+mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tether_proto::identity::v1::identity_exchange_server::{IdentityExchangeServer, SERVICE_NAME};
+use tether_token::KeyRing;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+pub use config::{
+    AgentConfig, Config, HttpConfig, MayActFor, SpiffeConfig, StoreConfig, TokenConfig,
+    TrustedIssuer,
+};
+pub use error::{ExchangeError, OAuthCode};
+pub use exchange::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_ID, TOKEN_TYPE_JWT};
+
+/// Opens the store and keys, and serves gRPC + HTTP on `listener` until
+/// `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // reqwest (rustls) needs a process-wide crypto provider; another
+    // component may have installed it already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let store = store::Store::open(&config.store.url)
+        .await
+        .context("opening the session store")?;
+    let ring =
+        Arc::new(KeyRing::open_dir(&config.tokens.keys_dir).context("opening the signing keys")?);
+    let http = tether_token::idp_http_client(Duration::from_secs(config.http.timeout_secs))
+        .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
+    let exchanger = Arc::new(exchange::Exchanger::new(
+        &config,
+        ring,
+        store.clone(),
+        &http,
+    )?);
+
+    let purge = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if let Err(e) = store
+                    .purge_expired_assertions(exchange::unix_now_ms())
+                    .await
+                {
+                    tracing::warn!(error = %e, "purging used assertion ids failed");
+                }
+            }
+        }
+    });
+
+    let rotation = (config.tokens.rotate_after_secs > 0).then(|| {
+        let ring = Arc::clone(exchanger.ring_arc());
+        let rotate_ms = i64::try_from(config.tokens.rotate_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let keep_ms = i64::try_from((config.tokens.max_lifetime_secs + config.tokens.leeway_secs) * 1000).unwrap_or(i64::MAX);
+        let every = Duration::from_secs((config.tokens.rotate_after_secs / 4).clamp(1, 60));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = ring.maintain(rotate_ms, keep_ms) {
+                    tracing::error!(error = %e, "signing key rotation failed; the current key keeps signing");
+                }
+            }
+        })
+    });
+
+    let max = config.server.max_message_bytes;
+    let grpc = IdentityExchangeServer::new(grpc::IdentityService::new(Arc::clone(&exchanger)))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let routes = Routes::from(http::router(exchanger)).add_service(grpc);
+    let result = tether_runtime::server::serve_with_http(
+        listener,
+        routes,
+        &[SERVICE_NAME],
+        &config.server,
+        shutdown,
+    )
+    .await;
+    purge.abort();
+    if let Some(rotation) = rotation {
+        rotation.abort();
+    }
+    result?;
+    Ok(())
+}
