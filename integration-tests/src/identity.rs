@@ -65,6 +65,7 @@ pub struct IdentitySandboxBuilder {
     store_url: Option<String>,
     max_depth: usize,
     rotate_after_secs: u64,
+    spiffe: Option<(String, serde_json::Value)>,
 }
 
 impl IdentitySandboxBuilder {
@@ -96,6 +97,42 @@ impl IdentitySandboxBuilder {
         self
     }
 
+    /// Registers an agent that proves itself with a SPIFFE JWT-SVID only.
+    pub fn spiffe_agent(
+        mut self,
+        id: &str,
+        spiffe_id: &str,
+        scopes: &[&str],
+        groups: &[&str],
+    ) -> Self {
+        self.agents.push((
+            AgentConfig {
+                id: id.into(),
+                jwks: None,
+                jwks_uri: None,
+                spiffe_id: Some(spiffe_id.into()),
+                audiences: vec![FACADE_AUDIENCE.into()],
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                may_act_for: MayActFor {
+                    subjects: Vec::new(),
+                    groups: groups.iter().map(|s| (*s).to_owned()).collect(),
+                },
+                algorithms: vec!["ES256".into()],
+            },
+            None,
+        ));
+        self
+    }
+
+    /// Trusts JWT-SVIDs of `trust_domain` signed by `bundle`'s key.
+    pub fn spiffe_bundle(mut self, trust_domain: &str, bundle: &SigningKey) -> Self {
+        self.spiffe = Some((
+            trust_domain.into(),
+            serde_json::to_value(bundle.jwks()).unwrap_or_default(),
+        ));
+        self
+    }
+
     /// Use this store URL (default: SQLite in the sandbox's directory).
     pub fn store_url(mut self, url: impl Into<String>) -> Self {
         self.store_url = Some(url.into());
@@ -112,6 +149,17 @@ impl IdentitySandboxBuilder {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let issuer = format!("http://{addr}");
+        let spiffe = match self.spiffe {
+            Some((trust_domain, bundle)) => {
+                let bundle_path = dir.path().join("spiffe-bundle.json");
+                std::fs::write(&bundle_path, bundle.to_string())?;
+                Some(tether_identity_exchange::SpiffeConfig {
+                    trust_domain,
+                    bundle_path,
+                })
+            }
+            None => None,
+        };
         let config = Config {
             server: ServerConfig::default(),
             issuer: issuer.clone(),
@@ -133,17 +181,41 @@ impl IdentitySandboxBuilder {
                 jwks_uri: None,
             }],
             agents: self.agents.into_iter().map(|(a, _)| a).collect(),
-            spiffe: None,
+            spiffe,
             http: tether_identity_exchange::HttpConfig {
                 timeout_secs: 2,
                 jwks_min_refresh_secs: 1,
             },
         };
         tether_runtime::ServiceConfig::validate(&config).context("sandbox configuration")?;
+        IdentitySandbox::launch(config, listener, dir).await
+    }
+}
+
+/// A running identity exchange. Stops when dropped.
+#[derive(Debug)]
+pub struct IdentitySandbox {
+    addr: SocketAddr,
+    issuer: String,
+    channel: Channel,
+    keys_dir: PathBuf,
+    config: Config,
+    dir: TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl IdentitySandbox {
+    async fn launch(
+        config: Config,
+        listener: tokio::net::TcpListener,
+        dir: TempDir,
+    ) -> anyhow::Result<Self> {
+        let addr = listener.local_addr()?;
         let keys_dir = config.tokens.keys_dir.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(tether_identity_exchange::run(
-            config,
+            config.clone(),
             listener,
             async move {
                 let _ = stopped.await;
@@ -156,31 +228,33 @@ impl IdentitySandboxBuilder {
                 .map_err(anyhow::Error::from)
         })
         .await?;
-        Ok(IdentitySandbox {
+        Ok(Self {
             addr,
-            issuer,
+            issuer: config.issuer.clone(),
             channel,
             keys_dir,
+            config,
             dir,
             stop: Some(stop),
             task: Some(task),
         })
     }
-}
 
-/// A running identity exchange. Stops when dropped.
-#[derive(Debug)]
-pub struct IdentitySandbox {
-    addr: SocketAddr,
-    issuer: String,
-    channel: Channel,
-    keys_dir: PathBuf,
-    dir: TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-}
+    /// Stops the service and starts it again on the same address, store and
+    /// keys (what a process restart does).
+    pub async fn restart(mut self) -> anyhow::Result<Self> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        let listener = tokio::net::TcpListener::bind(self.addr).await?;
+        let config = self.config.clone();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
+        Self::launch(config, listener, dir).await
+    }
 
-impl IdentitySandbox {
     pub fn builder(idp_issuer: &str) -> IdentitySandboxBuilder {
         IdentitySandboxBuilder {
             idp_issuer: idp_issuer.into(),
@@ -188,6 +262,7 @@ impl IdentitySandbox {
             store_url: None,
             max_depth: 3,
             rotate_after_secs: 24 * 3600,
+            spiffe: None,
         }
     }
 

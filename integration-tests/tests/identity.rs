@@ -924,3 +924,202 @@ async fn every_bad_input_is_refused_over_grpc_and_http_and_nothing_is_minted() {
         "nothing was minted by any bad request"
     );
 }
+
+#[tokio::test]
+async fn the_replay_cache_survives_a_restart() {
+    let Stack {
+        idp,
+        identity,
+        agent,
+        ..
+    } = stack().await;
+    let user = idp
+        .login("alice", &["openid", "profile", "hr:read"])
+        .await
+        .unwrap()
+        .access_token;
+    let assertion = agent
+        .assertion_valid_for(&identity.token_endpoint(), 120)
+        .unwrap();
+    let request = ExchangeRequest {
+        subject_token: user.clone(),
+        subject_token_type: ACCESS.into(),
+        actor_token: assertion.clone(),
+        actor_token_type: JWT.into(),
+        audience: FACADE_AUDIENCE.into(),
+        scope: "hr:read".into(),
+        requested_token_type: String::new(),
+        authorization_details: INTENT.into(),
+    };
+    identity.client().exchange(request.clone()).await.unwrap();
+    let identity = identity.restart().await.unwrap();
+    let err = identity
+        .client()
+        .exchange(request.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("already used"), "{}", err.message());
+    // A fresh assertion still works after the restart (same keys, same store).
+    let fresh = ExchangeRequest {
+        actor_token: agent.assertion(&identity.token_endpoint()).unwrap(),
+        ..request
+    };
+    identity.client().exchange(fresh).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_spiffe_jwt_svid_is_an_actor_token_when_a_bundle_is_configured() {
+    let idp = Idp::start().await.unwrap();
+    let bundle = SigningKey::generate().unwrap();
+    let identity = IdentitySandbox::builder(idp.issuer())
+        .spiffe_bundle("example.org", &bundle)
+        .spiffe_agent(
+            "summarizer",
+            "spiffe://example.org/agents/summarizer",
+            &["hr:read"],
+            &["hr"],
+        )
+        .start()
+        .await
+        .unwrap();
+    let user = idp
+        .login("alice", &["openid", "profile", "hr:read"])
+        .await
+        .unwrap()
+        .access_token;
+    let now = tether_token::unix_now();
+    let svid = |key: &SigningKey, sub: &str| {
+        key.sign_raw(
+            &json!({"alg": "ES256", "typ": "JWT", "kid": key.kid()}),
+            &json!({"iss": "https://spire.example.org", "sub": sub, "aud": [identity.token_endpoint()], "iat": now, "exp": now + 120}),
+        )
+        .unwrap()
+    };
+    let request = |actor: String| ExchangeRequest {
+        subject_token: user.clone(),
+        subject_token_type: ACCESS.into(),
+        actor_token: actor,
+        actor_token_type: JWT.into(),
+        audience: FACADE_AUDIENCE.into(),
+        scope: "hr:read".into(),
+        requested_token_type: String::new(),
+        authorization_details: INTENT.into(),
+    };
+    let mut client = identity.client();
+    let resp = client
+        .exchange(request(svid(
+            &bundle,
+            "spiffe://example.org/agents/summarizer",
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    let intro = client
+        .introspect(IntrospectRequest {
+            token: resp.access_token,
+            token_type_hint: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        intro.act.unwrap().sub,
+        "spiffe://example.org/agents/summarizer"
+    );
+
+    let attacker = SigningKey::generate().unwrap();
+    for (name, actor) in [
+        (
+            "signed outside the bundle",
+            svid(&attacker, "spiffe://example.org/agents/summarizer"),
+        ),
+        (
+            "another trust domain",
+            svid(&bundle, "spiffe://evil.org/agents/summarizer"),
+        ),
+        (
+            "an unregistered workload",
+            svid(&bundle, "spiffe://example.org/agents/unknown"),
+        ),
+    ] {
+        let err = client.exchange(request(actor)).await.expect_err(name);
+        assert_eq!(
+            err.code(),
+            Code::Unauthenticated,
+            "{name}: {}",
+            err.message()
+        );
+    }
+}
+
+#[tokio::test]
+async fn sessions_and_replay_cache_live_in_postgresql_when_configured() {
+    let pg = tether_integration_tests::postgres::PgCluster::start()
+        .await
+        .unwrap();
+    pg.create_database("tether").await.unwrap();
+    let idp = Idp::start().await.unwrap();
+    let agent = TestAgent::new("hr-assistant").unwrap();
+    let identity = IdentitySandbox::builder(idp.issuer())
+        .agent(&agent, &["hr:read"], &["hr"])
+        .store_url(pg.admin_url("tether"))
+        .start()
+        .await
+        .unwrap();
+    let user = idp
+        .login("alice", &["openid", "profile", "hr:read"])
+        .await
+        .unwrap()
+        .access_token;
+    let assertion = agent.assertion(&identity.token_endpoint()).unwrap();
+    let request = ExchangeRequest {
+        subject_token: user,
+        subject_token_type: ACCESS.into(),
+        actor_token: assertion,
+        actor_token_type: JWT.into(),
+        audience: FACADE_AUDIENCE.into(),
+        scope: "hr:read".into(),
+        requested_token_type: String::new(),
+        authorization_details: INTENT.into(),
+    };
+    let resp = identity
+        .client()
+        .exchange(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect_with(
+        &pg.options(
+            tether_integration_tests::postgres::ADMIN_USER,
+            pg.admin_password(),
+        )
+        .database("tether"),
+    )
+    .await
+    .unwrap();
+    let (sub, agent_id): (String, String) =
+        sqlx::query_as("SELECT sub, agent FROM identity_exchange.sessions WHERE sid = $1")
+            .bind(&resp.sid)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!((sub.as_str(), agent_id.as_str()), ("alice", "hr-assistant"));
+    identity
+        .client()
+        .revoke_session(RevokeSessionRequest {
+            sid: resp.sid.clone(),
+            reason: "test".into(),
+        })
+        .await
+        .unwrap();
+    let (revoked,): (Option<i64>,) =
+        sqlx::query_as("SELECT revoked_at FROM identity_exchange.sessions WHERE sid = $1")
+            .bind(&resp.sid)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert!(revoked.is_some());
+    let err = identity.client().exchange(request).await.unwrap_err();
+    assert!(err.message().contains("already used"), "{}", err.message());
+}

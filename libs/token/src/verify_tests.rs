@@ -270,3 +270,67 @@ async fn revocation_list_fails_closed_when_stale() {
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(list.is_revoked("s2").await.is_err());
 }
+
+#[tokio::test]
+async fn unknown_kids_refresh_the_jwks_at_a_bounded_rate() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let key = SigningKey::generate().unwrap();
+    let body = serde_json::to_string(&key.jwks()).unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_hits = Arc::clone(&hits);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            server_hits.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 2048];
+            let _ = socket.read(&mut buf).await;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        }
+    });
+    let cache = crate::JwksCache::new(format!("http://{addr}/jwks"), reqwest::Client::new())
+        .with_min_refresh_interval(Duration::from_millis(400));
+    let good = key.sign_raw(&header(&key), &claims()).unwrap();
+    verify::<Value, _>(&good, &policy(), &cache).await.unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // A flood of random kids right after: no fetch at all.
+    for i in 0..50 {
+        let token = key
+            .sign_raw(
+                &with(header(&key), "kid", json!(format!("random-{i}"))),
+                &claims(),
+            )
+            .unwrap();
+        assert!(matches!(
+            verify::<Value, _>(&token, &policy(), &cache).await,
+            Err(TokenError::UnknownKey(_))
+        ));
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // After the interval, one more unknown kid refreshes once; the rest don't.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    for i in 0..50 {
+        let token = key
+            .sign_raw(
+                &with(header(&key), "kid", json!(format!("again-{i}"))),
+                &claims(),
+            )
+            .unwrap();
+        let _ = verify::<Value, _>(&token, &policy(), &cache).await;
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // Known keys keep verifying without fetching.
+    verify::<Value, _>(&good, &policy(), &cache).await.unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}

@@ -1,0 +1,128 @@
+//! No token ever reaches a log line or span: every exchange path runs with
+//! TRACE logging captured, and the capture is searched for the tokens.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions"
+)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use tether_integration_tests::identity::{FACADE_AUDIENCE, IdentitySandbox, TestAgent};
+use tether_integration_tests::idp::Idp;
+use tether_proto::identity::v1::{ExchangeRequest, IntrospectRequest, RevokeSessionRequest};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn tokens_never_reach_the_logs() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::TRACE)
+        .with_current_span(true)
+        .with_span_list(true)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let idp = Idp::start().await.unwrap();
+    let agent = TestAgent::new("hr-assistant").unwrap();
+    let identity = IdentitySandbox::builder(idp.issuer())
+        .agent(&agent, &["hr:read"], &["hr"])
+        .start()
+        .await
+        .unwrap();
+    let login = idp
+        .login("alice", &["openid", "profile", "hr:read"])
+        .await
+        .unwrap();
+    let mut secrets = vec![login.access_token.clone(), login.id_token.clone()];
+    let mut client = identity.client();
+    let request = |subject: &str, actor: String, scope: &str| ExchangeRequest {
+        subject_token: subject.into(),
+        subject_token_type: "urn:ietf:params:oauth:token-type:access_token".into(),
+        actor_token: actor,
+        actor_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+        audience: FACADE_AUDIENCE.into(),
+        scope: scope.into(),
+        requested_token_type: String::new(),
+        authorization_details: r#"[{"type":"hr_record_access"}]"#.into(),
+    };
+
+    let actor = agent.assertion(&identity.token_endpoint()).unwrap();
+    secrets.push(actor.clone());
+    let minted = client
+        .exchange(request(&login.access_token, actor, "hr:read"))
+        .await
+        .unwrap()
+        .into_inner();
+    secrets.push(minted.access_token.clone());
+
+    // Failures of every kind, each carrying tokens.
+    let replay = secrets[2].clone();
+    let _ = client
+        .exchange(request(&login.access_token, replay, "hr:read"))
+        .await
+        .unwrap_err();
+    let actor = agent.assertion(&identity.token_endpoint()).unwrap();
+    secrets.push(actor.clone());
+    let _ = client
+        .exchange(request(&login.access_token, actor, "hr:write"))
+        .await
+        .unwrap_err();
+    let tampered = format!("{}x", login.access_token);
+    let actor = agent.assertion(&identity.token_endpoint()).unwrap();
+    secrets.push(actor.clone());
+    let _ = client
+        .exchange(request(&tampered, actor, "hr:read"))
+        .await
+        .unwrap_err();
+    client
+        .introspect(IntrospectRequest {
+            token: minted.access_token.clone(),
+            token_type_hint: String::new(),
+        })
+        .await
+        .unwrap();
+    client
+        .revoke_session(RevokeSessionRequest {
+            sid: minted.sid.clone(),
+            reason: "done".into(),
+        })
+        .await
+        .unwrap();
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("delegated token minted"), "the capture works");
+    assert!(logs.contains(&minted.sid), "session ids are logged");
+    for secret in &secrets {
+        // Any 24-character window of a token's signature or payload would do;
+        // the last 24 characters are from its signature.
+        let tail = &secret[secret.len() - 24..];
+        assert!(
+            !logs.contains(tail),
+            "a token's signature appeared in the logs"
+        );
+        let payload = secret.split('.').nth(1).unwrap();
+        assert!(
+            !logs.contains(payload),
+            "a token's payload appeared in the logs"
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! The real binary: configuration errors exit 64 with one clear line.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions"
+)]
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tether-identity-exchange");
+
+fn config(dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        "issuer = \"https://tether.example\"\n[store]\nurl = \"sqlite://{}/id.db\"\n[tokens]\nkeys_dir = \"{}/keys\"\n{extra}",
+        dir.display(),
+        dir.display()
+    )
+}
+
+#[test]
+fn validate_only_and_invalid_configurations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("identity.toml");
+    std::fs::write(&path, config(dir.path(), "")).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("--validate-only")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let cases = [
+        (
+            "max_lifetime_secs = 3600\n",
+            "tokens.max_lifetime_secs must be between 1 and 900",
+        ),
+        (
+            "[[trusted_issuers]]\nissuer = \"https://idp\"\naudiences = [\"a\"]\nalgorithms = [\"HS256\"]\n",
+            "algorithm `HS256` is not accepted",
+        ),
+        (
+            "[[trusted_issuers]]\nissuer = \"https://idp\"\naudiences = [\"a\"]\nalgorithms = [\"none\"]\n",
+            "algorithm `none` is not accepted",
+        ),
+        (
+            "[[agents]]\nid = \"a\"\naudiences = [\"x\"]\n",
+            "agent `a` needs `jwks`, `jwks_uri` or `spiffe_id`",
+        ),
+        (
+            "[[agents]]\nid = \"a\"\naudiences = [\"x\"]\njwks = { keys = [{ kty = \"oct\", k = \"c2VjcmV0\" }] }\n",
+            "no usable public signing key",
+        ),
+    ];
+    for (extra, expect) in cases {
+        // `max_lifetime_secs` belongs under [tokens], the rest stand alone.
+        let body = if extra.starts_with("max_") {
+            config(dir.path(), "").replace("[tokens]\n", &format!("[tokens]\n{extra}"))
+        } else {
+            config(dir.path(), extra)
+        };
+        std::fs::write(&path, body).unwrap();
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .arg("--validate-only")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{expect}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expect), "`{stderr}` lacks `{expect}`");
+    }
+}
