@@ -13,9 +13,9 @@ use tether_identity_exchange::{
 use tether_proto::identity::v1::identity_exchange_client::IdentityExchangeClient;
 use tether_runtime::ServerConfig;
 use tether_token::SigningKey;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+
+use crate::Running;
 
 /// The audience agents ask delegated tokens for (the agent facade's).
 pub const FACADE_AUDIENCE: &str = "https://tether.local/facade";
@@ -57,11 +57,28 @@ impl TestAgent {
     }
 }
 
+/// An agent registration for the facade audience, with no keys yet.
+fn agent_config(id: &str, scopes: &[&str], groups: &[&str]) -> AgentConfig {
+    AgentConfig {
+        id: id.into(),
+        jwks: None,
+        jwks_uri: None,
+        spiffe_id: None,
+        audiences: vec![FACADE_AUDIENCE.into()],
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        may_act_for: MayActFor {
+            subjects: Vec::new(),
+            groups: groups.iter().map(|s| (*s).to_owned()).collect(),
+        },
+        algorithms: vec!["ES256".into()],
+    }
+}
+
 /// Builds an [`IdentitySandbox`].
 #[derive(Debug)]
 pub struct IdentitySandboxBuilder {
     idp_issuer: String,
-    agents: Vec<(AgentConfig, Option<&'static str>)>,
+    agents: Vec<AgentConfig>,
     store_url: Option<String>,
     max_depth: usize,
     rotate_after_secs: u64,
@@ -77,23 +94,9 @@ impl IdentitySandboxBuilder {
 
     /// Registers `agent`, allowed `scopes`, acting for members of `groups`.
     pub fn agent(mut self, agent: &TestAgent, scopes: &[&str], groups: &[&str]) -> Self {
-        let jwks = serde_json::to_value(agent.key.jwks()).unwrap_or_default();
-        self.agents.push((
-            AgentConfig {
-                id: agent.id.clone(),
-                jwks: Some(jwks),
-                jwks_uri: None,
-                spiffe_id: None,
-                audiences: vec![FACADE_AUDIENCE.into()],
-                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-                may_act_for: MayActFor {
-                    subjects: Vec::new(),
-                    groups: groups.iter().map(|s| (*s).to_owned()).collect(),
-                },
-                algorithms: vec!["ES256".into()],
-            },
-            None,
-        ));
+        let mut config = agent_config(&agent.id, scopes, groups);
+        config.jwks = Some(serde_json::to_value(agent.key.jwks()).unwrap_or_default());
+        self.agents.push(config);
         self
     }
 
@@ -105,22 +108,9 @@ impl IdentitySandboxBuilder {
         scopes: &[&str],
         groups: &[&str],
     ) -> Self {
-        self.agents.push((
-            AgentConfig {
-                id: id.into(),
-                jwks: None,
-                jwks_uri: None,
-                spiffe_id: Some(spiffe_id.into()),
-                audiences: vec![FACADE_AUDIENCE.into()],
-                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-                may_act_for: MayActFor {
-                    subjects: Vec::new(),
-                    groups: groups.iter().map(|s| (*s).to_owned()).collect(),
-                },
-                algorithms: vec!["ES256".into()],
-            },
-            None,
-        ));
+        let mut config = agent_config(id, scopes, groups);
+        config.spiffe_id = Some(spiffe_id.into());
+        self.agents.push(config);
         self
     }
 
@@ -180,7 +170,7 @@ impl IdentitySandboxBuilder {
                 algorithms: vec!["ES256".into()],
                 jwks_uri: None,
             }],
-            agents: self.agents.into_iter().map(|(a, _)| a).collect(),
+            agents: self.agents,
             spiffe,
             http: tether_identity_exchange::HttpConfig {
                 timeout_secs: 2,
@@ -201,8 +191,7 @@ pub struct IdentitySandbox {
     keys_dir: PathBuf,
     config: Config,
     dir: TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    running: Running,
 }
 
 impl IdentitySandbox {
@@ -213,14 +202,10 @@ impl IdentitySandbox {
     ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let keys_dir = config.tokens.keys_dir.clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(tether_identity_exchange::run(
-            config.clone(),
-            listener,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let service_config = config.clone();
+        let running = Running::spawn(|shutdown| {
+            tether_identity_exchange::run(service_config, listener, shutdown)
+        });
         let channel = crate::eventually(std::time::Duration::from_secs(10), || async {
             Channel::from_shared(format!("http://{addr}"))?
                 .connect()
@@ -235,20 +220,14 @@ impl IdentitySandbox {
             keys_dir,
             config,
             dir,
-            stop: Some(stop),
-            task: Some(task),
+            running,
         })
     }
 
     /// Stops the service and starts it again on the same address, store and
     /// keys (what a process restart does).
     pub async fn restart(mut self) -> anyhow::Result<Self> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await??;
-        }
+        self.running.stop().await?;
         let listener = tokio::net::TcpListener::bind(self.addr).await?;
         let config = self.config.clone();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
@@ -292,23 +271,6 @@ impl IdentitySandbox {
     }
 
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match self.task.take() {
-            Some(task) => task.await?,
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for IdentitySandbox {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.running.stop().await
     }
 }

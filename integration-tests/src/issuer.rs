@@ -11,11 +11,10 @@ use tether_credential_issuer::{
 };
 use tether_proto::credentials::v1::credential_issuer_client::CredentialIssuerClient;
 use tether_runtime::ServerConfig;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::service::Routes;
 use tonic::transport::Channel;
 
+use crate::Running;
 use crate::openbao::{OpenBao, ROOT_TOKEN};
 use crate::postgres::PgCluster;
 
@@ -184,17 +183,14 @@ impl IssuerSandboxBuilder {
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
         );
-        let (stop, stopped) = oneshot::channel::<()>();
         let server = config.server.clone();
-        let task = tokio::spawn(async move {
+        let running = Running::spawn(|shutdown| async move {
             tether_runtime::serve(
                 listener,
                 routes,
                 &[tether_proto::credentials::v1::credential_issuer_server::SERVICE_NAME],
                 &server,
-                async move {
-                    let _ = stopped.await;
-                },
+                shutdown,
             )
             .await
             .map_err(anyhow::Error::from)
@@ -208,8 +204,7 @@ impl IssuerSandboxBuilder {
             addr,
             channel,
             issuer: Some(issuer),
-            stop: Some(stop),
-            task: Some(task),
+            running,
         })
     }
 }
@@ -221,8 +216,7 @@ pub struct IssuerSandbox {
     addr: SocketAddr,
     channel: Channel,
     issuer: Option<Issuer>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    running: Running,
 }
 
 impl IssuerSandbox {
@@ -257,26 +251,10 @@ impl IssuerSandbox {
     /// Stops serving and the background tasks; returns the data directory
     /// so a new issuer can start on the same registry.
     pub async fn shutdown(mut self) -> anyhow::Result<TempDir> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await??;
-        }
+        self.running.stop().await?;
         if let Some(issuer) = self.issuer.take() {
             issuer.stop().await;
         }
         self.dir.take().context("data directory already taken")
-    }
-}
-
-impl Drop for IssuerSandbox {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
     }
 }

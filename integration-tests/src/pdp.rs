@@ -8,9 +8,9 @@ use tempfile::TempDir;
 use tether_policy_decision::{Config, PolicyConfig, RequestLimits};
 use tether_proto::policy::v1::policy_decision_client::PolicyDecisionClient;
 use tether_runtime::ServerConfig;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+
+use crate::Running;
 
 /// Builds a [`PdpSandbox`].
 #[derive(Debug)]
@@ -70,10 +70,8 @@ impl PdpSandboxBuilder {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(tether_policy_decision::run(config, listener, async move {
-            let _ = stopped.await;
-        }));
+        let running =
+            Running::spawn(|shutdown| tether_policy_decision::run(config, listener, shutdown));
         let channel = Channel::from_shared(format!("http://{addr}"))?
             .connect()
             .await
@@ -82,8 +80,7 @@ impl PdpSandboxBuilder {
             dir,
             addr,
             channel,
-            stop: Some(stop),
-            task: Some(task),
+            running,
         })
     }
 }
@@ -94,8 +91,7 @@ pub struct PdpSandbox {
     dir: TempDir,
     addr: SocketAddr,
     channel: Channel,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    running: Running,
 }
 
 impl PdpSandbox {
@@ -122,23 +118,6 @@ impl PdpSandbox {
 
     /// Signals shutdown and waits for `run` to return.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match self.task.take() {
-            Some(task) => task.await?,
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for PdpSandbox {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.running.stop().await
     }
 }

@@ -28,7 +28,7 @@ pub use jsonwebtoken::{Algorithm, DecodingKey};
 pub use jwks::{JwksCache, KeySource, StaticKeys};
 pub use oidc_http::{HttpError, idp_http_client, oidc_client};
 pub use signing::{KeyError, KeyRing, SigningKey};
-pub use verify::{TypRule, Verified, VerifyPolicy, peek_issuer, verify};
+pub use verify::{TypRule, Verified, VerifyPolicy, clip, peek_issuer, verify};
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {

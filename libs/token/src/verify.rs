@@ -250,8 +250,8 @@ pub async fn verify<C: DeserializeOwned, K: KeySource + ?Sized>(
     Ok(Verified { kid, alg, claims })
 }
 
-/// Token-supplied text echoed in an error is cut short.
-pub(crate) fn clip(text: &str) -> String {
+/// Caller-supplied text echoed in an error message is cut to 64 characters.
+pub fn clip(text: &str) -> String {
     const MAX: usize = 64;
     if text.chars().count() <= MAX {
         text.to_owned()

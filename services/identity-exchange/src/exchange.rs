@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tether_token::{
     Actor, DelegatedClaims, KeyRing, StaticKeys, TOKEN_TYPE_AT_JWT, TokenError, TypRule,
-    VerifyPolicy, peek_issuer, unix_now, verify,
+    VerifyPolicy, clip, peek_issuer, unix_now, verify,
 };
 
 use crate::agents::{Agent, AgentRegistry};
@@ -756,16 +756,6 @@ pub fn unix_now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// Caller-supplied text echoed in an error is cut short.
-pub fn clip(text: &str) -> String {
-    const MAX: usize = 64;
-    if text.chars().count() <= MAX {
-        text.to_owned()
-    } else {
-        text.chars().take(MAX).chain(std::iter::once('…')).collect()
-    }
 }
 
 #[cfg(test)]

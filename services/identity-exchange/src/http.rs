@@ -108,17 +108,25 @@ async fn token(
     }
 }
 
+/// The `token` form field (RFC 7662 / RFC 7009), or the error to answer.
+fn required_token(form: &HashMap<String, String>) -> Result<String, ExchangeError> {
+    match form.get("token") {
+        Some(token) if !token.is_empty() => Ok(token.clone()),
+        _ => Err(ExchangeError::oauth(
+            OAuthCode::InvalidRequest,
+            "`token` is required",
+        )),
+    }
+}
+
 async fn introspect(
     State(ex): State<Arc<Exchanger>>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let token = form.get("token").cloned().unwrap_or_default();
-    if token.is_empty() {
-        return error(&ExchangeError::oauth(
-            OAuthCode::InvalidRequest,
-            "`token` is required",
-        ));
-    }
+    let token = match required_token(&form) {
+        Ok(token) => token,
+        Err(e) => return error(&e),
+    };
     match ex.introspect(&token).await {
         Ok(Some(i)) => {
             let c = i.claims;
@@ -150,13 +158,10 @@ async fn revoke(
     State(ex): State<Arc<Exchanger>>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let token = form.get("token").cloned().unwrap_or_default();
-    if token.is_empty() {
-        return error(&ExchangeError::oauth(
-            OAuthCode::InvalidRequest,
-            "`token` is required",
-        ));
-    }
+    let token = match required_token(&form) {
+        Ok(token) => token,
+        Err(e) => return error(&e),
+    };
     match ex.revoke_token(&token).await {
         Ok(()) => no_store(StatusCode::OK.into_response()),
         Err(e) => error(&e),
