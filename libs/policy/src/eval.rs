@@ -3,8 +3,8 @@
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, EntityId, EntityTypeName, EntityUid, PolicyId,
-    Request, Response,
+    Authorizer, Context, Decision as CedarDecision, Entities, EntityId, EntityTypeName, EntityUid,
+    PolicyId, PolicySet, Request, Response,
 };
 use serde_json::Value;
 
@@ -157,17 +157,11 @@ impl PolicyPack {
                 limits.max_entities
             )));
         }
-        let entities = if items.is_empty() {
-            self.entities.clone()
-        } else {
-            self.entities
-                .clone()
-                .add_entities_from_json_value(entities_value, Some(&self.schema))
-                .map_err(|e| RequestError::Invalid(format!("invalid entities: {}", chain(&e))))?
-        };
+        let entities = self.request_entities(&entities_value, items)?;
+        let policies = self.slices.get(&action).unwrap_or(&self.policies);
 
-        let request = self.request(&principal, &action, &resource, context_value.clone())?;
-        let response = Authorizer::new().is_authorized(&request, &self.policies, &entities);
+        let request = self.request(&principal, &action, &resource, &context_value)?;
+        let response = Authorizer::new().is_authorized(&request, policies, &entities);
         let decision = self.interpret(&response);
         if decision.outcome != Outcome::Deny || !decision.errors.is_empty() {
             return Ok(decision);
@@ -175,12 +169,26 @@ impl PolicyPack {
         Ok(self.step_up(
             decision,
             query,
-            &principal,
-            &action,
-            &resource,
+            (&principal, &action, &resource),
             context_value,
-            &entities,
+            (policies, &entities),
         ))
+    }
+
+    /// The static entities plus the request's, validated against the schema.
+    fn request_entities(&self, json: &Value, items: &[Value]) -> Result<Entities, RequestError> {
+        if items.is_empty() {
+            return Ok(self.entities.clone());
+        }
+        if let Some(fast) = crate::fast::entities(items)
+            && let Ok(merged) = self.entities.clone().add_entities(fast, Some(&self.schema))
+        {
+            return Ok(merged);
+        }
+        self.entities
+            .clone()
+            .add_entities_from_json_value(json.clone(), Some(&self.schema))
+            .map_err(|e| RequestError::Invalid(format!("invalid entities: {}", chain(&e))))
     }
 
     fn request(
@@ -188,18 +196,26 @@ impl PolicyPack {
         principal: &EntityUid,
         action: &EntityUid,
         resource: &EntityUid,
-        context: Value,
+        context: &Value,
     ) -> Result<Request, RequestError> {
-        let context = Context::from_json_value(context, Some((&self.schema, action)))
+        let build = |context: Context| {
+            Request::new(
+                principal.clone(),
+                action.clone(),
+                resource.clone(),
+                context,
+                Some(&self.schema),
+            )
+            .map_err(|e| RequestError::Invalid(format!("invalid request: {}", chain(&e))))
+        };
+        if let Some(fast) = crate::fast::context(context)
+            && let Ok(request) = build(fast)
+        {
+            return Ok(request);
+        }
+        let context = Context::from_json_value(context.clone(), Some((&self.schema, action)))
             .map_err(|e| RequestError::Invalid(format!("invalid context: {}", chain(&e))))?;
-        Request::new(
-            principal.clone(),
-            action.clone(),
-            resource.clone(),
-            context,
-            Some(&self.schema),
-        )
-        .map_err(|e| RequestError::Invalid(format!("invalid request: {}", chain(&e))))
+        build(context)
     }
 
     fn interpret(&self, response: &Response) -> Decision {
@@ -265,19 +281,13 @@ impl PolicyPack {
     /// Turns a deny into APPROVAL_REQUIRED when only step-up forbids denied
     /// and the same request with `context.approval.granted = true` is
     /// allowed without errors. Anything else keeps the deny.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "private helper threading the parsed request"
-    )]
     fn step_up(
         &self,
         deny: Decision,
         query: &Query<'_>,
-        principal: &EntityUid,
-        action: &EntityUid,
-        resource: &EntityUid,
+        (principal, action, resource): (&EntityUid, &EntityUid, &EntityUid),
         mut context: Value,
-        entities: &cedar_policy::Entities,
+        (policies, entities): (&PolicySet, &Entities),
     ) -> Decision {
         if deny.policy_ids.is_empty() {
             return deny;
@@ -307,14 +317,14 @@ impl PolicyPack {
                 None => return deny,
             }
         }
-        let Ok(request) = self.request(principal, action, resource, context) else {
+        let Ok(request) = self.request(principal, action, resource, &context) else {
             return with_reason(
                 deny,
                 "step-up not offered: the context cannot carry `approval.granted`",
             );
         };
         let hypothetical =
-            self.interpret(&Authorizer::new().is_authorized(&request, &self.policies, entities));
+            self.interpret(&Authorizer::new().is_authorized(&request, policies, entities));
         if hypothetical.outcome != Outcome::Allow {
             return deny;
         }

@@ -146,7 +146,7 @@ fn an_erroring_forbid_never_lets_a_permit_through() {
     let action = uid("a", q.action).unwrap();
     let resource = uid("r", q.resource).unwrap();
     let req = pack
-        .request(&principal, &action, &resource, serde_json::json!({"n": 7}))
+        .request(&principal, &action, &resource, &serde_json::json!({"n": 7}))
         .unwrap();
     let raw = Authorizer::new().is_authorized(&req, &pack.policies, &pack.entities);
     assert_eq!(raw.decision(), CedarDecision::Allow);
@@ -305,4 +305,75 @@ fn limits_are_enforced() {
         .evaluate(&query("read", deep, HR_ENTITIES), &Limits::default())
         .unwrap_err();
     assert!(err.to_string().contains("nested 9 levels"), "{err}");
+}
+
+#[test]
+fn action_groups_are_honoured_by_the_per_action_slices() {
+    let pack = inline_pack(
+        r#"
+        entity User;
+        entity Doc;
+        action "hr_ops";
+        action "offboard" in ["hr_ops"] appliesTo { principal: User, resource: Doc };
+        action "read" appliesTo { principal: User, resource: Doc };
+        "#,
+        r#"@id("ops") permit(principal, action in Action::"hr_ops", resource);"#,
+    );
+    let q = |action| Query {
+        principal: ("User", "u"),
+        action: ("Action", action),
+        resource: ("Doc", "d"),
+        context_json: "",
+        entities_json: "",
+    };
+    let d = pack.evaluate(&q("offboard"), &Limits::default()).unwrap();
+    assert_eq!(d.outcome, Outcome::Allow);
+    assert_eq!(d.policy_ids, ["ops"]);
+    assert_eq!(
+        pack.evaluate(&q("read"), &Limits::default())
+            .unwrap()
+            .outcome,
+        Outcome::Deny
+    );
+}
+
+#[test]
+fn forms_the_fast_path_leaves_to_cedar_decide_the_same() {
+    let pack = inline_pack(
+        r#"
+        entity User;
+        entity Doc = { owner: User };
+        action "read" appliesTo { principal: User, resource: Doc, context: { ip: ipaddr, level: decimal } };
+        "#,
+        r#"@id("owner-from-lan") permit(principal, action, resource)
+           when { resource.owner == principal && context.ip.isInRange(ip("10.0.0.0/8")) && context.level.greaterThan(decimal("0.5")) };"#,
+    );
+    // Extension values and an implicit entity reference (no `__entity`):
+    // only Cedar's schema-directed parser understands these.
+    let entities = r#"[{"uid":{"type":"Doc","id":"d"},"attrs":{"owner":{"type":"User","id":"u"}},"parents":[]}]"#;
+    let q = |ctx| Query {
+        principal: ("User", "u"),
+        action: ("Action", "read"),
+        resource: ("Doc", "d"),
+        context_json: ctx,
+        entities_json: entities,
+    };
+    let allow = r#"{"ip":{"__extn":{"fn":"ip","arg":"10.1.2.3"}},"level":{"__extn":{"fn":"decimal","arg":"0.75"}}}"#;
+    let deny = r#"{"ip":{"__extn":{"fn":"ip","arg":"192.168.1.1"}},"level":{"__extn":{"fn":"decimal","arg":"0.75"}}}"#;
+    assert_eq!(
+        pack.evaluate(&q(allow), &Limits::default())
+            .unwrap()
+            .outcome,
+        Outcome::Allow
+    );
+    assert_eq!(
+        pack.evaluate(&q(deny), &Limits::default()).unwrap().outcome,
+        Outcome::Deny
+    );
+    // A value the fast path could build but the schema forbids is refused.
+    let wrong = r#"{"ip":"10.1.2.3","level":1}"#;
+    assert!(matches!(
+        pack.evaluate(&q(wrong), &Limits::default()),
+        Err(RequestError::Invalid(_))
+    ));
 }

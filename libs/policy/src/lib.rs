@@ -42,6 +42,7 @@
 
 mod cases;
 mod eval;
+mod fast;
 mod pack;
 mod step_up;
 

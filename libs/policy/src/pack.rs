@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Effect, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema,
-    ValidationMode, Validator,
+    ActionConstraint, Effect, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
+    Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
@@ -99,6 +99,10 @@ pub struct PolicyPack {
     pub(crate) entities: Entities,
     pub(crate) step_ups: HashMap<PolicyId, StepUpPolicy>,
     pub(crate) actions: HashSet<EntityUid>,
+    /// For each action, only the policies whose action scope admits it
+    /// (Cedar evaluates every policy it is given; a policy for another
+    /// action can never apply, so it is left out).
+    pub(crate) slices: HashMap<EntityUid, PolicySet>,
     pub(crate) entity_types: HashSet<EntityTypeName>,
     version: String,
     stats: PackStats,
@@ -307,10 +311,20 @@ impl PolicyPack {
             .filter(|e| !is_action_type(e.uid().type_name()))
             .count();
 
-        let actions = schema.actions().cloned().collect();
+        let actions: HashSet<EntityUid> = schema.actions().cloned().collect();
         let entity_types = schema.entity_types().cloned().collect();
+        let slices =
+            slice_by_action(&policies, &actions, &entities).map_err(|message| LoadError {
+                source_name: source.clone(),
+                problems: vec![Problem {
+                    file: None,
+                    line: None,
+                    message,
+                }],
+            })?;
         Ok(Self {
             actions,
+            slices,
             entity_types,
             schema,
             policies,
@@ -336,6 +350,34 @@ impl PolicyPack {
     pub fn source(&self) -> &str {
         &self.source
     }
+}
+
+/// Per action, the policies whose action scope can admit it. `action in
+/// [Group]` admits every action that is `Group` or a member of it (per the
+/// schema's action hierarchy, in `entities`).
+fn slice_by_action(
+    policies: &PolicySet,
+    actions: &HashSet<EntityUid>,
+    entities: &Entities,
+) -> Result<HashMap<EntityUid, PolicySet>, String> {
+    let mut slices = HashMap::with_capacity(actions.len());
+    for action in actions {
+        let mut slice = PolicySet::new();
+        for policy in policies.policies() {
+            let admits = match policy.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(uid) => &uid == action,
+                ActionConstraint::In(groups) => {
+                    groups.iter().any(|g| entities.is_ancestor_of(g, action))
+                }
+            };
+            if admits {
+                slice.add(policy.clone()).map_err(|e| e.to_string())?;
+            }
+        }
+        slices.insert(action.clone(), slice);
+    }
+    Ok(slices)
 }
 
 enum FileKind {
