@@ -317,7 +317,8 @@ fn action_groups_are_honoured_by_the_per_action_slices() {
         action "offboard" in ["hr_ops"] appliesTo { principal: User, resource: Doc };
         action "read" appliesTo { principal: User, resource: Doc };
         "#,
-        r#"@id("ops") permit(principal, action in Action::"hr_ops", resource);"#,
+        r#"@id("ops") permit(principal, action in Action::"hr_ops", resource);
+           @id("listed") permit(principal, action in [Action::"read"], resource);"#,
     );
     let q = |action| Query {
         principal: ("User", "u"),
@@ -329,12 +330,10 @@ fn action_groups_are_honoured_by_the_per_action_slices() {
     let d = pack.evaluate(&q("offboard"), &Limits::default()).unwrap();
     assert_eq!(d.outcome, Outcome::Allow);
     assert_eq!(d.policy_ids, ["ops"]);
-    assert_eq!(
-        pack.evaluate(&q("read"), &Limits::default())
-            .unwrap()
-            .outcome,
-        Outcome::Deny
-    );
+    // `action in [Action::"read"]` holds for `read` itself.
+    let d = pack.evaluate(&q("read"), &Limits::default()).unwrap();
+    assert_eq!(d.outcome, Outcome::Allow);
+    assert_eq!(d.policy_ids, ["listed"]);
 }
 
 #[test]
@@ -376,4 +375,34 @@ fn forms_the_fast_path_leaves_to_cedar_decide_the_same() {
         pack.evaluate(&q(wrong), &Limits::default()),
         Err(RequestError::Invalid(_))
     ));
+}
+
+#[test]
+fn a_forbid_listing_its_actions_is_never_sliced_away() {
+    let pack = inline_pack(
+        r#"
+        entity User;
+        entity Doc;
+        action "read" appliesTo { principal: User, resource: Doc };
+        action "delete" appliesTo { principal: User, resource: Doc };
+        "#,
+        r#"@id("all") permit(principal, action, resource);
+           @id("no-delete") forbid(principal, action in [Action::"delete"], resource);"#,
+    );
+    let q = |action| Query {
+        principal: ("User", "u"),
+        action: ("Action", action),
+        resource: ("Doc", "d"),
+        context_json: "",
+        entities_json: "",
+    };
+    let d = pack.evaluate(&q("delete"), &Limits::default()).unwrap();
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(d.policy_ids, ["no-delete"]);
+    assert_eq!(
+        pack.evaluate(&q("read"), &Limits::default())
+            .unwrap()
+            .outcome,
+        Outcome::Allow
+    );
 }

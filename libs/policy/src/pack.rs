@@ -367,9 +367,11 @@ fn slice_by_action(
             let admits = match policy.action_constraint() {
                 ActionConstraint::Any => true,
                 ActionConstraint::Eq(uid) => &uid == action,
-                ActionConstraint::In(groups) => {
-                    groups.iter().any(|g| entities.is_ancestor_of(g, action))
-                }
+                // `Entities::is_ancestor_of` is strict (an action is not its
+                // own ancestor), while `action in [A]` holds for `A` itself.
+                ActionConstraint::In(groups) => groups
+                    .iter()
+                    .any(|g| g == action || entities.is_ancestor_of(g, action)),
             };
             if admits {
                 slice.add(policy.clone()).map_err(|e| e.to_string())?;
