@@ -680,7 +680,7 @@ fn breakdown(set: &BenchSet, case: &TestCase) -> anyhow::Result<Breakdown> {
         anyhow::Ok(statics.add_entities(items, Some(&pack.schema))?)
     };
 
-    // Today's and the proposed way, on every policy or on the action slice,
+    // Cedar's JSON parser and the direct path, on every policy or on the action slice,
     // must give the same answer.
     let request = cedar_json_request(context_value.clone())?;
     let entities = pack
@@ -713,7 +713,7 @@ fn breakdown(set: &BenchSet, case: &TestCase) -> anyhow::Result<Breakdown> {
             .all(|a| a.0 == CedarDecision::Allow && Some(a) == answers.first()),
         "breakdown: expected the same Allow four times, got {answers:?}"
     );
-    // The proposed way still checks the context against the schema.
+    // The direct path still checks the context against the schema.
     let mut wrong_type = context_value.clone();
     if let Some(hour) = wrong_type.pointer_mut("/now/hour") {
         *hour = json!("ten");
@@ -753,7 +753,7 @@ fn breakdown(set: &BenchSet, case: &TestCase) -> anyhow::Result<Breakdown> {
         },
     )?;
     steps.push((
-        "request entities: `add_entities_from_json_value` (today)",
+        "request entities: Cedar's JSON parser, `add_entities_from_json_value` (fallback)",
         merge,
         String::new(),
     ));
@@ -765,7 +765,7 @@ fn breakdown(set: &BenchSet, case: &TestCase) -> anyhow::Result<Breakdown> {
         },
     )?;
     steps.push((
-        "request entities: built from the parsed JSON, `add_entities` (proposed)",
+        "request entities: built from the parsed JSON, `add_entities` (Tether's fast path)",
         merge,
         String::new(),
     ));
@@ -777,7 +777,7 @@ fn breakdown(set: &BenchSet, case: &TestCase) -> anyhow::Result<Breakdown> {
         },
     )?;
     steps.push((
-        "context + request: `Context::from_json_value`, `Request::new` (today)",
+        "context + request: `Context::from_json_value`, `Request::new` (fallback)",
         context,
         String::new(),
     ));
@@ -789,14 +789,14 @@ fn breakdown(set: &BenchSet, case: &TestCase) -> anyhow::Result<Breakdown> {
         },
     )?;
     steps.push((
-        "context + request: `Context::from_pairs`, `Request::new` (proposed)",
+        "context + request: `Context::from_pairs`, `Request::new` (Tether's fast path)",
         context,
         String::new(),
     ));
     for (label, policies) in [
-        ("authorize: every policy (today)", &pack.policies),
+        ("authorize: every policy (plain Cedar)", &pack.policies),
         (
-            "authorize: policies whose action scope admits the action (proposed)",
+            "authorize: policies whose action scope admits the action (Tether's per-action slice)",
             &slice,
         ),
     ] {
@@ -817,7 +817,7 @@ fn breakdown(set: &BenchSet, case: &TestCase) -> anyhow::Result<Breakdown> {
     })
 }
 
-/// Cedar values built straight from parsed JSON, the fast path proposed for
+/// Cedar values built straight from parsed JSON, as `libs/policy/src/fast.rs` does.
 /// `eval.rs`. Only the explicit forms: anything else (`__extn`, an entity
 /// reference without `__entity`, a number that is not a Long) is an error
 /// here, where `eval.rs` would fall back to Cedar's schema-based JSON parser.

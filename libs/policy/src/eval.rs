@@ -110,9 +110,9 @@ impl PolicyPack {
                 limits.max_json_bytes
             )));
         }
-        let principal = uid("principal", query.principal)?;
-        let action = uid("action", query.action)?;
-        let resource = uid("resource", query.resource)?;
+        let principal = self.uid("principal", query.principal)?;
+        let action = self.uid("action", query.action)?;
+        let resource = self.uid("resource", query.resource)?;
         if !self.actions.contains(&action) {
             return Err(RequestError::Invalid(format!(
                 "unknown action `{}`, not declared in the schema",
@@ -362,6 +362,22 @@ impl PolicyPack {
 fn with_reason(mut decision: Decision, reason: &str) -> Decision {
     decision.reasons.push(reason.to_owned());
     decision
+}
+
+impl PolicyPack {
+    /// Builds a uid; type names the schema declares are looked up, not
+    /// parsed again.
+    fn uid(&self, what: &str, (type_name, id): (&str, &str)) -> Result<EntityUid, RequestError> {
+        if let Some(known) = self.type_names.get(type_name)
+            && !id.is_empty()
+        {
+            return Ok(EntityUid::from_type_name_and_id(
+                known.clone(),
+                EntityId::new(id),
+            ));
+        }
+        uid(what, (type_name, id))
+    }
 }
 
 fn uid(what: &str, (type_name, id): (&str, &str)) -> Result<EntityUid, RequestError> {

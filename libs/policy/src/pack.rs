@@ -104,6 +104,8 @@ pub struct PolicyPack {
     /// action can never apply, so it is left out).
     pub(crate) slices: HashMap<EntityUid, PolicySet>,
     pub(crate) entity_types: HashSet<EntityTypeName>,
+    /// Declared type names (entity types and action types) by their text.
+    pub(crate) type_names: HashMap<String, EntityTypeName>,
     version: String,
     stats: PackStats,
     source: String,
@@ -312,7 +314,12 @@ impl PolicyPack {
             .count();
 
         let actions: HashSet<EntityUid> = schema.actions().cloned().collect();
-        let entity_types = schema.entity_types().cloned().collect();
+        let entity_types: HashSet<EntityTypeName> = schema.entity_types().cloned().collect();
+        let type_names = entity_types
+            .iter()
+            .chain(actions.iter().map(EntityUid::type_name))
+            .map(|t| (t.to_string(), t.clone()))
+            .collect();
         let slices =
             slice_by_action(&policies, &actions, &entities).map_err(|message| LoadError {
                 source_name: source.clone(),
@@ -325,6 +332,7 @@ impl PolicyPack {
         Ok(Self {
             actions,
             slices,
+            type_names,
             entity_types,
             schema,
             policies,
