@@ -84,42 +84,6 @@ async fn main() {
         .unwrap();
     let mut client = issuer.client();
 
-    // The same issuer service, served with TCP_NODELAY on accepted sockets.
-    // `tether_runtime::serve` takes a pre-bound listener and hands tonic a
-    // `TcpListenerStream`; tonic ignores `.tcp_nodelay(true)` for
-    // `serve_with_incoming*`, so its accepted sockets keep Nagle on. This
-    // row shows what that costs (see BENCHMARKS.md).
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = IssuerSandbox::builder(deps.bao.addr())
-        .limits(Limits {
-            max_leases_per_session: 100_000,
-        })
-        .config(dir.path());
-    config.revocation.orphan_sweep = false;
-    let nodelay_issuer = tether_credential_issuer::Issuer::start(&config)
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let routes = tonic::service::Routes::new(
-        tether_proto::credentials::v1::credential_issuer_server::CredentialIssuerServer::new(
-            nodelay_issuer.service(),
-        ),
-    );
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming(incoming),
-    );
-    let mut nodelay_client =
-        tether_proto::credentials::v1::credential_issuer_client::CredentialIssuerClient::connect(
-            format!("http://{addr}"),
-        )
-        .await
-        .unwrap();
-    let mut via_nodelay = Vec::with_capacity(SAMPLES);
-
     let mut via_issuer = Vec::with_capacity(SAMPLES);
     let mut direct = Vec::with_capacity(SAMPLES);
     for i in 0..WARMUP + SAMPLES {
@@ -129,28 +93,13 @@ async fn main() {
         let t = Instant::now();
         deps.bao.issue_direct("hr-readonly").await.unwrap();
         let b = t.elapsed();
-        let t = Instant::now();
-        nodelay_client
-            .issue(request("bench-nodelay"))
-            .await
-            .unwrap();
-        let c = t.elapsed();
         if i >= WARMUP {
             via_issuer.push(a);
             direct.push(b);
-            via_nodelay.push(c);
         }
     }
     via_issuer.sort();
     direct.sort();
-    via_nodelay.sort();
-    nodelay_client
-        .revoke_session(RevokeSessionRequest {
-            session_id: "bench-nodelay".into(),
-            reason: String::new(),
-        })
-        .await
-        .unwrap();
 
     // Clean up before the revocation rounds.
     client
@@ -193,10 +142,6 @@ async fn main() {
 
     let (i50, i99) = (percentile(&via_issuer, 0.50), percentile(&via_issuer, 0.99));
     let (d50, d99) = (percentile(&direct, 0.50), percentile(&direct, 0.99));
-    let (n50, n99) = (
-        percentile(&via_nodelay, 0.50),
-        percentile(&via_nodelay, 0.99),
-    );
     println!();
     println!("credential issuer, {SAMPLES} issuances each (after {WARMUP} warm-up), interleaved:");
     println!();
@@ -214,22 +159,11 @@ async fn main() {
         ms(d99),
         ms(*direct.last().unwrap())
     );
-    println!(
-        "| issuer, same service with TCP_NODELAY on accepted sockets | {:.2} ms | {:.2} ms | {:.2} ms |",
-        ms(n50),
-        ms(n99),
-        ms(*via_nodelay.last().unwrap())
-    );
     println!();
     println!(
-        "issuer (tether_runtime::serve) p50 / direct p50 = {:.3} (target ≤ 1.10); overhead p50 = {:.2} ms",
+        "issuer p50 / direct p50 = {:.3} (target ≤ 1.10); overhead p50 = {:.2} ms",
         ms(i50) / ms(d50),
         ms(i50) - ms(d50)
-    );
-    println!(
-        "issuer (TCP_NODELAY) p50 / direct p50 = {:.3} (target ≤ 1.10); overhead p50 = {:.2} ms",
-        ms(n50) / ms(d50),
-        ms(n50) - ms(d50)
     );
     println!();
     println!(

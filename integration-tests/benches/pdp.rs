@@ -817,8 +817,8 @@ fn breakdown(set: &BenchSet, case: &TestCase) -> anyhow::Result<Breakdown> {
     })
 }
 
-/// Cedar values built straight from parsed JSON, as `libs/policy/src/fast.rs` does.
-/// `eval.rs`. Only the explicit forms: anything else (`__extn`, an entity
+/// Cedar values built straight from parsed JSON, as `libs/policy/src/fast.rs`
+/// does. Only the explicit forms: anything else (`__extn`, an entity
 /// reference without `__entity`, a number that is not a Long) is an error
 /// here, where `eval.rs` would fall back to Cedar's schema-based JSON parser.
 /// Schema conformance is still checked, by `Request::new` and `add_entities`.
