@@ -128,6 +128,20 @@ impl PolicyPack {
             }
         }
 
+        let uids = (&principal, &action, &resource);
+        match self.evaluate_direct(query, limits, uids) {
+            Some(decision) => Ok(decision),
+            None => self.evaluate_general(query, limits, uids),
+        }
+    }
+
+    /// Cedar's own JSON parsers, every error reported, step-up handled.
+    fn evaluate_general(
+        &self,
+        query: &Query<'_>,
+        limits: &Limits,
+        (principal, action, resource): (&EntityUid, &EntityUid, &EntityUid),
+    ) -> Result<Decision, RequestError> {
         let context_value = parse_json(query.context_json, "context", || {
             Value::Object(serde_json::Map::new())
         })?;
@@ -158,9 +172,9 @@ impl PolicyPack {
             )));
         }
         let entities = self.request_entities(&entities_value, items)?;
-        let policies = self.slices.get(&action).unwrap_or(&self.policies);
+        let policies = self.slices.get(action).unwrap_or(&self.policies);
 
-        let request = self.request(&principal, &action, &resource, &context_value)?;
+        let request = self.request(principal, action, resource, &context_value)?;
         let response = Authorizer::new().is_authorized(&request, policies, &entities);
         let decision = self.interpret(&response);
         if decision.outcome != Outcome::Deny || !decision.errors.is_empty() {
@@ -169,10 +183,56 @@ impl PolicyPack {
         Ok(self.step_up(
             decision,
             query,
-            (&principal, &action, &resource),
+            (principal, action, resource),
             context_value,
             (policies, &entities),
         ))
+    }
+
+    /// The hot path: JSON text straight to Cedar values, then evaluation.
+    /// `None` hands the request to the general path, which parses the JSON
+    /// with Cedar's own parser, reports any error, and owns step-up.
+    fn evaluate_direct(
+        &self,
+        query: &Query<'_>,
+        limits: &Limits,
+        (principal, action, resource): (&EntityUid, &EntityUid, &EntityUid),
+    ) -> Option<Decision> {
+        use crate::fast::text;
+        let fields = text::context(
+            query.context_json,
+            limits.max_context_depth,
+            &self.type_names,
+        )?;
+        let list = text::entities(query.entities_json, limits.max_entities, &self.type_names)?;
+        let entities = if list.is_empty() {
+            self.entities.clone()
+        } else {
+            self.entities
+                .clone()
+                .add_entities(list, Some(&self.schema))
+                .ok()?
+        };
+        let context = Context::from_pairs(fields).ok()?;
+        let request = Request::new(
+            principal.clone(),
+            action.clone(),
+            resource.clone(),
+            context,
+            Some(&self.schema),
+        )
+        .ok()?;
+        let policies = self.slices.get(action).unwrap_or(&self.policies);
+        let decision =
+            self.interpret(&Authorizer::new().is_authorized(&request, policies, &entities));
+        let maybe_step_up = decision.outcome == Outcome::Deny
+            && decision.errors.is_empty()
+            && !decision.policy_ids.is_empty()
+            && decision
+                .policy_ids
+                .iter()
+                .all(|id| self.step_ups.contains_key(&PolicyId::new(id)));
+        (!maybe_step_up).then_some(decision)
     }
 
     /// The static entities plus the request's, validated against the schema.

@@ -406,3 +406,89 @@ fn a_forbid_listing_its_actions_is_never_sliced_away() {
         Outcome::Allow
     );
 }
+
+/// The direct path and Cedar's parsers must decide alike wherever the
+/// direct path answers at all.
+#[test]
+fn the_direct_path_decides_like_cedars_parsers() {
+    let pack = hr_pack();
+    let limits = Limits::default();
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hr/cases.yaml"),
+    )
+    .unwrap();
+    let file = yaml_to_json(&text);
+    let mut answered = 0;
+    for case in file["cases"].as_array().unwrap() {
+        let context = case
+            .get("context")
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let entities = case
+            .get("entities")
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let q = Query {
+            principal: ("Agent", "hr-assistant"),
+            action: ("Action", case["action"]["id"].as_str().unwrap()),
+            resource: ("Employee", "1042"),
+            context_json: &context,
+            entities_json: &entities,
+        };
+        let Ok(principal) = pack.uid("p", q.principal) else {
+            continue;
+        };
+        let Ok(action) = pack.uid("a", q.action) else {
+            continue;
+        };
+        let resource = pack.uid("r", q.resource).unwrap();
+        if !pack.actions.contains(&action) {
+            continue;
+        }
+        let uids = (&principal, &action, &resource);
+        let general = pack.evaluate_general(&q, &limits, uids);
+        if let Some(direct) = pack.evaluate_direct(&q, &limits, uids) {
+            answered += 1;
+            assert_eq!(Ok(direct), general, "{}", case["name"]);
+        }
+    }
+    assert!(
+        answered >= 8,
+        "the direct path answered only {answered} cases"
+    );
+
+    // Inputs the direct path must leave to Cedar (and Cedar decides).
+    let ctx = context(10, None);
+    for (context_json, entities_json) in [
+        (
+            r#"{"now":{"hour":10,"hour":11}}"#.to_string(),
+            HR_ENTITIES.to_string(),
+        ),
+        (
+            ctx.clone(),
+            HR_ENTITIES.replace("\"parents\":[]}", "\"parents\":[],\"tags\":{}}"),
+        ),
+        (
+            ctx.clone(),
+            HR_ENTITIES.replace(
+                r#"{"__entity":{"type":"User","id":"alice"}}"#,
+                r#"{"type":"User","id":"alice"}"#,
+            ),
+        ),
+    ] {
+        let q = query("read", &context_json, &entities_json);
+        let principal = pack.uid("p", q.principal).unwrap();
+        let action = pack.uid("a", q.action).unwrap();
+        let resource = pack.uid("r", q.resource).unwrap();
+        assert!(
+            pack.evaluate_direct(&q, &limits, (&principal, &action, &resource))
+                .is_none(),
+            "{context_json} / {entities_json}"
+        );
+    }
+}
+
+/// The YAML case file as JSON (anchors and aliases resolved).
+fn yaml_to_json(text: &str) -> serde_json::Value {
+    serde_yaml_ng::from_str(text).unwrap()
+}
