@@ -164,23 +164,21 @@ impl Registry {
     /// transaction, refusing an ended session or one at its lease limit.
     pub async fn begin_issue(&self, new: &NewLease, max_live: u32) -> Result<(), BeginError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        // One round trip: record (or extend) the session and learn whether it
+        // has ended (`RETURNING`, SQLite ≥ 3.35 and PostgreSQL).
+        let ended: Option<i64> = sqlx::query(
             "INSERT INTO credential_sessions (session_id, expires_at, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (session_id) DO UPDATE SET expires_at = CASE \
                WHEN excluded.expires_at > credential_sessions.expires_at THEN excluded.expires_at \
-               ELSE credential_sessions.expires_at END",
+               ELSE credential_sessions.expires_at END \
+             RETURNING ended_at",
         )
         .bind(&new.session_id)
         .bind(new.session_expires_at)
         .bind(new.created_at)
-        .execute(&mut *tx)
-        .await?;
-        let ended: Option<i64> =
-            sqlx::query("SELECT ended_at FROM credential_sessions WHERE session_id = $1")
-                .bind(&new.session_id)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("ended_at")?;
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("ended_at")?;
         if ended.is_some() {
             return Err(BeginError::SessionEnded);
         }
