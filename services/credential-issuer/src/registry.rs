@@ -163,9 +163,9 @@ impl Registry {
     /// Records the session (if new) and the lease in state ISSUING, in one
     /// transaction, refusing an ended session or one at its lease limit.
     pub async fn begin_issue(&self, new: &NewLease, max_live: u32) -> Result<(), BeginError> {
-        let mut tx = self.pool.begin().await?;
-        // One round trip: record (or extend) the session and learn whether it
-        // has ended (`RETURNING`, SQLite ≥ 3.35 and PostgreSQL).
+        // Two statements, no explicit transaction (each round trip to the
+        // store is on every issuance's path):
+        // 1. record (or extend) the session and learn whether it has ended;
         let ended: Option<i64> = sqlx::query(
             "INSERT INTO credential_sessions (session_id, expires_at, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (session_id) DO UPDATE SET expires_at = CASE \
@@ -176,28 +176,23 @@ impl Registry {
         .bind(&new.session_id)
         .bind(new.session_expires_at)
         .bind(new.created_at)
-        .fetch_one(&mut *tx)
+        .fetch_one(&self.pool)
         .await?
         .try_get("ended_at")?;
         if ended.is_some() {
             return Err(BeginError::SessionEnded);
         }
-        let live: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM credential_leases WHERE session_id = $1 \
-             AND status IN ('ISSUING', 'ACTIVE', 'REVOKING', 'REVOCATION_FAILED')",
-        )
-        .bind(&new.session_id)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("n")?;
-        if live >= i64::from(max_live) {
-            return Err(BeginError::TooMany { limit: max_live });
-        }
-        sqlx::query(
+        // 2. write the ISSUING row only while the session is under its
+        //    live-lease limit (checked inside the same statement).
+        // INVARIANT: a session ending between 1 and 2 is caught by `claim`,
+        // which turns the row REVOKING and revokes whatever Vault issued.
+        let inserted = sqlx::query(
             "INSERT INTO credential_leases (id, session_id, profile, vault_path, status, created_at, \
              issuing_deadline, action, resource, intent, policy_version, decision_id, policy_ids, \
              approval_ticket_id, user_subject, agent_id) \
-             VALUES ($1, $2, $3, $4, 'ISSUING', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             SELECT $1, $2, $3, $4, 'ISSUING', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
+             WHERE (SELECT COUNT(*) FROM credential_leases WHERE session_id = $2 \
+                    AND status IN ('ISSUING', 'ACTIVE', 'REVOKING', 'REVOCATION_FAILED')) < $16",
         )
         .bind(&new.id)
         .bind(&new.session_id)
@@ -214,9 +209,12 @@ impl Registry {
         .bind(&new.approval_ticket_id)
         .bind(&new.user_subject)
         .bind(&new.agent_id)
-        .execute(&mut *tx)
+        .bind(i64::from(max_live))
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
+        if inserted.rows_affected() == 0 {
+            return Err(BeginError::TooMany { limit: max_live });
+        }
         Ok(())
     }
 
