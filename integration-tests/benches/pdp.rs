@@ -765,7 +765,7 @@ fn breakdown(set: &BenchSet, case: &TestCase) -> anyhow::Result<Breakdown> {
         },
     )?;
     steps.push((
-        "request entities: built from the parsed JSON, `add_entities` (Tether's fast path)",
+        "request entities: direct Cedar values, `add_entities`",
         merge,
         String::new(),
     ));
@@ -789,7 +789,7 @@ fn breakdown(set: &BenchSet, case: &TestCase) -> anyhow::Result<Breakdown> {
         },
     )?;
     steps.push((
-        "context + request: `Context::from_pairs`, `Request::new` (Tether's fast path)",
+        "context + request: direct Cedar values, `Context::from_pairs`, `Request::new`",
         context,
         String::new(),
     ));
