@@ -4,6 +4,8 @@
 //! `UPDATE`, so two replicas (or the request path and the sweeper) racing on
 //! the same row cannot move it backwards.
 
+use std::collections::HashMap;
+
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row as _};
 
@@ -147,13 +149,30 @@ pub struct SessionRow {
 #[derive(Debug, Clone)]
 pub struct Registry {
     pool: AnyPool,
+    /// Sessions this process has recorded, with the expiry recorded: a
+    /// further issuance in the same session skips the session upsert. Only
+    /// an optimisation — whether a session has ended is always read from
+    /// the store, inside the statement that writes the lease.
+    recorded_sessions: std::sync::Arc<std::sync::Mutex<HashMap<String, i64>>>,
 }
+
+/// Sessions remembered at most (expired ones are dropped first).
+const RECORDED_SESSIONS_MAX: usize = 10_000;
 
 const LIVE: &str = "('ISSUING', 'ACTIVE', 'REVOKING', 'REVOCATION_FAILED')";
 
 impl Registry {
     pub fn new(pool: AnyPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            recorded_sessions: std::sync::Arc::default(),
+        }
+    }
+
+    fn recorded(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        self.recorded_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -163,35 +182,57 @@ impl Registry {
     /// Records the session (if new) and the lease in state ISSUING, in one
     /// transaction, refusing an ended session or one at its lease limit.
     pub async fn begin_issue(&self, new: &NewLease, max_live: u32) -> Result<(), BeginError> {
-        // Two statements, no explicit transaction (each round trip to the
-        // store is on every issuance's path):
-        // 1. record (or extend) the session and learn whether it has ended;
-        let ended: Option<i64> = sqlx::query(
-            "INSERT INTO credential_sessions (session_id, expires_at, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (session_id) DO UPDATE SET expires_at = CASE \
-               WHEN excluded.expires_at > credential_sessions.expires_at THEN excluded.expires_at \
-               ELSE credential_sessions.expires_at END \
-             RETURNING ended_at",
-        )
-        .bind(&new.session_id)
-        .bind(new.session_expires_at)
-        .bind(new.created_at)
-        .fetch_one(&self.pool)
-        .await?
-        .try_get("ended_at")?;
-        if ended.is_some() {
-            return Err(BeginError::SessionEnded);
+        // At most two statements, no explicit transaction (each round trip
+        // to the store is on every issuance's path):
+        // 1. record (or extend) the session, unless this process already has
+        //    with at least this expiry, and learn whether it has ended;
+        let known = self
+            .recorded()
+            .get(&new.session_id)
+            .is_some_and(|recorded| {
+                *recorded >= new.session_expires_at && *recorded > new.created_at
+            });
+        if !known {
+            let ended: Option<i64> = sqlx::query(
+                "INSERT INTO credential_sessions (session_id, expires_at, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (session_id) DO UPDATE SET expires_at = CASE \
+                   WHEN excluded.expires_at > credential_sessions.expires_at THEN excluded.expires_at \
+                   ELSE credential_sessions.expires_at END \
+                 RETURNING ended_at",
+            )
+            .bind(&new.session_id)
+            .bind(new.session_expires_at)
+            .bind(new.created_at)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("ended_at")?;
+            if ended.is_some() {
+                self.recorded().remove(&new.session_id);
+                return Err(BeginError::SessionEnded);
+            }
+            let mut recorded = self.recorded();
+            if recorded.len() >= RECORDED_SESSIONS_MAX {
+                recorded.retain(|_, expires| *expires > new.created_at);
+                if recorded.len() >= RECORDED_SESSIONS_MAX {
+                    recorded.clear();
+                }
+            }
+            recorded.insert(new.session_id.clone(), new.session_expires_at);
         }
-        // 2. write the ISSUING row only while the session is under its
-        //    live-lease limit (checked inside the same statement).
-        // INVARIANT: a session ending between 1 and 2 is caught by `claim`,
-        // which turns the row REVOKING and revokes whatever Vault issued.
+        // 2. write the ISSUING row only while the session has not ended and
+        //    is under its live-lease limit (both checked inside the same
+        //    statement, so another replica ending the session is seen).
+        // INVARIANT: a session ending between 1 and 2, or between 2 and the
+        // Vault call, is caught by `claim`, which turns the row REVOKING and
+        // revokes whatever Vault issued.
         let inserted = sqlx::query(
             "INSERT INTO credential_leases (id, session_id, profile, vault_path, status, created_at, \
              issuing_deadline, action, resource, intent, policy_version, decision_id, policy_ids, \
              approval_ticket_id, user_subject, agent_id) \
              SELECT $1, $2, $3, $4, 'ISSUING', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
-             WHERE (SELECT COUNT(*) FROM credential_leases WHERE session_id = $2 \
+             WHERE NOT EXISTS (SELECT 1 FROM credential_sessions s \
+                               WHERE s.session_id = $2 AND s.ended_at IS NOT NULL) \
+               AND (SELECT COUNT(*) FROM credential_leases WHERE session_id = $2 \
                     AND status IN ('ISSUING', 'ACTIVE', 'REVOKING', 'REVOCATION_FAILED')) < $16",
         )
         .bind(&new.id)
@@ -212,10 +253,23 @@ impl Registry {
         .bind(i64::from(max_live))
         .execute(&self.pool)
         .await?;
-        if inserted.rows_affected() == 0 {
-            return Err(BeginError::TooMany { limit: max_live });
+        if inserted.rows_affected() == 1 {
+            return Ok(());
         }
-        Ok(())
+        // Refused: say why (the rare path).
+        let ended: Option<i64> =
+            sqlx::query("SELECT ended_at FROM credential_sessions WHERE session_id = $1")
+                .bind(&new.session_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|row| row.try_get("ended_at"))
+                .transpose()?
+                .flatten();
+        if ended.is_some() {
+            self.recorded().remove(&new.session_id);
+            return Err(BeginError::SessionEnded);
+        }
+        Err(BeginError::TooMany { limit: max_live })
     }
 
     /// Removes an ISSUING row whose Vault request certainly did not create
