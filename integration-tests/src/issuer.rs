@@ -11,7 +11,6 @@ use tether_credential_issuer::{
 };
 use tether_proto::credentials::v1::credential_issuer_client::CredentialIssuerClient;
 use tether_runtime::ServerConfig;
-use tonic::service::Routes;
 use tonic::transport::Channel;
 
 use crate::Running;
@@ -176,16 +175,10 @@ impl IssuerSandboxBuilder {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let max = config.server.max_message_bytes;
-        let routes = Routes::new(
-            tether_proto::credentials::v1::credential_issuer_server::CredentialIssuerServer::new(
-                issuer.service(),
-            )
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
-        );
+        let routes = issuer.routes(max);
         let server = config.server.clone();
         let running = Running::spawn(|shutdown| async move {
-            tether_runtime::serve(
+            tether_runtime::server::serve_with_http(
                 listener,
                 routes,
                 &[tether_proto::credentials::v1::credential_issuer_server::SERVICE_NAME],

@@ -697,6 +697,20 @@ async fn database_down_at_revocation_is_retried_until_it_succeeds() {
     assert!(
         tether_credential_issuer::Metrics::get(&issuer.metrics().unwrap().revocation_failures) >= 6
     );
+    // The same counter, as a scraper sees it on the service's own port.
+    let scraped = reqwest::get(format!("http://{}/metrics", issuer.addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failures: u64 = scraped
+        .lines()
+        .find_map(|l| l.strip_prefix("tether_lease_revocation_failures_total "))
+        .expect("the failure counter is exported")
+        .parse()
+        .unwrap();
+    assert!(failures >= 6, "{scraped}");
 
     deps.pg.start_again().unwrap();
     eventually(Duration::from_secs(30), || async {

@@ -138,6 +138,32 @@ impl Issuer {
         &self.metrics
     }
 
+    /// What the issuer serves on its port: the gRPC service, and
+    /// `GET /metrics` (Prometheus text format) with its counters.
+    pub fn routes(&self, max_message_bytes: usize) -> Routes {
+        let metrics = Arc::clone(&self.metrics);
+        let http = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        metrics.render_prometheus(),
+                    )
+                }
+            }),
+        );
+        Routes::from(http).add_service(
+            CredentialIssuerServer::new(self.service())
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        )
+    }
+
     /// The Vault client (its login and token-renewal counters).
     pub fn vault(&self) -> &Arc<Vault> {
         &self.vault
@@ -169,14 +195,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let issuer = Issuer::start(&config).await?;
-    let max = config.server.max_message_bytes;
-    let routes = Routes::new(
-        CredentialIssuerServer::new(issuer.service())
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
-    );
-    let served =
-        tether_runtime::serve(listener, routes, &[SERVICE_NAME], &config.server, shutdown).await;
+    let routes = issuer.routes(config.server.max_message_bytes);
+    let served = tether_runtime::server::serve_with_http(
+        listener,
+        routes,
+        &[SERVICE_NAME],
+        &config.server,
+        shutdown,
+    )
+    .await;
     issuer.stop().await;
     served?;
     Ok(())

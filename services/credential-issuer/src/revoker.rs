@@ -30,6 +30,44 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The counters in the Prometheus text exposition format.
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        for (name, help, counter) in [
+            (
+                "tether_credentials_issued_total",
+                "Credentials handed out.",
+                &self.issued,
+            ),
+            (
+                "tether_credential_issue_failures_total",
+                "Issuances that failed (nothing handed out).",
+                &self.issue_failures,
+            ),
+            (
+                "tether_leases_revoked_total",
+                "Leases revoked (or found already gone) at Vault.",
+                &self.revoked,
+            ),
+            (
+                "tether_lease_revocation_failures_total",
+                "Failed revocation attempts (each is retried).",
+                &self.revocation_failures,
+            ),
+            (
+                "tether_orphan_leases_revoked_total",
+                "Vault leases no live session owned, revoked by the orphan sweep.",
+                &self.orphans_revoked,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                Self::get(counter)
+            ));
+        }
+        out
+    }
+
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
