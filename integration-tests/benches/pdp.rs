@@ -14,7 +14,6 @@
 //! accident. Results go to stdout as a Markdown table (for BENCHMARKS.md).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
@@ -25,10 +24,10 @@ use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, EntityUid,
     PolicySet, Request, Schema,
 };
-use hdrhistogram::Histogram;
 use prost_types::value::Kind;
 use serde_json::{Value, json};
 use tempfile::TempDir;
+use tether_integration_tests::bench::{Caller, Stats, Throughput, sequential, throughput};
 use tether_integration_tests::cerbos::{self, CerbosServer};
 use tether_policy::{CaseFile, Expected, Limits, Outcome, PolicyPack, Query, TestCase};
 use tether_policy_decision::{Config, PolicyConfig, RequestLimits};
@@ -95,38 +94,6 @@ fn main() -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------- statistics
 
-/// Latencies in nanoseconds; reported in microseconds.
-struct Stats(Histogram<u64>);
-
-impl Stats {
-    fn new() -> anyhow::Result<Self> {
-        Ok(Self(Histogram::new_with_bounds(1, 60_000_000_000, 3)?))
-    }
-
-    fn record(&mut self, elapsed: Duration) -> anyhow::Result<()> {
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.0.record(nanos.max(1))?;
-        Ok(())
-    }
-
-    fn merge(&mut self, other: &Self) -> anyhow::Result<()> {
-        self.0.add(&other.0)?;
-        Ok(())
-    }
-
-    fn count(&self) -> u64 {
-        self.0.len()
-    }
-
-    fn micros(&self, quantile: f64) -> f64 {
-        self.0.value_at_quantile(quantile) as f64 / 1_000.0
-    }
-
-    fn p50_p99(&self) -> String {
-        format!("{:.1} / {:.1}", self.micros(0.50), self.micros(0.99))
-    }
-}
-
 /// One system on one policy set.
 struct Row {
     set: String,
@@ -134,11 +101,6 @@ struct Row {
     in_process: Option<Stats>,
     sequential: Stats,
     throughput: Throughput,
-}
-
-struct Throughput {
-    per_second: f64,
-    latency: Stats,
 }
 
 fn print_table(rows: &[Row]) {
@@ -447,14 +409,14 @@ fn bench_tether(client: &Runtime, set: &BenchSet, case: &TestCase) -> anyhow::Re
         if set.generated_probe {
             tether_generated_probe(&mut caller.client, case).await?;
         }
-        let sequential = sequential(&mut caller).await?;
+        let sequential = sequential(&mut caller, SEQUENTIAL_WARMUP, SEQUENTIAL_ITERATIONS).await?;
         let callers = (0..CONCURRENCY)
             .map(|i| TetherCaller {
                 client: PolicyDecisionClient::new(channels[i % CHANNELS].clone()),
                 request: request.clone(),
             })
             .collect();
-        let throughput = throughput(callers).await?;
+        let throughput = throughput(callers, THROUGHPUT_WARMUP, THROUGHPUT_DURATION).await?;
         anyhow::Ok((sequential, throughput))
     })?;
     drop(server);
@@ -1023,7 +985,7 @@ fn bench_cerbos(
             probe.call().await.context("Cerbos generated-policy probe")?;
             println!("sanity: Cerbos generated policy res_0 answers EFFECT_ALLOW");
         }
-        let sequential = sequential(&mut caller).await?;
+        let sequential = sequential(&mut caller, SEQUENTIAL_WARMUP, SEQUENTIAL_ITERATIONS).await?;
         let callers = (0..CONCURRENCY)
             .map(|i| CerbosCaller {
                 client: CerbosServiceClient::new(channels[i % CHANNELS].clone()),
@@ -1031,7 +993,7 @@ fn bench_cerbos(
                 action: case.action.id.clone(),
             })
             .collect();
-        let throughput = throughput(callers).await?;
+        let throughput = throughput(callers, THROUGHPUT_WARMUP, THROUGHPUT_DURATION).await?;
         // Cerbos is killed here, also on an early return or a panic.
         drop(server);
         anyhow::Ok((sequential, throughput))
@@ -1073,11 +1035,6 @@ impl Caller for CerbosCaller {
 
 // ---------------------------------------------------------- gRPC load driver
 
-/// One gRPC call that must come back ALLOW.
-trait Caller: Send + 'static {
-    fn call(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send;
-}
-
 /// `CHANNELS` HTTP/2 connections to `addr`, the same for both systems.
 async fn connect(addr: String) -> anyhow::Result<Vec<Channel>> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true);
@@ -1090,60 +1047,4 @@ async fn connect(addr: String) -> anyhow::Result<Vec<Channel>> {
         channels.push(channel);
     }
     Ok(channels)
-}
-
-/// One call at a time on one channel.
-async fn sequential(caller: &mut impl Caller) -> anyhow::Result<Stats> {
-    for _ in 0..SEQUENTIAL_WARMUP {
-        caller.call().await?;
-    }
-    let mut stats = Stats::new()?;
-    for _ in 0..SEQUENTIAL_ITERATIONS {
-        let start = Instant::now();
-        caller.call().await?;
-        stats.record(start.elapsed())?;
-    }
-    Ok(stats)
-}
-
-/// `callers.len()` concurrent callers for `THROUGHPUT_DURATION` (after a
-/// warm-up of the same shape).
-async fn throughput<C: Caller>(callers: Vec<C>) -> anyhow::Result<Throughput> {
-    let callers = run_for(callers, THROUGHPUT_WARMUP).await?.0;
-    let started = Instant::now();
-    let (_, latency) = run_for(callers, THROUGHPUT_DURATION).await?;
-    let elapsed = started.elapsed().as_secs_f64();
-    Ok(Throughput {
-        per_second: latency.count() as f64 / elapsed,
-        latency,
-    })
-}
-
-async fn run_for<C: Caller>(
-    callers: Vec<C>,
-    duration: Duration,
-) -> anyhow::Result<(Vec<C>, Stats)> {
-    let deadline = Instant::now() + duration;
-    let tasks: Vec<_> = callers
-        .into_iter()
-        .map(|mut caller| {
-            tokio::spawn(async move {
-                let mut stats = Stats::new()?;
-                while Instant::now() < deadline {
-                    let start = Instant::now();
-                    caller.call().await?;
-                    stats.record(start.elapsed())?;
-                }
-                anyhow::Ok((caller, stats))
-            })
-        })
-        .collect();
-    let mut callers = Vec::with_capacity(tasks.len());
-    let mut total = Stats::new()?;
-    for task in tasks {
-        let (caller, stats) = task.await??;
-        total.merge(&stats)?;
-        callers.push(caller);
-    }
-    Ok((callers, total))
 }
