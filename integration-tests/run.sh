@@ -126,7 +126,12 @@ cmd_test() {
     ensure_openbao
     ensure_idp
     log "test IdP: every flow end to end (node smoke.mjs)"
-    (cd integration-tests/idp && node smoke.mjs | tail -n 1)
+    if ! (cd integration-tests/idp && node smoke.mjs >"$WORK/idp-smoke.log" 2>&1); then
+        cat "$WORK/idp-smoke.log" >&2
+        echo "error: the test IdP's smoke test failed" >&2
+        return 1
+    fi
+    tail -n 1 "$WORK/idp-smoke.log"
     log "doc tests"
     cargo test --workspace --doc --quiet
     log "unit and integration tests (real gRPC on loopback)"
