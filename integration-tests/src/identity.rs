@@ -67,6 +67,7 @@ fn agent_config(id: &str, scopes: &[&str], groups: &[&str]) -> AgentConfig {
         audiences: vec![FACADE_AUDIENCE.into()],
         scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
         may_act_for: MayActFor {
+            issuer: None,
             subjects: Vec::new(),
             groups: groups.iter().map(|s| (*s).to_owned()).collect(),
         },

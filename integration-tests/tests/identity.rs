@@ -22,7 +22,8 @@ use tether_proto::identity::v1::{
     RevokeSessionRequest,
 };
 use tether_token::{
-    DelegatedTokenVerifier, JwksCache, RevocationList, RevokedSession, SigningKey, TokenError,
+    DelegatedTokenVerifier, JwksCache, RevocationList, RevocationPage, RevokedSession, SigningKey,
+    TokenError,
 };
 use tonic::Code;
 
@@ -141,26 +142,34 @@ impl Stack {
     }
 
     async fn sync(&self, list: &RevocationList) {
-        let mut client = self.identity.client();
-        list.sync(|since| async move {
-            let resp = client
-                .list_revoked_sessions(ListRevokedSessionsRequest {
-                    since_unix_ms: since,
-                    page_size: 0,
+        let client = self.identity.client();
+        list.sync(|since, after_sid| {
+            let mut client = client.clone();
+            async move {
+                let resp = client
+                    .list_revoked_sessions(ListRevokedSessionsRequest {
+                        since_unix_ms: since,
+                        page_size: 0,
+                        after_sid,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                let entries = resp
+                    .sessions
+                    .into_iter()
+                    .map(|s| RevokedSession {
+                        sid: s.sid,
+                        revoked_at_ms: s.revoked_at_unix_ms,
+                        expires_at_ms: s.session_expires_at_unix_ms,
+                    })
+                    .collect();
+                Ok(RevocationPage {
+                    entries,
+                    server_time_ms: resp.server_time_unix_ms,
+                    more: resp.more,
                 })
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner();
-            let entries = resp
-                .sessions
-                .into_iter()
-                .map(|s| RevokedSession {
-                    sid: s.sid,
-                    revoked_at_ms: s.revoked_at_unix_ms,
-                    expires_at_ms: s.session_expires_at_unix_ms,
-                })
-                .collect();
-            Ok((entries, resp.server_time_unix_ms))
+            }
         })
         .await
         .unwrap();
@@ -208,6 +217,11 @@ async fn login_exchange_and_verify_with_libs_token() {
     assert_eq!(claims.aud, FACADE_AUDIENCE);
     assert_eq!(claims.user["groups"], json!(["hr"]));
     assert_eq!(claims.user["department"], "people");
+    assert_eq!(
+        claims.user["idp"],
+        s.idp.issuer(),
+        "the user is named with their IdP"
+    );
     assert_eq!(
         claims.authorization_details,
         Some(serde_json::from_str::<Value>(INTENT).unwrap())

@@ -467,6 +467,8 @@ fn parse_json(
     if text.trim().is_empty() {
         return Ok(empty());
     }
+    crate::fast::reject_duplicate_keys(text)
+        .map_err(|e| RequestError::Invalid(format!("{what} is not valid JSON: {e}")))?;
     serde_json::from_str(text)
         .map_err(|e| RequestError::Invalid(format!("{what} is not valid JSON: {e}")))
 }

@@ -18,7 +18,8 @@ use serde_json::{Map, Value};
 fn uid(json: &Value) -> Option<EntityUid> {
     let map = json.as_object()?;
     let map = match map.get("__entity") {
-        Some(inner) => inner.as_object()?,
+        Some(inner) if map.len() == 1 => inner.as_object()?,
+        Some(_) => return None,
         None => map,
     };
     if map.len() != 2 {
@@ -409,4 +410,73 @@ pub(crate) mod text {
         de.end().ok()?;
         Some(list)
     }
+}
+
+/// Refuses JSON text in which an object repeats a key. `serde_json::Value`
+/// keeps the last occurrence, which would let `{"approval":{"granted":false},
+/// "approval":{"granted":true}}` mean something other than what a component
+/// reading the first occurrence saw; Cedar's own parser refuses duplicates,
+/// and so does the general path, before anything is evaluated.
+pub(crate) fn reject_duplicate_keys(text: &str) -> Result<(), String> {
+    use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+
+    #[derive(Clone, Copy)]
+    struct NoDuplicates;
+
+    impl<'de> DeserializeSeed<'de> for NoDuplicates {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for NoDuplicates {
+        type Value = ();
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(self)?.is_some() {}
+            Ok(())
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key.clone()) {
+                    let shown: String = key.chars().take(64).collect();
+                    return Err(A::Error::custom(format!("duplicate key `{shown}`")));
+                }
+                map.next_value_seed(self)?;
+            }
+            Ok(())
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(text);
+    NoDuplicates
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())
 }

@@ -118,9 +118,20 @@ impl Template {
     }
 }
 
+/// Unicode format characters that can reorder or hide text on a phone
+/// screen (bidi overrides and isolates, zero-width characters, soft hyphen).
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}'
+    )
+}
+
 fn sanitize(text: &str) -> String {
     let clean: String = text
         .chars()
+        .filter(|c| !is_invisible_format(*c))
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     let collapsed = clean.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -174,6 +185,12 @@ mod tests {
     fn strips_control_characters_and_truncates() {
         let t = Template::parse("Offboard {resource.id}?").unwrap();
         assert_eq!(t.render(&fields("10\n42\u{1b}[2J")), "Offboard 10 42 [2J?");
+        // A right-to-left override cannot turn "Offboard 1042" into text
+        // that reads differently on the phone.
+        assert_eq!(
+            t.render(&fields("1042\u{202E}evorppa\u{200B}")),
+            "Offboard 1042evorppa?"
+        );
         let long = "x".repeat(500);
         let rendered = t.render(&fields(&long));
         assert_eq!(rendered.chars().count(), MAX_BINDING_MESSAGE_CHARS);

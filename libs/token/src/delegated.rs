@@ -98,6 +98,23 @@ pub struct RevokedSession {
 /// Overlap between polls, covering clock differences between replicas.
 const SYNC_OVERLAP_MS: i64 = 5_000;
 
+/// How long past a session's expiry its revocation is remembered (covers
+/// verification leeway and clock skew).
+const REVOKED_MARGIN_MS: i64 = 60_000;
+
+/// Pages one sync may read before it gives up (and the list goes stale).
+const MAX_SYNC_PAGES: usize = 1_000;
+
+/// One page of `ListRevokedSessions`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevocationPage {
+    pub entries: Vec<RevokedSession>,
+    /// The server's clock when the page was read (Unix ms).
+    pub server_time_ms: i64,
+    /// More entries follow the last one.
+    pub more: bool,
+}
+
 impl RevocationList {
     pub fn new(max_staleness: std::time::Duration) -> Self {
         Self {
@@ -112,27 +129,63 @@ impl RevocationList {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Pulls revocations since the last sync with `fetch(since_ms)`, which
-    /// returns the revoked sessions and the server's time.
-    pub async fn sync<F, Fut>(&self, fetch: F) -> Result<usize, TokenError>
+    /// Pulls every revocation since the last sync, page by page, with
+    /// `fetch(since_ms, after_sid)`. The copy counts as current (and the
+    /// cursor moves) only once the last page has arrived: a sync that fails
+    /// or is cut short leaves it to go stale, and a stale list denies.
+    pub async fn sync<F, Fut>(&self, mut fetch: F) -> Result<usize, TokenError>
     where
-        F: FnOnce(i64) -> Fut,
-        Fut: Future<Output = Result<(Vec<RevokedSession>, i64), String>>,
+        F: FnMut(i64, String) -> Fut,
+        Fut: Future<Output = Result<RevocationPage, String>>,
     {
-        let since = (self.read().cursor_ms - SYNC_OVERLAP_MS).max(0);
-        let (entries, server_time_ms) = fetch(since).await.map_err(TokenError::KeysUnavailable)?;
-        let count = entries.len();
-        let mut state = self
-            .state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for entry in entries {
-            state.revoked.insert(entry.sid, entry.expires_at_ms);
+        let mut since = (self.read().cursor_ms - SYNC_OVERLAP_MS).max(0);
+        let mut after = String::new();
+        let mut server_time_ms = None;
+        let mut count = 0;
+        for _ in 0..MAX_SYNC_PAGES {
+            let page = fetch(since, after.clone())
+                .await
+                .map_err(TokenError::KeysUnavailable)?;
+            let started_at = *server_time_ms.get_or_insert(page.server_time_ms);
+            let last = page
+                .entries
+                .last()
+                .map(|e| (e.revoked_at_ms, e.sid.clone()));
+            count += page.entries.len();
+            {
+                // Revocations are applied as they arrive: knowing more
+                // revoked sessions is always safe.
+                let mut state = self
+                    .state
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for entry in page.entries {
+                    state.revoked.insert(entry.sid, entry.expires_at_ms);
+                }
+                if !page.more {
+                    state.revoked.retain(|_, expires| {
+                        expires.saturating_add(REVOKED_MARGIN_MS) > started_at
+                    });
+                    state.cursor_ms = started_at;
+                    state.synced_at = Some(std::time::Instant::now());
+                    return Ok(count);
+                }
+            }
+            match last {
+                Some((at, sid)) => {
+                    since = at;
+                    after = sid;
+                }
+                None => {
+                    return Err(TokenError::KeysUnavailable(
+                        "revocation list paging made no progress".into(),
+                    ));
+                }
+            }
         }
-        state.revoked.retain(|_, expires| *expires > server_time_ms);
-        state.cursor_ms = server_time_ms;
-        state.synced_at = Some(std::time::Instant::now());
-        Ok(count)
+        Err(TokenError::KeysUnavailable(format!(
+            "revocation list did not fit in {MAX_SYNC_PAGES} pages; not current"
+        )))
     }
 
     /// Number of revoked, unexpired sessions known.

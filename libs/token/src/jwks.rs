@@ -125,7 +125,10 @@ const MAX_JWKS_BYTES: usize = 512 * 1024;
 #[derive(Debug, Default)]
 struct CacheState {
     keys: KeySet,
+    /// Last successful fetch: how fresh the keys are.
     fetched_at: Option<Instant>,
+    /// Last attempt, successful or not: the refresh rate limit.
+    attempted_at: Option<Instant>,
     /// Set when the last fetch failed: a lookup that misses then reports the
     /// outage (UNAVAILABLE), not an unknown key.
     last_error: Option<TokenError>,
@@ -148,6 +151,7 @@ pub struct JwksCache {
     http: reqwest::Client,
     min_refresh_interval: Duration,
     max_age: Duration,
+    max_stale: Duration,
     state: RwLock<CacheState>,
     refreshing: Mutex<()>,
 }
@@ -159,6 +163,7 @@ impl JwksCache {
             http,
             min_refresh_interval: Duration::from_secs(10),
             max_age: Duration::from_secs(600),
+            max_stale: Duration::from_secs(3600),
             state: RwLock::new(CacheState::default()),
             refreshing: Mutex::new(()),
         }
@@ -176,6 +181,13 @@ impl JwksCache {
         self
     }
 
+    /// How long after the last successful fetch cached keys may still be
+    /// used while the endpoint cannot be reached.
+    pub fn with_max_stale(mut self, age: Duration) -> Self {
+        self.max_stale = age;
+        self
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -184,9 +196,10 @@ impl JwksCache {
     pub async fn refresh(&self) -> Result<(), TokenError> {
         let set = self.fetch().await;
         let mut state = self.state.write().await;
-        state.fetched_at = Some(Instant::now());
+        state.attempted_at = Some(Instant::now());
         match set {
             Ok(set) => {
+                state.fetched_at = state.attempted_at;
                 state.keys = KeySet::parse(&set);
                 state.last_error = None;
                 Ok(())
@@ -224,6 +237,17 @@ impl JwksCache {
     }
 }
 
+impl JwksCache {
+    /// Cached keys stay usable through an outage of the JWKS endpoint for at
+    /// most `max_stale` after the last successful fetch (a key the IdP has
+    /// since withdrawn must not live on just because the endpoint is down).
+    fn usable_while_down(&self, state: &CacheState) -> bool {
+        state
+            .fetched_at
+            .is_some_and(|t| t.elapsed() < self.max_stale)
+    }
+}
+
 impl KeySource for JwksCache {
     async fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, TokenError> {
         {
@@ -238,25 +262,30 @@ impl KeySource for JwksCache {
             let state = self.state.read().await;
             let fresh = state.fetched_at.is_some_and(|t| t.elapsed() < self.max_age);
             let recent = state
-                .fetched_at
+                .attempted_at
                 .is_some_and(|t| t.elapsed() < self.min_refresh_interval);
             match state.find(kid, alg) {
                 Ok(key) if fresh => return Ok(key),
+                Ok(key) if recent && self.usable_while_down(&state) => return Ok(key),
                 Err(e) if recent => return Err(e),
                 _ => {}
             }
         }
         match self.refresh().await {
             Ok(()) => self.state.read().await.find(kid, alg),
-            // Keep serving known keys while the JWKS endpoint is down, but
-            // never accept an unknown one.
-            Err(e) => match self.state.read().await.keys.find(kid, alg) {
-                Ok(key) => {
-                    tracing::warn!(url = %self.url, error = %e, "JWKS refresh failed; using cached keys");
-                    Ok(key)
+            // Keep serving known keys while the JWKS endpoint is down, for a
+            // bounded time after the last successful fetch; never accept an
+            // unknown one.
+            Err(e) => {
+                let state = self.state.read().await;
+                match state.keys.find(kid, alg) {
+                    Ok(key) if self.usable_while_down(&state) => {
+                        tracing::warn!(url = %self.url, error = %e, "JWKS refresh failed; using cached keys");
+                        Ok(key)
+                    }
+                    _ => Err(e),
                 }
-                Err(_) => Err(e),
-            },
+            }
         }
     }
 }

@@ -21,7 +21,9 @@ mod signing;
 mod verify;
 
 pub use claims::{Actor, DelegatedClaims, TOKEN_TYPE_AT_JWT};
-pub use delegated::{DelegatedTokenVerifier, RevocationCheck, RevocationList, RevokedSession};
+pub use delegated::{
+    DelegatedTokenVerifier, RevocationCheck, RevocationList, RevocationPage, RevokedSession,
+};
 pub use error::TokenError;
 pub use jsonwebtoken::jwk::JwkSet;
 pub use jsonwebtoken::{Algorithm, DecodingKey};

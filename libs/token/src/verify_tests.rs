@@ -241,21 +241,22 @@ fn key_files_round_trip_and_rings_rotate() {
 
 #[tokio::test]
 async fn revocation_list_fails_closed_when_stale() {
-    use crate::delegated::{RevocationCheck as _, RevocationList, RevokedSession};
+    use crate::delegated::{RevocationCheck as _, RevocationList, RevocationPage, RevokedSession};
     let list = RevocationList::new(Duration::from_millis(200));
     // Never synced: deny.
     assert!(list.is_revoked("s1").await.is_err());
     let now_ms = crate::unix_now() * 1000;
-    list.sync(|since| async move {
-        assert_eq!(since, 0);
-        Ok((
-            vec![RevokedSession {
+    list.sync(|since, after| async move {
+        assert_eq!((since, after.as_str()), (0, ""));
+        Ok(RevocationPage {
+            entries: vec![RevokedSession {
                 sid: "s1".into(),
                 revoked_at_ms: now_ms,
                 expires_at_ms: now_ms + 60_000,
             }],
-            now_ms,
-        ))
+            server_time_ms: now_ms,
+            more: false,
+        })
     })
     .await
     .unwrap();
@@ -263,12 +264,70 @@ async fn revocation_list_fails_closed_when_stale() {
     assert!(!list.is_revoked("s2").await.unwrap());
     // A failed sync keeps the copy but not its freshness.
     assert!(
-        list.sync(|_| async { Err("down".to_string()) })
+        list.sync(|_, _| async { Err("down".to_string()) })
             .await
             .is_err()
     );
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(list.is_revoked("s2").await.is_err());
+}
+
+#[tokio::test]
+async fn revocation_sync_reads_every_page_before_it_counts_as_current() {
+    use crate::delegated::{RevocationCheck as _, RevocationList, RevocationPage, RevokedSession};
+    let now_ms = crate::unix_now() * 1000;
+    // 2,500 revocations at the same instant, served 1,000 per page with a
+    // (revoked_at, sid) cursor, as the identity service does.
+    let all: Vec<RevokedSession> = (0..2_500)
+        .map(|i| RevokedSession {
+            sid: format!("s{i:05}"),
+            revoked_at_ms: now_ms,
+            expires_at_ms: now_ms + 60_000,
+        })
+        .collect();
+    let serve = |since: i64, after: String| {
+        let page: Vec<RevokedSession> = all
+            .iter()
+            .filter(|e| e.revoked_at_ms > since || (e.revoked_at_ms == since && e.sid > after))
+            .take(1_001)
+            .cloned()
+            .collect();
+        let more = page.len() > 1_000;
+        let entries = page.into_iter().take(1_000).collect();
+        async move {
+            Ok(RevocationPage {
+                entries,
+                server_time_ms: now_ms,
+                more,
+            })
+        }
+    };
+    let list = RevocationList::new(Duration::from_secs(30));
+    assert_eq!(list.sync(serve).await.unwrap(), 2_500);
+    assert!(list.is_revoked("s02499").await.unwrap());
+
+    // A sync cut short after a page with `more` set is not current.
+    let cut = RevocationList::new(Duration::from_secs(30));
+    let mut calls = 0;
+    let result = cut
+        .sync(|since, after| {
+            calls += 1;
+            let fail = calls > 1;
+            let page = serve(since, after);
+            async move {
+                if fail {
+                    Err("connection reset".to_string())
+                } else {
+                    page.await
+                }
+            }
+        })
+        .await;
+    assert!(result.is_err());
+    assert!(
+        cut.is_revoked("s00000").await.is_err(),
+        "a partial copy never counts as current"
+    );
 }
 
 #[tokio::test]

@@ -40,6 +40,7 @@ pub struct Agent {
     pub algorithms: Vec<Algorithm>,
     pub audiences: Vec<String>,
     pub scopes: Vec<String>,
+    issuer: Option<String>,
     subjects: Vec<String>,
     groups: Vec<String>,
 }
@@ -68,13 +69,18 @@ impl Agent {
             algorithms: parse_algorithms(&config.algorithms)?,
             audiences: config.audiences.clone(),
             scopes: config.scopes.clone(),
+            issuer: config.may_act_for.issuer.clone(),
             subjects: config.may_act_for.subjects.clone(),
             groups: config.may_act_for.groups.clone(),
         })
     }
 
-    /// Whether this agent may act for the user `sub` with `groups`.
-    pub fn may_act_for(&self, sub: &str, groups: &[String]) -> bool {
+    /// Whether this agent may act for the user `sub` of IdP `idp` with
+    /// `groups`.
+    pub fn may_act_for(&self, idp: &str, sub: &str, groups: &[String]) -> bool {
+        if self.issuer.as_deref().is_some_and(|iss| iss != idp) {
+            return false;
+        }
         self.subjects.iter().any(|s| s == "*" || s == sub)
             || self.groups.iter().any(|g| groups.contains(g))
     }
@@ -124,5 +130,38 @@ impl AgentRegistry {
         all.sort();
         all.dedup();
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(issuer: Option<&str>) -> Agent {
+        Agent {
+            id: "a".into(),
+            spiffe_id: None,
+            keys: AgentKeys::None,
+            algorithms: Vec::new(),
+            audiences: Vec::new(),
+            scopes: Vec::new(),
+            issuer: issuer.map(str::to_owned),
+            subjects: vec!["alice".into()],
+            groups: vec!["hr".into()],
+        }
+    }
+
+    #[test]
+    fn users_are_matched_with_their_idp() {
+        let a = agent(Some("https://idp-a"));
+        assert!(a.may_act_for("https://idp-a", "alice", &[]));
+        assert!(
+            !a.may_act_for("https://idp-b", "alice", &[]),
+            "alice at B is not alice at A"
+        );
+        assert!(!a.may_act_for("https://idp-b", "bob", &["hr".into()]));
+        assert!(a.may_act_for("https://idp-a", "bob", &["hr".into()]));
+        assert!(!a.may_act_for("https://idp-a", "bob", &["eng".into()]));
+        assert!(agent(None).may_act_for("https://any", "alice", &[]));
     }
 }

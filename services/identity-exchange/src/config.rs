@@ -145,11 +145,14 @@ pub struct AgentConfig {
     pub algorithms: Vec<String>,
 }
 
-/// `may_act`-style constraint: the user's `sub` is listed (or `*`), or the
-/// user is in one of the groups.
+/// `may_act`-style constraint: the user comes from `issuer` (required when
+/// more than one IdP is trusted: `alice` at one IdP is not `alice` at
+/// another), and their `sub` is listed (or `*`), or they are in one of the
+/// groups.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MayActFor {
+    pub issuer: Option<String>,
     pub subjects: Vec<String>,
     pub groups: Vec<String>,
 }
@@ -261,6 +264,21 @@ impl ServiceConfig for Config {
                         agent.id
                     ));
                 }
+            }
+            match &agent.may_act_for.issuer {
+                None if self.trusted_issuers.len() > 1 => {
+                    return invalid(format!(
+                        "agent `{}`: `may_act_for.issuer` is required when more than one issuer is trusted",
+                        agent.id
+                    ));
+                }
+                Some(iss) if !self.trusted_issuers.iter().any(|t| &t.issuer == iss) => {
+                    return invalid(format!(
+                        "agent `{}`: `may_act_for.issuer` `{iss}` is not a trusted issuer",
+                        agent.id
+                    ));
+                }
+                _ => {}
             }
             if agent.audiences.is_empty() {
                 return invalid(format!("agent `{}` needs at least one audience", agent.id));

@@ -82,6 +82,8 @@ struct ProvenActor {
 
 /// The user, from a verified subject token.
 struct Subject {
+    /// The IdP that authenticated the user.
+    idp: String,
     sub: String,
     exp: i64,
     scopes: Option<Vec<String>>,
@@ -165,7 +167,10 @@ impl Exchanger {
                 "`authorization_details` (the agent's declared intent) is required",
             ));
         }
-        if !actor.agent.may_act_for(&subject.sub, &subject.groups) {
+        if !actor
+            .agent
+            .may_act_for(&subject.idp, &subject.sub, &subject.groups)
+        {
             return Err(ExchangeError::oauth(
                 OAuthCode::UnauthorizedClient,
                 format!("agent `{}` may not act for this user", actor.agent.id),
@@ -424,7 +429,12 @@ impl Exchanger {
             .get("exp")
             .and_then(Value::as_i64)
             .unwrap_or_default();
-        let keep_until = (exp + i64::try_from(self.leeway.as_secs()).unwrap_or(0)) * 1000;
+        // Kept one second past the last instant the assertion verifies
+        // (whole-second `exp` plus leeway), so no replay window opens.
+        let keep_until = exp
+            .saturating_add(i64::try_from(self.leeway.as_secs()).unwrap_or(0))
+            .saturating_add(1)
+            .saturating_mul(1000);
         if !self
             .store
             .consume_assertion(&agent.id, jti, keep_until)
@@ -544,12 +554,16 @@ impl Exchanger {
                     .collect()
             })
             .unwrap_or_default();
-        let user = self
+        let mut user: Map<String, Value> = self
             .propagate
             .iter()
             .filter_map(|name| claims.get(name).map(|v| (name.clone(), v.clone())))
             .collect();
+        // Users are named by (IdP, sub): `alice` at one IdP is not `alice`
+        // at another. The IdP travels with the token for every later check.
+        user.insert("idp".into(), Value::String(iss.clone()));
         Ok(Subject {
+            idp: iss,
             sub,
             exp,
             scopes: Some(scopes),
@@ -577,7 +591,14 @@ impl Exchanger {
                     .collect()
             })
             .unwrap_or_default();
+        let idp = claims
+            .user
+            .get("idp")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         Ok(Subject {
+            idp,
             sub: claims.sub.clone(),
             exp: claims.exp,
             scopes: Some(claims.scopes().map(str::to_owned).collect()),

@@ -9,6 +9,9 @@ use tonic::{Request, Response, Status};
 use crate::error::{ExchangeError, OAuthCode};
 use crate::exchange::{ExchangeInput, Exchanger, Introspection, TOKEN_TYPE_ACCESS, unix_now_ms};
 
+/// How long past a session's expiry its revocation stays listed.
+const REVOCATION_MARGIN_MS: i64 = 60_000;
+
 #[derive(Debug, Clone)]
 pub struct IdentityService {
     exchanger: Arc<Exchanger>,
@@ -188,10 +191,17 @@ impl pb::identity_exchange_server::IdentityExchange for IdentityService {
             i64::from(r.page_size)
         };
         let now = unix_now_ms();
+        // Entries stay listed until their tokens are dead even with clock
+        // skew: the verifier's leeway is at most a minute.
         let rows = self
             .exchanger
             .store()
-            .revoked_since(r.since_unix_ms, now, limit + 1)
+            .revoked_since(
+                r.since_unix_ms,
+                &r.after_sid,
+                now - REVOCATION_MARGIN_MS,
+                limit + 1,
+            )
             .await
             .map_err(ExchangeError::into_status)?;
         let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);

@@ -119,19 +119,25 @@ impl Store {
             .and_then(|s| s.revoked_at_ms.map(|at| (at, true))))
     }
 
-    /// Revocations at or after `since_ms` of sessions not expired at
-    /// `now_ms`, oldest first, at most `limit`.
+    /// Revocations after the cursor (`revoked_at > since_ms`, or equal and
+    /// `sid > after_sid`) of sessions not expired before `live_after_ms`,
+    /// oldest first, at most `limit`.
     pub async fn revoked_since(
         &self,
         since_ms: i64,
-        now_ms: i64,
+        after_sid: &str,
+        live_after_ms: i64,
         limit: i64,
     ) -> Result<Vec<(String, i64, i64)>, ExchangeError> {
         let rows = sqlx::query(
-            "SELECT sid, revoked_at, expires_at FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at >= $1 AND expires_at > $2 ORDER BY revoked_at, sid LIMIT $3",
+            "SELECT sid, revoked_at, expires_at FROM sessions \
+             WHERE revoked_at IS NOT NULL AND expires_at > $3 \
+               AND (revoked_at > $1 OR (revoked_at = $1 AND sid > $2)) \
+             ORDER BY revoked_at, sid LIMIT $4",
         )
         .bind(since_ms)
-        .bind(now_ms)
+        .bind(after_sid)
+        .bind(live_after_ms)
         .bind(limit)
         .fetch_all(&self.pool)
         .await

@@ -54,6 +54,10 @@ fn validate_only_and_invalid_configurations() {
             "agent `a` needs `jwks`, `jwks_uri` or `spiffe_id`",
         ),
         (
+            "[[trusted_issuers]]\nissuer = \"https://a\"\naudiences = [\"x\"]\n[[trusted_issuers]]\nissuer = \"https://b\"\naudiences = [\"x\"]\n[[agents]]\nid = \"a\"\naudiences = [\"x\"]\njwks_uri = \"https://a/jwks\"\n",
+            "`may_act_for.issuer` is required when more than one issuer is trusted",
+        ),
+        (
             "[[agents]]\nid = \"a\"\naudiences = [\"x\"]\njwks = { keys = [{ kty = \"oct\", k = \"c2VjcmV0\" }] }\n",
             "no usable public signing key",
         ),
