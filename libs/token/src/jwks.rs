@@ -223,16 +223,9 @@ impl JwksCache {
             .map_err(|e| unavailable(&e))?
             .error_for_status()
             .map_err(|e| unavailable(&e))?;
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
-        {
-            return Err(unavailable(&"document too large"));
-        }
-        let bytes = response.bytes().await.map_err(|e| unavailable(&e))?;
-        if bytes.len() > MAX_JWKS_BYTES {
-            return Err(unavailable(&"document too large"));
-        }
+        let bytes = crate::oidc_http::read_capped(response, MAX_JWKS_BYTES)
+            .await
+            .map_err(|e| unavailable(&e))?;
         serde_json::from_slice(&bytes).map_err(|e| unavailable(&e))
     }
 }

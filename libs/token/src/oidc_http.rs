@@ -34,21 +34,37 @@ pub fn oidc_client(http: reqwest::Client) -> impl Fn(http::Request<Vec<u8>>) -> 
             let response = builder.send().await.map_err(|e| HttpError(e.to_string()))?;
             let status = response.status();
             let headers = response.headers().clone();
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| HttpError(e.to_string()))?;
-            if bytes.len() > MAX_RESPONSE_BYTES {
-                return Err(HttpError("response too large".into()));
-            }
+            let bytes = read_capped(response, MAX_RESPONSE_BYTES).await?;
             let mut out = http::Response::builder().status(status);
             for (name, value) in &headers {
                 out = out.header(name, value);
             }
-            out.body(bytes.to_vec())
-                .map_err(|e| HttpError(e.to_string()))
+            out.body(bytes).map_err(|e| HttpError(e.to_string()))
         })
     }
+}
+
+/// Reads a response body, refusing (without buffering the rest) one larger
+/// than `limit` bytes, whatever its `Content-Length` claims.
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, HttpError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(HttpError(format!("response is over {limit} bytes")));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| HttpError(e.to_string()))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(HttpError(format!("response is over {limit} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// A reqwest client suitable for talking to an IdP: no redirects, bounded

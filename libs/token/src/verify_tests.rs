@@ -393,3 +393,35 @@ async fn unknown_kids_refresh_the_jwks_at_a_bounded_rate() {
     verify::<Value, _>(&good, &policy(), &cache).await.unwrap();
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn an_oversized_jwks_is_refused_without_buffering_it() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = [0u8; 2048];
+        let _ = socket.read(&mut buf).await;
+        // No Content-Length: the size is only known by reading.
+        let _ = socket
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n",
+            )
+            .await;
+        let chunk = vec![b' '; 64 * 1024];
+        for _ in 0..64 {
+            if socket.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let cache = crate::JwksCache::new(format!("http://{addr}/jwks"), reqwest::Client::new());
+    let err = cache.refresh().await.unwrap_err();
+    assert!(
+        matches!(&err, TokenError::KeysUnavailable(m) if m.contains("over")),
+        "{err:?}"
+    );
+}
