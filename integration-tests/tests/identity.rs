@@ -68,18 +68,32 @@ async fn stack() -> Stack {
     stack_with(|b| b).await
 }
 
+/// A user access token for alice (in group `hr`), from the real IdP.
+async fn alice_token(idp: &Idp) -> String {
+    idp.login("alice", &["openid", "profile", "email", "hr:read"])
+        .await
+        .unwrap()
+        .access_token
+}
+
+/// An exchange of `subject` by `actor` for the facade, scope `hr:read`,
+/// with the standard intent.
+fn exchange_request(subject: &str, subject_type: &str, actor: String) -> ExchangeRequest {
+    ExchangeRequest {
+        subject_token: subject.into(),
+        subject_token_type: subject_type.into(),
+        actor_token: actor,
+        actor_token_type: JWT.into(),
+        audience: FACADE_AUDIENCE.into(),
+        scope: "hr:read".into(),
+        requested_token_type: String::new(),
+        authorization_details: INTENT.into(),
+    }
+}
+
 impl Stack {
     fn request(&self, subject: &str, subject_type: &str, actor: String) -> ExchangeRequest {
-        ExchangeRequest {
-            subject_token: subject.into(),
-            subject_token_type: subject_type.into(),
-            actor_token: actor,
-            actor_token_type: JWT.into(),
-            audience: FACADE_AUDIENCE.into(),
-            scope: "hr:read".into(),
-            requested_token_type: String::new(),
-            authorization_details: INTENT.into(),
-        }
+        exchange_request(subject, subject_type, actor)
     }
 
     fn assertion(&self, agent: &TestAgent) -> String {
@@ -87,11 +101,7 @@ impl Stack {
     }
 
     async fn alice(&self) -> String {
-        self.idp
-            .login("alice", &["openid", "profile", "email", "hr:read"])
-            .await
-            .unwrap()
-            .access_token
+        alice_token(&self.idp).await
     }
 
     async fn exchange(&self, req: ExchangeRequest) -> Result<ExchangeResponse, tonic::Status> {
@@ -947,24 +957,11 @@ async fn the_replay_cache_survives_a_restart() {
         agent,
         ..
     } = stack().await;
-    let user = idp
-        .login("alice", &["openid", "profile", "hr:read"])
-        .await
-        .unwrap()
-        .access_token;
+    let user = alice_token(&idp).await;
     let assertion = agent
         .assertion_valid_for(&identity.token_endpoint(), 120)
         .unwrap();
-    let request = ExchangeRequest {
-        subject_token: user.clone(),
-        subject_token_type: ACCESS.into(),
-        actor_token: assertion.clone(),
-        actor_token_type: JWT.into(),
-        audience: FACADE_AUDIENCE.into(),
-        scope: "hr:read".into(),
-        requested_token_type: String::new(),
-        authorization_details: INTENT.into(),
-    };
+    let request = exchange_request(&user, ACCESS, assertion.clone());
     identity.client().exchange(request.clone()).await.unwrap();
     let identity = identity.restart().await.unwrap();
     let err = identity
@@ -997,11 +994,7 @@ async fn a_spiffe_jwt_svid_is_an_actor_token_when_a_bundle_is_configured() {
         .start()
         .await
         .unwrap();
-    let user = idp
-        .login("alice", &["openid", "profile", "hr:read"])
-        .await
-        .unwrap()
-        .access_token;
+    let user = alice_token(&idp).await;
     let now = tether_token::unix_now();
     let svid = |key: &SigningKey, sub: &str| {
         key.sign_raw(
@@ -1010,16 +1003,7 @@ async fn a_spiffe_jwt_svid_is_an_actor_token_when_a_bundle_is_configured() {
         )
         .unwrap()
     };
-    let request = |actor: String| ExchangeRequest {
-        subject_token: user.clone(),
-        subject_token_type: ACCESS.into(),
-        actor_token: actor,
-        actor_token_type: JWT.into(),
-        audience: FACADE_AUDIENCE.into(),
-        scope: "hr:read".into(),
-        requested_token_type: String::new(),
-        authorization_details: INTENT.into(),
-    };
+    let request = |actor: String| exchange_request(&user, ACCESS, actor);
     let mut client = identity.client();
     let resp = client
         .exchange(request(svid(
@@ -1081,22 +1065,9 @@ async fn sessions_and_replay_cache_live_in_postgresql_when_configured() {
         .start()
         .await
         .unwrap();
-    let user = idp
-        .login("alice", &["openid", "profile", "hr:read"])
-        .await
-        .unwrap()
-        .access_token;
+    let user = alice_token(&idp).await;
     let assertion = agent.assertion(&identity.token_endpoint()).unwrap();
-    let request = ExchangeRequest {
-        subject_token: user,
-        subject_token_type: ACCESS.into(),
-        actor_token: assertion,
-        actor_token_type: JWT.into(),
-        audience: FACADE_AUDIENCE.into(),
-        scope: "hr:read".into(),
-        requested_token_type: String::new(),
-        authorization_details: INTENT.into(),
-    };
+    let request = exchange_request(&user, ACCESS, assertion);
     let resp = identity
         .client()
         .exchange(request.clone())

@@ -320,13 +320,7 @@ fn action_groups_are_honoured_by_the_per_action_slices() {
         r#"@id("ops") permit(principal, action in Action::"hr_ops", resource);
            @id("listed") permit(principal, action in [Action::"read"], resource);"#,
     );
-    let q = |action| Query {
-        principal: ("User", "u"),
-        action: ("Action", action),
-        resource: ("Doc", "d"),
-        context_json: "",
-        entities_json: "",
-    };
+    let q = user_reads_doc;
     let d = pack.evaluate(&q("offboard"), &Limits::default()).unwrap();
     assert_eq!(d.outcome, Outcome::Allow);
     assert_eq!(d.policy_ids, ["ops"]);
@@ -389,13 +383,7 @@ fn a_forbid_listing_its_actions_is_never_sliced_away() {
         r#"@id("all") permit(principal, action, resource);
            @id("no-delete") forbid(principal, action in [Action::"delete"], resource);"#,
     );
-    let q = |action| Query {
-        principal: ("User", "u"),
-        action: ("Action", action),
-        resource: ("Doc", "d"),
-        context_json: "",
-        entities_json: "",
-    };
+    let q = user_reads_doc;
     let d = pack.evaluate(&q("delete"), &Limits::default()).unwrap();
     assert_eq!(d.outcome, Outcome::Deny);
     assert_eq!(d.policy_ids, ["no-delete"]);
@@ -491,4 +479,15 @@ fn the_direct_path_decides_like_cedars_parsers() {
 /// The YAML case file as JSON (anchors and aliases resolved).
 fn yaml_to_json(text: &str) -> serde_json::Value {
     serde_yaml_ng::from_str(text).unwrap()
+}
+
+/// `User::"u"` doing `action` on `Doc::"d"`, no context or entities.
+fn user_reads_doc(action: &str) -> Query<'_> {
+    Query {
+        principal: ("User", "u"),
+        action: ("Action", action),
+        resource: ("Doc", "d"),
+        context_json: "",
+        entities_json: "",
+    }
 }
