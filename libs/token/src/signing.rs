@@ -303,7 +303,14 @@ impl KeyRing {
 
     /// Generates a new signing key; the previous ones keep verifying.
     pub fn rotate(&self) -> Result<Arc<SigningKey>, KeyError> {
-        let key = Arc::new(SigningKey::generate()?);
+        let mut key = SigningKey::generate()?;
+        // INVARIANT: a newer key has a strictly later creation time, so file
+        // names (and so "which key signs") keep their order even when two
+        // keys are made within the same millisecond.
+        if let Some(newest) = self.read().first() {
+            key.created_ms = key.created_ms.max(newest.created_ms + 1);
+        }
+        let key = Arc::new(key);
         if let Some(dir) = &self.dir {
             key.save(&dir.join(format!("{:015}-{}.pem", key.created_ms, key.kid())))?;
         }
