@@ -103,22 +103,23 @@ TOML
 }
 
 cmd_demo() {
+    ensure_openbao
+    ensure_idp
     log "building (debug)"
-    cargo build --quiet --bin tether-policy-decision --bin tether
+    cargo build --quiet --bin tether-demo --bin tether-policy-decision --bin tether
+    log "scripted agent scenario: the whole stack on loopback with its real dependencies"
+    target/debug/tether-demo
     local port
     port=$(free_port)
-    log "starting the policy decision point on 127.0.0.1:$port with examples/hr"
+    log "the policy pack's own cases against the real tether-policy-decision binary on 127.0.0.1:$port"
     start_pdp "$port" "$ROOT/examples/hr"
-    log "validating the pack, as a platform team's CI would"
     target/debug/tether policy validate examples/hr
-    log "scripted agent scenario: the HR assistant's requests, decided over gRPC"
     target/debug/tether policy test examples/hr examples/hr/cases.yaml --endpoint "http://127.0.0.1:$port"
     log "stopping (SIGTERM, graceful drain)"
     kill -TERM "${PIDS[0]}"
     wait "${PIDS[0]}"
     PIDS=()
-    log "service log (last lines):"
-    tail -n 5 "$WORK/policy-decision.log" >&2
+    tail -n 2 "$WORK/policy-decision.log" >&2
 }
 
 cmd_test() {

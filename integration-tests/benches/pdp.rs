@@ -55,6 +55,9 @@ const CONCURRENCY: usize = 32;
 const CHANNELS: usize = 4;
 const THROUGHPUT_WARMUP: Duration = Duration::from_secs(1);
 const THROUGHPUT_DURATION: Duration = Duration::from_secs(5);
+/// Measurements alternate between the systems in this many rounds.
+const ROUNDS: usize = 5;
+const ROUND_WARMUP: Duration = Duration::from_millis(250);
 const BREAKDOWN_ITERATIONS: usize = 3_000;
 
 fn main() -> anyhow::Result<()> {
@@ -81,10 +84,20 @@ fn main() -> anyhow::Result<()> {
     let mut breakdowns = Vec::new();
     for set in &sets {
         println!("== {}", set.name);
-        rows.push(bench_tether(&client, set, &case)?);
+        let mut in_process = Some(bench_in_process(&set.cedar_dir, &case)?);
         breakdowns.push(breakdown(set, &case)?);
-        if let Some(cerbos_dir) = &set.cerbos_dir {
-            rows.push(bench_cerbos(&client, set, cerbos_dir, &case)?);
+        let tether = TetherServer::start(&set.cedar_dir)?;
+        let grpc = client.block_on(bench_grpc(set, &case, tether.addr))?;
+        drop(tether);
+        for (system, sequential, throughput) in grpc {
+            rows.push(Row {
+                set: set.name.clone(),
+                system,
+                // Only Tether has an in-process figure; it comes first.
+                in_process: in_process.take(),
+                sequential,
+                throughput,
+            });
         }
     }
     print_table(&rows);
@@ -127,10 +140,11 @@ fn print_table(rows: &[Row]) {
     }
     println!();
     println!(
-        "in-process: {IN_PROCESS_ITERATIONS} decisions after {IN_PROCESS_WARMUP} warm-up; \
-         sequential: {SEQUENTIAL_ITERATIONS} calls on one channel after {SEQUENTIAL_WARMUP}; \
-         throughput: {CONCURRENCY} callers over {CHANNELS} HTTP/2 channels for \
-         {THROUGHPUT_DURATION:?} after {THROUGHPUT_WARMUP:?}"
+        "in-process: {IN_PROCESS_ITERATIONS} decisions after {IN_PROCESS_WARMUP} warm-up. \
+         gRPC, per system: sequential {SEQUENTIAL_ITERATIONS} calls on one channel after \
+         {SEQUENTIAL_WARMUP} warm-up; throughput {CONCURRENCY} callers over {CHANNELS} HTTP/2 \
+         channels for {THROUGHPUT_DURATION:?} after {THROUGHPUT_WARMUP:?}; both in {ROUNDS} \
+         rounds alternating between the systems"
     );
 }
 
@@ -389,43 +403,33 @@ fn to_proto_value(value: &Value) -> prost_types::Value {
 
 // -------------------------------------------------------------------- Tether
 
-fn bench_tether(client: &Runtime, set: &BenchSet, case: &TestCase) -> anyhow::Result<Row> {
-    let in_process = bench_in_process(&set.cedar_dir, case)?;
-    let server = TetherServer::start(&set.cedar_dir)?;
-    let request = tether_request(case);
-    let (sequential, throughput) = client.block_on(async {
-        let channels = connect(server.addr.to_string()).await?;
-        let policies = PolicyDecisionClient::new(channels[0].clone())
-            .get_policy_set(pdp::GetPolicySetRequest {})
-            .await?
-            .into_inner()
-            .policy_count;
-        let mut caller = TetherCaller {
-            client: PolicyDecisionClient::new(channels[0].clone()),
-            request: request.clone(),
-        };
-        let ids = caller.check_allow().await?;
-        println!("sanity: Tether ({policies} policies) answers ALLOW via {ids:?}");
-        if set.generated_probe {
-            tether_generated_probe(&mut caller.client, case).await?;
-        }
-        let sequential = sequential(&mut caller, SEQUENTIAL_WARMUP, SEQUENTIAL_ITERATIONS).await?;
-        let callers = (0..CONCURRENCY)
-            .map(|i| TetherCaller {
-                client: PolicyDecisionClient::new(channels[i % CHANNELS].clone()),
-                request: request.clone(),
-            })
-            .collect();
-        let throughput = throughput(callers, THROUGHPUT_WARMUP, THROUGHPUT_DURATION).await?;
-        anyhow::Ok((sequential, throughput))
-    })?;
-    drop(server);
-    Ok(Row {
-        set: set.name.clone(),
+/// Connects to the PDP and checks that it answers the benchmark request (and,
+/// on the large set, a request only a generated policy allows) with ALLOW.
+async fn tether_target(
+    set: &BenchSet,
+    case: &TestCase,
+    addr: SocketAddr,
+) -> anyhow::Result<Target> {
+    let channels = connect(addr.to_string()).await?;
+    let channel = channels.first().context("no channel")?.clone();
+    let policies = PolicyDecisionClient::new(channel.clone())
+        .get_policy_set(pdp::GetPolicySetRequest {})
+        .await?
+        .into_inner()
+        .policy_count;
+    let mut caller = TetherCaller {
+        client: PolicyDecisionClient::new(channel),
+        request: tether_request(case),
+    };
+    let ids = caller.check_allow().await?;
+    println!("sanity: Tether ({policies} policies) answers ALLOW via {ids:?}");
+    if set.generated_probe {
+        tether_generated_probe(&mut caller.client, case).await?;
+    }
+    Ok(Target {
         system: "Tether",
-        in_process: Some(in_process),
-        sequential,
-        throughput,
+        channels,
+        prototype: AnyCaller::Tether(caller),
     })
 }
 
@@ -940,12 +944,22 @@ impl CedarPack {
 
 // -------------------------------------------------------------------- Cerbos
 
-fn bench_cerbos(
-    client: &Runtime,
+/// Starts Cerbos on `policy_dir`, connects, and checks that it answers the
+/// benchmark request (and, on the large set, a request only a generated
+/// policy allows) with EFFECT_ALLOW.
+async fn cerbos_target(
     set: &BenchSet,
-    policy_dir: &Path,
     case: &TestCase,
-) -> anyhow::Result<Row> {
+    policy_dir: &Path,
+) -> anyhow::Result<(CerbosServer, Target)> {
+    let started = Instant::now();
+    let server = CerbosServer::start(policy_dir).await?;
+    println!(
+        "Cerbos SERVING after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let channels = connect(server.grpc_addr().to_owned()).await?;
+    let client = CerbosServiceClient::new(channels.first().context("no channel")?.clone());
     let principal = cerbos_principal(case)?;
     let request = cerbos_request(
         principal.clone(),
@@ -954,57 +968,32 @@ fn bench_cerbos(
         &case.resource.id,
         &json!({}),
     );
-    let (sequential, throughput) = client.block_on(async {
-        let started = Instant::now();
-        let server = CerbosServer::start(policy_dir).await?;
-        println!(
-            "Cerbos SERVING after {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
-        let channels = connect(server.grpc_addr().to_owned()).await?;
-        let mut caller = CerbosCaller {
-            client: CerbosServiceClient::new(channels[0].clone()),
-            request: request.clone(),
-            action: case.action.id.clone(),
+    let mut caller = CerbosCaller {
+        client: client.clone(),
+        request,
+        action: case.action.id.clone(),
+    };
+    caller.call().await?;
+    println!("sanity: Cerbos answers EFFECT_ALLOW");
+    if set.generated_probe {
+        let attrs = json!({ "owner": case.principal.id, "department": "people", "tier": 3, "locked": false });
+        let mut probe = CerbosCaller {
+            client,
+            request: cerbos_request(principal, "view", "res_0", "r-0", &attrs),
+            action: "view".into(),
         };
-        caller.call().await?;
-        println!("sanity: Cerbos answers EFFECT_ALLOW");
-        if set.generated_probe {
-            let probe = cerbos_request(
-                principal,
-                "view",
-                "res_0",
-                "r-0",
-                &json!({ "owner": case.principal.id, "department": "people", "tier": 3, "locked": false }),
-            );
-            let mut probe = CerbosCaller {
-                client: caller.client.clone(),
-                request: probe,
-                action: "view".into(),
-            };
-            probe.call().await.context("Cerbos generated-policy probe")?;
-            println!("sanity: Cerbos generated policy res_0 answers EFFECT_ALLOW");
-        }
-        let sequential = sequential(&mut caller, SEQUENTIAL_WARMUP, SEQUENTIAL_ITERATIONS).await?;
-        let callers = (0..CONCURRENCY)
-            .map(|i| CerbosCaller {
-                client: CerbosServiceClient::new(channels[i % CHANNELS].clone()),
-                request: request.clone(),
-                action: case.action.id.clone(),
-            })
-            .collect();
-        let throughput = throughput(callers, THROUGHPUT_WARMUP, THROUGHPUT_DURATION).await?;
-        // Cerbos is killed here, also on an early return or a panic.
-        drop(server);
-        anyhow::Ok((sequential, throughput))
-    })?;
-    Ok(Row {
-        set: set.name.clone(),
+        probe
+            .call()
+            .await
+            .context("Cerbos generated-policy probe")?;
+        println!("sanity: Cerbos generated policy res_0 answers EFFECT_ALLOW");
+    }
+    let target = Target {
         system: "Cerbos 0.55",
-        in_process: None,
-        sequential,
-        throughput,
-    })
+        channels,
+        prototype: AnyCaller::Cerbos(caller),
+    };
+    Ok((server, target))
 }
 
 #[derive(Clone)]
@@ -1034,6 +1023,131 @@ impl Caller for CerbosCaller {
 }
 
 // ---------------------------------------------------------- gRPC load driver
+
+/// Sequential latency and throughput of Tether and (when available) Cerbos
+/// on one policy set. The systems take turns, `ROUNDS` times, so that both
+/// see the same machine: other load on a 2-core box moves the numbers.
+async fn bench_grpc(
+    set: &BenchSet,
+    case: &TestCase,
+    tether: SocketAddr,
+) -> anyhow::Result<Vec<(&'static str, Stats, Throughput)>> {
+    let mut targets = vec![tether_target(set, case, tether).await?];
+    let cerbos = match &set.cerbos_dir {
+        Some(dir) => Some(cerbos_target(set, case, dir).await?),
+        None => None,
+    };
+    // The server is killed when this function returns, also on an error or
+    // a panic.
+    let (_cerbos_server, cerbos_target) = cerbos.unzip();
+    targets.extend(cerbos_target);
+
+    let sequential = sequential_rounds(&targets).await?;
+    let throughput = throughput_rounds(&targets).await?;
+    Ok(targets
+        .iter()
+        .map(|t| t.system)
+        .zip(sequential)
+        .zip(throughput)
+        .map(|((system, sequential), throughput)| (system, sequential, throughput))
+        .collect())
+}
+
+async fn sequential_rounds(targets: &[Target]) -> anyhow::Result<Vec<Stats>> {
+    let mut all = Vec::new();
+    for target in targets {
+        sequential(&mut target.caller(0), SEQUENTIAL_WARMUP, 0).await?;
+        all.push(Stats::new()?);
+    }
+    for _ in 0..ROUNDS {
+        for (target, stats) in targets.iter().zip(&mut all) {
+            let mut caller = target.caller(0);
+            let round = sequential(&mut caller, 0, SEQUENTIAL_ITERATIONS / ROUNDS).await?;
+            stats.merge(&round)?;
+        }
+    }
+    Ok(all)
+}
+
+async fn throughput_rounds(targets: &[Target]) -> anyhow::Result<Vec<Throughput>> {
+    // (seconds measured, latencies) per target
+    let mut all = Vec::new();
+    for _ in targets {
+        all.push((0.0_f64, Stats::new()?));
+    }
+    for round in 0..ROUNDS {
+        let warmup = if round == 0 {
+            THROUGHPUT_WARMUP
+        } else {
+            ROUND_WARMUP
+        };
+        for (target, (seconds, latency)) in targets.iter().zip(&mut all) {
+            let callers = (0..CONCURRENCY).map(|i| target.caller(i)).collect();
+            let result = throughput(callers, warmup, THROUGHPUT_DURATION / ROUNDS as u32).await?;
+            ensure!(
+                result.per_second > 0.0,
+                "{}: no request completed",
+                target.system
+            );
+            *seconds += result.latency.count() as f64 / result.per_second;
+            latency.merge(&result.latency)?;
+        }
+    }
+    Ok(all
+        .into_iter()
+        .map(|(seconds, latency)| Throughput {
+            per_second: latency.count() as f64 / seconds,
+            latency,
+        })
+        .collect())
+}
+
+/// One system under test: its channels and a caller to copy onto them.
+struct Target {
+    system: &'static str,
+    channels: Vec<Channel>,
+    prototype: AnyCaller,
+}
+
+impl Target {
+    /// A caller on channel `i` modulo the channel count (round robin).
+    fn caller(&self, i: usize) -> AnyCaller {
+        let channel = self.channels[i % self.channels.len()].clone();
+        self.prototype.on(channel)
+    }
+}
+
+#[derive(Clone)]
+enum AnyCaller {
+    Tether(TetherCaller),
+    Cerbos(CerbosCaller),
+}
+
+impl AnyCaller {
+    /// The same request on another channel.
+    fn on(&self, channel: Channel) -> Self {
+        match self {
+            Self::Tether(c) => Self::Tether(TetherCaller {
+                client: PolicyDecisionClient::new(channel),
+                request: c.request.clone(),
+            }),
+            Self::Cerbos(c) => Self::Cerbos(CerbosCaller {
+                client: CerbosServiceClient::new(channel),
+                request: c.request.clone(),
+                action: c.action.clone(),
+            }),
+        }
+    }
+}
+
+impl Caller for AnyCaller {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::Tether(c) => c.call().await,
+            Self::Cerbos(c) => c.call().await,
+        }
+    }
+}
 
 /// `CHANNELS` HTTP/2 connections to `addr`, the same for both systems.
 async fn connect(addr: String) -> anyhow::Result<Vec<Channel>> {
