@@ -198,13 +198,13 @@ impl PolicyPack {
         limits: &Limits,
         (principal, action, resource): (&EntityUid, &EntityUid, &EntityUid),
     ) -> Option<Decision> {
-        use crate::fast::text;
-        let fields = text::context(
+        let fields = crate::fast::context(
             query.context_json,
             limits.max_context_depth,
             &self.type_names,
         )?;
-        let list = text::entities(query.entities_json, limits.max_entities, &self.type_names)?;
+        let list =
+            crate::fast::entities(query.entities_json, limits.max_entities, &self.type_names)?;
         let entities = if list.is_empty() {
             self.entities.clone()
         } else {
@@ -240,11 +240,6 @@ impl PolicyPack {
         if items.is_empty() {
             return Ok(self.entities.clone());
         }
-        if let Some(fast) = crate::fast::entities(items)
-            && let Ok(merged) = self.entities.clone().add_entities(fast, Some(&self.schema))
-        {
-            return Ok(merged);
-        }
         self.entities
             .clone()
             .add_entities_from_json_value(json.clone(), Some(&self.schema))
@@ -268,11 +263,6 @@ impl PolicyPack {
             )
             .map_err(|e| RequestError::Invalid(format!("invalid request: {}", chain(&e))))
         };
-        if let Some(fast) = crate::fast::context(context)
-            && let Ok(request) = build(fast)
-        {
-            return Ok(request);
-        }
         let context = Context::from_json_value(context.clone(), Some((&self.schema, action)))
             .map_err(|e| RequestError::Invalid(format!("invalid context: {}", chain(&e))))?;
         build(context)

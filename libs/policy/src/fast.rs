@@ -1,415 +1,327 @@
-//! A fast path from parsed JSON to Cedar values for the explicit forms
-//! (`bool`, `Long`, string, set, record, `{"__entity": …}`), skipping Cedar's
-//! schema-directed JSON parser, which costs several times more per request.
+//! The hot path: JSON text straight to Cedar values for the explicit forms
+//! (`bool`, `Long`, string, set, record, `{"__entity": …}`), without Cedar's
+//! schema-directed JSON parser and without a `serde_json::Value` in between
+//! (together several times the cost of the evaluation itself).
 //!
 //! INVARIANT: the fast path never decides anything on its own. What it
 //! builds is validated against the schema by `Request::new` and
 //! `Entities::add_entities`, and on any doubt (an `__extn`, an implicit
-//! entity reference, a number that is not a `Long`, `null`, entity tags, a
-//! validation failure) the caller falls back to Cedar's JSON parser, which
-//! also produces the error message.
+//! entity reference, a number that is not a `Long`, `null`, entity tags,
+//! duplicate keys, a limit, a validation failure) the caller takes the
+//! general path, Cedar's own parser, which also writes the error message.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::str::FromStr as _;
 
-use cedar_policy::{Context, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
-use serde_json::{Map, Value};
+use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
+use serde::de::{
+    DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 
-fn uid(json: &Value) -> Option<EntityUid> {
-    let map = json.as_object()?;
-    let map = match map.get("__entity") {
-        Some(inner) if map.len() == 1 => inner.as_object()?,
-        Some(_) => return None,
-        None => map,
-    };
-    if map.len() != 2 {
-        return None;
+/// Entity type names the schema declares, by their text.
+pub(crate) type TypeNames = HashMap<String, EntityTypeName>;
+
+/// Nesting depth of an entity's attributes accepted on the fast path.
+const ENTITY_ATTR_DEPTH: usize = 32;
+
+#[derive(Clone, Copy)]
+struct Expr<'a> {
+    depth_left: usize,
+    types: &'a TypeNames,
+}
+
+impl<'de> DeserializeSeed<'de> for Expr<'_> {
+    type Value = RestrictedExpression;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
     }
-    let type_name = EntityTypeName::from_str(map.get("type")?.as_str()?).ok()?;
-    Some(EntityUid::from_type_name_and_id(
-        type_name,
-        EntityId::new(map.get("id")?.as_str()?),
-    ))
 }
 
-fn value(json: &Value) -> Option<RestrictedExpression> {
-    Some(match json {
-        Value::Bool(b) => RestrictedExpression::new_bool(*b),
-        Value::Number(n) => RestrictedExpression::new_long(n.as_i64()?),
-        Value::String(s) => RestrictedExpression::new_string(s.clone()),
-        Value::Array(items) => {
-            RestrictedExpression::new_set(items.iter().map(value).collect::<Option<Vec<_>>>()?)
+impl<'de> Visitor<'de> for Expr<'_> {
+    type Value = RestrictedExpression;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an explicit Cedar JSON value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(RestrictedExpression::new_bool(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(RestrictedExpression::new_long(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        i64::try_from(v)
+            .map(RestrictedExpression::new_long)
+            .map_err(|_| E::custom("not a Long"))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(RestrictedExpression::new_string(v.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(RestrictedExpression::new_string(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let inner = self.nested().ok_or_else(|| A::Error::custom("too deep"))?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(inner)? {
+            items.push(item);
         }
-        Value::Object(map) => {
-            if map.contains_key("__extn") {
-                return None;
-            }
-            if let Some(entity) = map.get("__entity") {
-                if map.len() != 1 {
-                    return None;
+        Ok(RestrictedExpression::new_set(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let inner = self.nested().ok_or_else(|| A::Error::custom("too deep"))?;
+        let mut fields = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "__extn" => {
+                    return Err(A::Error::custom("extension values go the general way"));
                 }
-                return Some(RestrictedExpression::new_entity_uid(uid(entity)?));
+                "__entity" if fields.is_empty() => {
+                    let uid = map.next_value_seed(Uid(self.types))?;
+                    if map.next_key::<IgnoredAny>()?.is_some() {
+                        return Err(A::Error::custom("`__entity` stands alone"));
+                    }
+                    return Ok(RestrictedExpression::new_entity_uid(uid));
+                }
+                _ => {
+                    let value = map.next_value_seed(inner)?;
+                    fields.push((key, value));
+                }
             }
-            RestrictedExpression::new_record(fields(map)?).ok()?
         }
-        Value::Null => return None,
-    })
+        RestrictedExpression::new_record(fields).map_err(A::Error::custom)
+    }
 }
 
-fn fields(map: &Map<String, Value>) -> Option<Vec<(String, RestrictedExpression)>> {
-    map.iter()
-        .map(|(k, v)| Some((k.clone(), value(v)?)))
-        .collect()
-}
-
-/// The context, when it only uses explicit forms.
-pub(crate) fn context(json: &Value) -> Option<Context> {
-    Context::from_pairs(fields(json.as_object()?)?).ok()
-}
-
-/// The request entities, when they only use explicit forms.
-pub(crate) fn entities(json: &[Value]) -> Option<Vec<Entity>> {
-    json.iter()
-        .map(|item| {
-            let map = item.as_object()?;
-            if map
-                .keys()
-                .any(|k| !matches!(k.as_str(), "uid" | "attrs" | "parents"))
-            {
-                return None;
-            }
-            let attrs: HashMap<String, RestrictedExpression> = match map.get("attrs") {
-                Some(Value::Object(attrs)) => fields(attrs)?.into_iter().collect(),
-                None => HashMap::new(),
-                Some(_) => return None,
-            };
-            let parents: HashSet<EntityUid> = match map.get("parents") {
-                Some(Value::Array(parents)) => parents.iter().map(uid).collect::<Option<_>>()?,
-                None => HashSet::new(),
-                Some(_) => return None,
-            };
-            Entity::new(uid(map.get("uid")?)?, attrs, parents).ok()
+impl Expr<'_> {
+    fn nested(self) -> Option<Self> {
+        Some(Self {
+            depth_left: self.depth_left.checked_sub(1)?,
+            types: self.types,
         })
-        .collect()
+    }
 }
 
-/// Straight from JSON text to Cedar values, without a `serde_json::Value`
-/// in between: the per-request hot path. Same forms and same invariant as
-/// above; `None` means "use the general path" (which also reports errors).
-pub(crate) mod text {
-    use std::collections::{HashMap, HashSet};
-    use std::fmt;
-    use std::str::FromStr as _;
+/// `{"type": …, "id": …}`.
+#[derive(Clone, Copy)]
+struct Uid<'a>(&'a TypeNames);
 
-    use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
-    use serde::de::{
-        DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
-    };
+impl<'de> DeserializeSeed<'de> for Uid<'_> {
+    type Value = EntityUid;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
 
-    /// Entity type names the schema declares, by their text.
-    pub(crate) type TypeNames = HashMap<String, EntityTypeName>;
+impl<'de> Visitor<'de> for Uid<'_> {
+    type Value = EntityUid;
 
-    /// Nesting depth of an entity's attributes accepted on the fast path.
-    const ENTITY_ATTR_DEPTH: usize = 32;
-
-    #[derive(Clone, Copy)]
-    struct Expr<'a> {
-        depth_left: usize,
-        types: &'a TypeNames,
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an entity uid")
     }
 
-    impl<'de> DeserializeSeed<'de> for Expr<'_> {
-        type Value = RestrictedExpression;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_any(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Expr<'_> {
-        type Value = RestrictedExpression;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an explicit Cedar JSON value")
-        }
-
-        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
-            Ok(RestrictedExpression::new_bool(v))
-        }
-
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(RestrictedExpression::new_long(v))
-        }
-
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            i64::try_from(v)
-                .map(RestrictedExpression::new_long)
-                .map_err(|_| E::custom("not a Long"))
-        }
-
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(RestrictedExpression::new_string(v.to_owned()))
-        }
-
-        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
-            Ok(RestrictedExpression::new_string(v))
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let inner = self.nested().ok_or_else(|| A::Error::custom("too deep"))?;
-            let mut items = Vec::new();
-            while let Some(item) = seq.next_element_seed(inner)? {
-                items.push(item);
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut type_name, mut id) = (None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "type" if type_name.is_none() => type_name = Some(map.next_value::<String>()?),
+                "id" if id.is_none() => id = Some(map.next_value::<String>()?),
+                _ => return Err(A::Error::custom("unexpected key in an entity uid")),
             }
-            Ok(RestrictedExpression::new_set(items))
         }
+        let (Some(type_name), Some(id)) = (type_name, id) else {
+            return Err(A::Error::custom("an entity uid has `type` and `id`"));
+        };
+        let type_name = match self.0.get(&type_name) {
+            Some(known) => known.clone(),
+            None => EntityTypeName::from_str(&type_name).map_err(A::Error::custom)?,
+        };
+        Ok(EntityUid::from_type_name_and_id(
+            type_name,
+            EntityId::new(id),
+        ))
+    }
+}
 
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let inner = self.nested().ok_or_else(|| A::Error::custom("too deep"))?;
-            let mut fields = Vec::new();
-            while let Some(key) = map.next_key::<String>()? {
-                match key.as_str() {
-                    "__extn" => {
-                        return Err(A::Error::custom("extension values go the general way"));
-                    }
-                    "__entity" if fields.is_empty() => {
-                        let uid = map.next_value_seed(Uid(self.types))?;
-                        if map.next_key::<IgnoredAny>()?.is_some() {
-                            return Err(A::Error::custom("`__entity` stands alone"));
-                        }
-                        return Ok(RestrictedExpression::new_entity_uid(uid));
-                    }
-                    _ => {
-                        let value = map.next_value_seed(inner)?;
-                        fields.push((key, value));
-                    }
+/// Top-level context object → its fields, nested at most `max_depth`.
+struct ContextFields<'a>(Expr<'a>);
+
+impl<'de> Visitor<'de> for ContextFields<'_> {
+    type Value = Vec<(String, RestrictedExpression)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a context object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let inner = self
+            .0
+            .nested()
+            .ok_or_else(|| A::Error::custom("too deep"))?;
+        let mut fields = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(inner)?;
+            fields.push((key, value));
+        }
+        Ok(fields)
+    }
+}
+
+/// The context's fields, when the text is an object in explicit forms
+/// nested at most `max_depth` deep.
+pub(crate) fn context(
+    text: &str,
+    max_depth: usize,
+    types: &TypeNames,
+) -> Option<Vec<(String, RestrictedExpression)>> {
+    if text.trim().is_empty() {
+        return Some(Vec::new());
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let fields = de
+        .deserialize_map(ContextFields(Expr {
+            depth_left: max_depth,
+            types,
+        }))
+        .ok()?;
+    de.end().ok()?;
+    Some(fields)
+}
+
+struct EntityVisitor<'a>(&'a TypeNames);
+
+impl<'de> DeserializeSeed<'de> for EntityVisitor<'_> {
+    type Value = Entity;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntityVisitor<'_> {
+    type Value = Entity;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Cedar entity")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let expr = Expr {
+            depth_left: ENTITY_ATTR_DEPTH,
+            types: self.0,
+        };
+        let (mut uid, mut attrs, mut parents) = (None, None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "uid" if uid.is_none() => uid = Some(map.next_value_seed(Uid(self.0))?),
+                "attrs" if attrs.is_none() => attrs = Some(map.next_value_seed(Attrs(expr))?),
+                "parents" if parents.is_none() => {
+                    parents = Some(map.next_value_seed(Parents(self.0))?)
                 }
+                // `tags` and anything else: the general path.
+                _ => return Err(A::Error::custom("not on the fast path")),
             }
-            RestrictedExpression::new_record(fields).map_err(A::Error::custom)
         }
+        let uid = uid.ok_or_else(|| A::Error::custom("an entity needs a `uid`"))?;
+        Entity::new(uid, attrs.unwrap_or_default(), parents.unwrap_or_default())
+            .map_err(A::Error::custom)
+    }
+}
+
+struct Attrs<'a>(Expr<'a>);
+
+impl<'de> DeserializeSeed<'de> for Attrs<'_> {
+    type Value = HashMap<String, RestrictedExpression>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Attrs<'_> {
+    type Value = HashMap<String, RestrictedExpression>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("entity attributes")
     }
 
-    impl Expr<'_> {
-        fn nested(self) -> Option<Self> {
-            Some(Self {
-                depth_left: self.depth_left.checked_sub(1)?,
-                types: self.types,
-            })
-        }
-    }
-
-    /// `{"type": …, "id": …}`.
-    #[derive(Clone, Copy)]
-    struct Uid<'a>(&'a TypeNames);
-
-    impl<'de> DeserializeSeed<'de> for Uid<'_> {
-        type Value = EntityUid;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Uid<'_> {
-        type Value = EntityUid;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an entity uid")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let (mut type_name, mut id) = (None, None);
-            while let Some(key) = map.next_key::<String>()? {
-                match key.as_str() {
-                    "type" if type_name.is_none() => type_name = Some(map.next_value::<String>()?),
-                    "id" if id.is_none() => id = Some(map.next_value::<String>()?),
-                    _ => return Err(A::Error::custom("unexpected key in an entity uid")),
-                }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut attrs = HashMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(self.0)?;
+            if attrs.insert(key, value).is_some() {
+                return Err(A::Error::custom("duplicate attribute"));
             }
-            let (Some(type_name), Some(id)) = (type_name, id) else {
-                return Err(A::Error::custom("an entity uid has `type` and `id`"));
-            };
-            let type_name = match self.0.get(&type_name) {
-                Some(known) => known.clone(),
-                None => EntityTypeName::from_str(&type_name).map_err(A::Error::custom)?,
-            };
-            Ok(EntityUid::from_type_name_and_id(
-                type_name,
-                EntityId::new(id),
-            ))
         }
+        Ok(attrs)
+    }
+}
+
+struct Parents<'a>(&'a TypeNames);
+
+impl<'de> DeserializeSeed<'de> for Parents<'_> {
+    type Value = HashSet<EntityUid>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Parents<'_> {
+    type Value = HashSet<EntityUid>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of parent uids")
     }
 
-    /// Top-level context object → its fields, nested at most `max_depth`.
-    struct ContextFields<'a>(Expr<'a>);
-
-    impl<'de> Visitor<'de> for ContextFields<'_> {
-        type Value = Vec<(String, RestrictedExpression)>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a context object")
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut parents = HashSet::new();
+        while let Some(uid) = seq.next_element_seed(Uid(self.0))? {
+            parents.insert(uid);
         }
+        Ok(parents)
+    }
+}
 
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let inner = self
-                .0
-                .nested()
-                .ok_or_else(|| A::Error::custom("too deep"))?;
-            let mut fields = Vec::new();
-            while let Some(key) = map.next_key::<String>()? {
-                let value = map.next_value_seed(inner)?;
-                fields.push((key, value));
+struct EntityList<'a> {
+    types: &'a TypeNames,
+    max: usize,
+}
+
+impl<'de> Visitor<'de> for EntityList<'_> {
+    type Value = Vec<Entity>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of entities")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(entity) = seq.next_element_seed(EntityVisitor(self.types))? {
+            if out.len() == self.max {
+                return Err(A::Error::custom("over the limit"));
             }
-            Ok(fields)
+            out.push(entity);
         }
+        Ok(out)
     }
+}
 
-    /// The context's fields, when the text is an object in explicit forms
-    /// nested at most `max_depth` deep.
-    pub(crate) fn context(
-        text: &str,
-        max_depth: usize,
-        types: &TypeNames,
-    ) -> Option<Vec<(String, RestrictedExpression)>> {
-        if text.trim().is_empty() {
-            return Some(Vec::new());
-        }
-        let mut de = serde_json::Deserializer::from_str(text);
-        let fields = de
-            .deserialize_map(ContextFields(Expr {
-                depth_left: max_depth,
-                types,
-            }))
-            .ok()?;
-        de.end().ok()?;
-        Some(fields)
+/// The request entities, when the text is an array of at most `max`
+/// entities in explicit forms.
+pub(crate) fn entities(text: &str, max: usize, types: &TypeNames) -> Option<Vec<Entity>> {
+    if text.trim().is_empty() {
+        return Some(Vec::new());
     }
-
-    struct EntityVisitor<'a>(&'a TypeNames);
-
-    impl<'de> DeserializeSeed<'de> for EntityVisitor<'_> {
-        type Value = Entity;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for EntityVisitor<'_> {
-        type Value = Entity;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a Cedar entity")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let expr = Expr {
-                depth_left: ENTITY_ATTR_DEPTH,
-                types: self.0,
-            };
-            let (mut uid, mut attrs, mut parents) = (None, None, None);
-            while let Some(key) = map.next_key::<String>()? {
-                match key.as_str() {
-                    "uid" if uid.is_none() => uid = Some(map.next_value_seed(Uid(self.0))?),
-                    "attrs" if attrs.is_none() => attrs = Some(map.next_value_seed(Attrs(expr))?),
-                    "parents" if parents.is_none() => {
-                        parents = Some(map.next_value_seed(Parents(self.0))?)
-                    }
-                    // `tags` and anything else: the general path.
-                    _ => return Err(A::Error::custom("not on the fast path")),
-                }
-            }
-            let uid = uid.ok_or_else(|| A::Error::custom("an entity needs a `uid`"))?;
-            Entity::new(uid, attrs.unwrap_or_default(), parents.unwrap_or_default())
-                .map_err(A::Error::custom)
-        }
-    }
-
-    struct Attrs<'a>(Expr<'a>);
-
-    impl<'de> DeserializeSeed<'de> for Attrs<'_> {
-        type Value = HashMap<String, RestrictedExpression>;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Attrs<'_> {
-        type Value = HashMap<String, RestrictedExpression>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("entity attributes")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut attrs = HashMap::new();
-            while let Some(key) = map.next_key::<String>()? {
-                let value = map.next_value_seed(self.0)?;
-                if attrs.insert(key, value).is_some() {
-                    return Err(A::Error::custom("duplicate attribute"));
-                }
-            }
-            Ok(attrs)
-        }
-    }
-
-    struct Parents<'a>(&'a TypeNames);
-
-    impl<'de> DeserializeSeed<'de> for Parents<'_> {
-        type Value = HashSet<EntityUid>;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_seq(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Parents<'_> {
-        type Value = HashSet<EntityUid>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a list of parent uids")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut parents = HashSet::new();
-            while let Some(uid) = seq.next_element_seed(Uid(self.0))? {
-                parents.insert(uid);
-            }
-            Ok(parents)
-        }
-    }
-
-    struct EntityList<'a> {
-        types: &'a TypeNames,
-        max: usize,
-    }
-
-    impl<'de> Visitor<'de> for EntityList<'_> {
-        type Value = Vec<Entity>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a list of entities")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(entity) = seq.next_element_seed(EntityVisitor(self.types))? {
-                if out.len() == self.max {
-                    return Err(A::Error::custom("over the limit"));
-                }
-                out.push(entity);
-            }
-            Ok(out)
-        }
-    }
-
-    /// The request entities, when the text is an array of at most `max`
-    /// entities in explicit forms.
-    pub(crate) fn entities(text: &str, max: usize, types: &TypeNames) -> Option<Vec<Entity>> {
-        if text.trim().is_empty() {
-            return Some(Vec::new());
-        }
-        let mut de = serde_json::Deserializer::from_str(text);
-        let list = de.deserialize_seq(EntityList { types, max }).ok()?;
-        de.end().ok()?;
-        Some(list)
-    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let list = de.deserialize_seq(EntityList { types, max }).ok()?;
+    de.end().ok()?;
+    Some(list)
 }
 
 /// Refuses JSON text in which an object repeats a key. `serde_json::Value`
@@ -418,8 +330,6 @@ pub(crate) mod text {
 /// reading the first occurrence saw; Cedar's own parser refuses duplicates,
 /// and so does the general path, before anything is evaluated.
 pub(crate) fn reject_duplicate_keys(text: &str) -> Result<(), String> {
-    use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
-
     #[derive(Clone, Copy)]
     struct NoDuplicates;
 

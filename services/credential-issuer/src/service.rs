@@ -242,12 +242,7 @@ impl Inner {
             )));
         }
         let remaining = Duration::from_millis(u64::try_from(expires_at - now).unwrap_or(0));
-        let mut target = profile.max_ttl().min(remaining);
-        if let Some(r) = requested {
-            target = target.min(r);
-        }
-        // Vault counts TTLs in whole seconds.
-        let target = Duration::from_secs(target.as_secs());
+        let target = bounded_ttl(profile.max_ttl(), remaining, requested);
         if target.is_zero() {
             return Err(IssuerError::FailedPrecondition(format!(
                 "session `{}` has less than one second left",
@@ -483,11 +478,7 @@ impl Inner {
                 row.profile
             ))
         })?;
-        let mut target = profile.max_ttl().min(remaining);
-        if let Some(i) = increment {
-            target = target.min(i);
-        }
-        let target = Duration::from_secs(target.as_secs());
+        let target = bounded_ttl(profile.max_ttl(), remaining, increment);
         if target.is_zero() {
             return Err(IssuerError::FailedPrecondition(format!(
                 "session `{}` has no time left to extend into",
@@ -702,6 +693,19 @@ impl pb::credential_issuer_server::CredentialIssuer for CredentialIssuerService 
 }
 
 /// Caller-supplied ids go into spans only up to the id size limit.
+/// The TTL to ask Vault for: never past the profile's maximum, the
+/// session's remaining time, or what the caller asked; in whole seconds, as
+/// Vault counts them.
+fn bounded_ttl(
+    profile_max: Duration,
+    session_remaining: Duration,
+    asked: Option<Duration>,
+) -> Duration {
+    let cap = profile_max.min(session_remaining);
+    let ttl = asked.map_or(cap, |asked| cap.min(asked));
+    Duration::from_secs(ttl.as_secs())
+}
+
 fn truncate(s: &str) -> &str {
     let mut end = s.len().min(MAX_ID_BYTES);
     while !s.is_char_boundary(end) {
