@@ -71,6 +71,8 @@ pub struct Exchanger {
     spiffe: Option<(String, StaticKeys)>,
     ring: Arc<KeyRing>,
     store: Store,
+    /// How tokens this service minted are verified (built once).
+    own_tokens: VerifyPolicy,
 }
 
 /// Who proved themselves with the actor token.
@@ -109,7 +111,17 @@ impl Exchanger {
             }
             None => None,
         };
+        let agents = AgentRegistry::new(config, http).map_err(anyhow::Error::msg)?;
+        let mut own_tokens = VerifyPolicy::new(
+            vec![issuer.clone()],
+            agents.all_audiences(),
+            vec![tether_token::Algorithm::ES256],
+        );
+        own_tokens.typ = TypRule::AccessToken;
+        own_tokens.leeway = Duration::from_secs(config.tokens.leeway_secs);
+        own_tokens.max_token_bytes = config.tokens.max_token_bytes;
         Ok(Self {
+            own_tokens,
             token_endpoint: format!("{issuer}/token"),
             issuer,
             max_lifetime: i64::try_from(config.tokens.max_lifetime_secs)?,
@@ -119,7 +131,7 @@ impl Exchanger {
             max_assertion_lifetime: Duration::from_secs(config.tokens.max_assertion_lifetime_secs),
             propagate: config.tokens.propagate_claims.clone(),
             issuers: TrustedIssuers::new(config, http).map_err(anyhow::Error::msg)?,
-            agents: AgentRegistry::new(config, http).map_err(anyhow::Error::msg)?,
+            agents,
             spiffe,
             ring,
             store,
@@ -611,16 +623,8 @@ impl Exchanger {
     /// Verifies a token this service minted (signature, claims), not its
     /// session state.
     pub async fn verify_own(&self, token: &str) -> Result<DelegatedClaims, TokenError> {
-        let mut policy = VerifyPolicy::new(
-            vec![self.issuer.clone()],
-            self.agents.all_audiences(),
-            vec![tether_token::Algorithm::ES256],
-        );
-        policy.typ = TypRule::AccessToken;
-        policy.leeway = self.leeway;
-        policy.max_token_bytes = self.max_token_bytes;
         Ok(
-            verify::<DelegatedClaims, _>(token, &policy, self.ring.as_ref())
+            verify::<DelegatedClaims, _>(token, &self.own_tokens, self.ring.as_ref())
                 .await?
                 .claims,
         )
