@@ -88,10 +88,16 @@ ensure_nextest() {
 }
 
 start_pdp() {
-    local port=$1 pack=$2
+    local port=$1 pack=$2 pki=$3
     cat >"$WORK/policy-decision.toml" <<TOML
 [server]
 listen = "127.0.0.1:$port"
+
+[server.tls]
+cert_file = "$pki/policy-decision.crt"
+key_file = "$pki/policy-decision.key"
+ca_file = "$pki/ca.pem"
+trust_domain = "tether.local"
 
 [policy]
 dir = "$pack"
@@ -111,10 +117,12 @@ cmd_demo() {
     target/debug/tether-demo
     local port
     port=$(free_port)
-    log "the policy pack's own cases against the real tether-policy-decision binary on 127.0.0.1:$port"
-    start_pdp "$port" "$ROOT/examples/hr"
+    log "the policy pack's own cases against the real tether-policy-decision binary on 127.0.0.1:$port (mTLS)"
+    target/debug/tether dev-certs --out "$WORK/pki" policy-decision admin >/dev/null
+    start_pdp "$port" "$ROOT/examples/hr" "$WORK/pki"
     target/debug/tether policy validate examples/hr
-    target/debug/tether policy test examples/hr examples/hr/cases.yaml --endpoint "http://127.0.0.1:$port"
+    target/debug/tether policy test examples/hr examples/hr/cases.yaml --endpoint "https://127.0.0.1:$port" \
+        --tls-cert "$WORK/pki/admin.crt" --tls-key "$WORK/pki/admin.key" --tls-ca "$WORK/pki/ca.pem"
     log "stopping (SIGTERM, graceful drain)"
     kill -TERM "${PIDS[0]}"
     wait "${PIDS[0]}"
@@ -146,6 +154,7 @@ cmd_bench() {
     cargo bench -p tether-integration-tests --bench pdp
     cargo bench -p tether-integration-tests --bench identity
     cargo bench -p tether-integration-tests --bench issuer
+    cargo bench -p tether-integration-tests --bench mtls
 }
 
 case "${1:-}" in

@@ -20,7 +20,7 @@ use tether_integration_tests::identity::{FACADE_AUDIENCE, IdentitySandbox, TestA
 use tether_integration_tests::idp::Idp;
 use tether_proto::identity::v1::ExchangeRequest;
 use tether_proto::identity::v1::identity_exchange_client::IdentityExchangeClient;
-use tonic::transport::{Channel, Endpoint};
+use tether_runtime::client::InternalChannel;
 
 const SEQUENTIAL_WARMUP: usize = 300;
 const SEQUENTIAL_ITERATIONS: usize = 3_000;
@@ -125,13 +125,13 @@ fn print_table(
     );
 }
 
-async fn connect(identity: &IdentitySandbox) -> anyhow::Result<Vec<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{}", identity.addr()))?.tcp_nodelay(true);
-    let mut channels = Vec::with_capacity(CHANNELS);
-    for _ in 0..CHANNELS {
-        channels.push(endpoint.connect().await?);
-    }
-    Ok(channels)
+/// Channels as the agent facade (mTLS, the production path).
+async fn connect(identity: &IdentitySandbox) -> anyhow::Result<Vec<InternalChannel>> {
+    let clients = identity.pki().clients("agent-facade")?;
+    let endpoint = format!("https://{}", identity.addr());
+    (0..CHANNELS)
+        .map(|_| Ok(clients.grpc(&endpoint, "identity-exchange")?))
+        .collect()
 }
 
 struct Assertions {
@@ -150,7 +150,7 @@ impl Assertions {
 }
 
 struct ExchangeCaller {
-    client: IdentityExchangeClient<Channel>,
+    client: IdentityExchangeClient<InternalChannel>,
     template: ExchangeRequest,
     assertions: Arc<Assertions>,
 }

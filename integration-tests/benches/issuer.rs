@@ -1,11 +1,14 @@
 //! Credential issuer benchmark (BENCHMARKS.md, "Credential issuer").
 //!
 //! In one run, against one OpenBao 2.7.2 dev server and one PostgreSQL 15
-//! cluster on loopback:
-//! 1. issuance latency through the issuer (gRPC `Issue`, registry write,
-//!    Vault read, registry update) against direct OpenBao HTTP issuance of
-//!    the same role (`GET /v1/database/creds/hr-readonly`), interleaved call
-//!    by call so both see the same server state;
+//! cluster on loopback, with a real identity exchange (and the test IdP)
+//! minting the delegated tokens:
+//! 1. issuance latency through the issuer (gRPC `Issue` with the agent's
+//!    delegated token, its local verification — signature, claims and the
+//!    session revocation list — registry write, Vault read, registry update)
+//!    against direct OpenBao HTTP issuance of the same role
+//!    (`GET /v1/database/creds/hr-readonly`), interleaved call by call so
+//!    both see the same server state;
 //! 2. the time for one `RevokeSession` call to revoke a session holding 50
 //!    leases (every Vault lease revoked and its PostgreSQL role dropped when
 //!    it returns).
@@ -20,10 +23,10 @@
     reason = "benchmark binary: a failure aborts the run"
 )]
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tether_credential_issuer::{Limits, RevocationConfig};
-use tether_integration_tests::issuer::{CredentialDeps, IssuerSandbox};
+use tether_integration_tests::issuer::{CredentialDeps, IssuerSandbox, SessionAuthority};
 use tether_proto::credentials::v1::{IssueRequest, RevokeSessionRequest};
 
 const WARMUP: usize = 30;
@@ -46,15 +49,10 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn request(session: &str) -> IssueRequest {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+/// The session comes from the bearer token the call carries.
+fn request() -> IssueRequest {
     IssueRequest {
-        session_id: session.into(),
         profile: "hr-read".into(),
-        session_expires_at: Some(prost_types::Timestamp {
-            seconds: i64::try_from(now.as_secs()).unwrap() + 3600,
-            nanos: 0,
-        }),
         action: r#"Action::"read""#.into(),
         resource: r#"Employee::"1042""#.into(),
         ..IssueRequest::default()
@@ -68,7 +66,10 @@ async fn main() {
     let deps = CredentialDeps::start(600)
         .await
         .expect("starting OpenBao and PostgreSQL (run `integration-tests/run.sh bench`)");
-    let issuer = IssuerSandbox::builder(deps.bao.addr())
+    let sessions = SessionAuthority::start().await.expect(
+        "starting the test IdP and the identity exchange (run `integration-tests/run.sh bench`)",
+    );
+    let issuer = IssuerSandbox::builder(deps.bao.addr(), sessions.identity())
         .limits(Limits {
             max_leases_per_session: 100_000,
         })
@@ -83,12 +84,14 @@ async fn main() {
         .await
         .unwrap();
     let mut client = issuer.client();
+    // One session (one delegated token, 15 minutes) for the latency run.
+    let session = sessions.session().await.unwrap();
 
     let mut via_issuer = Vec::with_capacity(SAMPLES);
     let mut direct = Vec::with_capacity(SAMPLES);
     for i in 0..WARMUP + SAMPLES {
         let t = Instant::now();
-        client.issue(request("bench-issue")).await.unwrap();
+        client.issue(session.request(request())).await.unwrap();
         let a = t.elapsed();
         let t = Instant::now();
         deps.bao.issue_direct("hr-readonly").await.unwrap();
@@ -104,7 +107,7 @@ async fn main() {
     // Clean up before the revocation rounds.
     client
         .revoke_session(RevokeSessionRequest {
-            session_id: "bench-issue".into(),
+            session_id: session.sid().into(),
             reason: String::new(),
         })
         .await
@@ -119,15 +122,15 @@ async fn main() {
         .unwrap();
 
     let mut revoke_times = Vec::new();
-    for round in 0..REVOKE_ROUNDS {
-        let session = format!("bench-revoke-{round}");
+    for _ in 0..REVOKE_ROUNDS {
+        let session = sessions.session().await.unwrap();
         for _ in 0..LEASES_PER_SESSION {
-            client.issue(request(&session)).await.unwrap();
+            client.issue(session.request(request())).await.unwrap();
         }
         let t = Instant::now();
         let resp = client
             .revoke_session(RevokeSessionRequest {
-                session_id: session,
+                session_id: session.sid().into(),
                 reason: String::new(),
             })
             .await
@@ -148,7 +151,7 @@ async fn main() {
     println!("| path | p50 | p99 | max |");
     println!("|---|---|---|---|");
     println!(
-        "| issuer (gRPC Issue → registry → OpenBao → registry) | {:.2} ms | {:.2} ms | {:.2} ms |",
+        "| issuer (gRPC Issue → token check → registry → OpenBao → registry) | {:.2} ms | {:.2} ms | {:.2} ms |",
         ms(i50),
         ms(i99),
         ms(*via_issuer.last().unwrap())

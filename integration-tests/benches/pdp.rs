@@ -542,7 +542,12 @@ impl TetherServer {
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let addr = listener.local_addr()?;
         let config = Config {
-            server: ServerConfig::default(),
+            // Cerbos serves plaintext here, so Tether does too; the cost of
+            // mTLS is measured on its own by `benches/mtls.rs`.
+            server: ServerConfig {
+                tls: tether_runtime::TlsConfig::plaintext(),
+                ..ServerConfig::default()
+            },
             policy: PolicyConfig {
                 dir: dir.to_path_buf(),
                 watch: false,

@@ -3,22 +3,30 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use serde_json::json;
 use tempfile::TempDir;
 use tether_identity_exchange::{
-    AgentConfig, Config, MayActFor, StoreConfig, TokenConfig, TrustedIssuer,
+    AgentConfig, Config, MayActFor, OAuthConfig, StoreConfig, TokenConfig, TrustedIssuer,
 };
 use tether_proto::identity::v1::identity_exchange_client::IdentityExchangeClient;
 use tether_runtime::ServerConfig;
+use tether_runtime::client::InternalChannel;
 use tether_token::SigningKey;
-use tonic::transport::Channel;
 
 use crate::Running;
+use crate::pki::TestPki;
+
+/// The identity exchange's service name (its certificate's SPIFFE ID path).
+pub const SERVICE: &str = "identity-exchange";
 
 /// The audience agents ask delegated tokens for (the agent facade's).
 pub const FACADE_AUDIENCE: &str = "https://tether.local/facade";
+
+/// RFC 7523 `client_assertion_type`.
+pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A registered test agent and its private key.
 #[derive(Debug)]
@@ -38,6 +46,15 @@ impl TestAgent {
     /// A fresh RFC 7523 client assertion for `token_endpoint`.
     pub fn assertion(&self, token_endpoint: &str) -> anyhow::Result<String> {
         self.assertion_valid_for(token_endpoint, 60)
+    }
+
+    /// RFC 7523 client authentication form fields (`private_key_jwt`) with
+    /// a fresh assertion for `audience` (e.g. `{issuer}/introspect`).
+    pub fn client_auth(&self, audience: &str) -> anyhow::Result<[(&'static str, String); 2]> {
+        Ok([
+            ("client_assertion_type", CLIENT_ASSERTION_TYPE.to_owned()),
+            ("client_assertion", self.assertion(audience)?),
+        ])
     }
 
     /// An assertion that expires `lifetime_secs` from now.
@@ -84,9 +101,25 @@ pub struct IdentitySandboxBuilder {
     max_depth: usize,
     rotate_after_secs: u64,
     spiffe: Option<(String, serde_json::Value)>,
+    oauth: OAuthConfig,
+    pki: Option<Arc<TestPki>>,
 }
 
 impl IdentitySandboxBuilder {
+    /// Use this PKI (default: a fresh one).
+    pub fn pki(mut self, pki: Arc<TestPki>) -> Self {
+        self.pki = Some(pki);
+        self
+    }
+
+    /// Rate limit of `/introspect` and `/revoke` per client (default 60 a
+    /// minute, bursts of 20).
+    pub fn oauth_rate_limit(mut self, per_minute: u32, burst: u32) -> Self {
+        self.oauth.per_client_per_minute = per_minute;
+        self.oauth.burst = burst;
+        self
+    }
+
     /// Rotate signing keys this often (default: daily).
     pub fn rotate_after_secs(mut self, secs: u64) -> Self {
         self.rotate_after_secs = secs;
@@ -139,7 +172,11 @@ impl IdentitySandboxBuilder {
         let dir = tempfile::tempdir()?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let issuer = format!("http://{addr}");
+        let issuer = format!("https://{addr}");
+        let pki = match self.pki {
+            Some(pki) => pki,
+            None => TestPki::new()?,
+        };
         let spiffe = match self.spiffe {
             Some((trust_domain, bundle)) => {
                 let bundle_path = dir.path().join("spiffe-bundle.json");
@@ -152,7 +189,10 @@ impl IdentitySandboxBuilder {
             None => None,
         };
         let config = Config {
-            server: ServerConfig::default(),
+            server: ServerConfig {
+                tls: pki.tls(SERVICE)?,
+                ..ServerConfig::default()
+            },
             issuer: issuer.clone(),
             store: StoreConfig {
                 url: self
@@ -177,9 +217,10 @@ impl IdentitySandboxBuilder {
                 timeout_secs: 2,
                 jwks_min_refresh_secs: 1,
             },
+            oauth: self.oauth,
         };
         tether_runtime::ServiceConfig::validate(&config).context("sandbox configuration")?;
-        IdentitySandbox::launch(config, listener, dir).await
+        IdentitySandbox::launch(config, listener, dir, pki).await
     }
 }
 
@@ -188,10 +229,12 @@ impl IdentitySandboxBuilder {
 pub struct IdentitySandbox {
     addr: SocketAddr,
     issuer: String,
-    channel: Channel,
+    channel: InternalChannel,
     keys_dir: PathBuf,
     config: Config,
     dir: TempDir,
+    pki: Arc<TestPki>,
+    http: reqwest::Client,
     running: Running,
 }
 
@@ -200,6 +243,7 @@ impl IdentitySandbox {
         config: Config,
         listener: tokio::net::TcpListener,
         dir: TempDir,
+        pki: Arc<TestPki>,
     ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let keys_dir = config.tokens.keys_dir.clone();
@@ -207,13 +251,19 @@ impl IdentitySandbox {
         let running = Running::spawn(|shutdown| {
             tether_identity_exchange::run(service_config, listener, shutdown)
         });
-        let channel = crate::eventually(std::time::Duration::from_secs(10), || async {
-            Channel::from_shared(format!("http://{addr}"))?
-                .connect()
-                .await
-                .map_err(anyhow::Error::from)
+        // The facade is the identity exchange's normal gRPC caller.
+        let channel = pki.channel("agent-facade", addr, SERVICE)?;
+        let health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        crate::eventually(std::time::Duration::from_secs(10), || {
+            let mut health = health.clone();
+            async move {
+                health
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+            }
         })
         .await?;
+        let http = pki.https_client()?;
         Ok(Self {
             addr,
             issuer: config.issuer.clone(),
@@ -221,6 +271,8 @@ impl IdentitySandbox {
             keys_dir,
             config,
             dir,
+            pki,
+            http,
             running,
         })
     }
@@ -232,7 +284,7 @@ impl IdentitySandbox {
         let listener = tokio::net::TcpListener::bind(self.addr).await?;
         let config = self.config.clone();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
-        Self::launch(config, listener, dir).await
+        Self::launch(config, listener, dir, Arc::clone(&self.pki)).await
     }
 
     pub fn builder(idp_issuer: &str) -> IdentitySandboxBuilder {
@@ -243,6 +295,8 @@ impl IdentitySandbox {
             max_depth: 3,
             rotate_after_secs: 24 * 3600,
             spiffe: None,
+            oauth: OAuthConfig::default(),
+            pki: None,
         }
     }
 
@@ -258,8 +312,29 @@ impl IdentitySandbox {
         self.addr
     }
 
-    pub fn client(&self) -> IdentityExchangeClient<Channel> {
+    /// A client as the agent facade (the normal caller of `Exchange`).
+    pub fn client(&self) -> IdentityExchangeClient<InternalChannel> {
         IdentityExchangeClient::new(self.channel.clone())
+    }
+
+    /// A client presenting `identity`'s certificate.
+    pub fn client_as(
+        &self,
+        identity: &str,
+    ) -> anyhow::Result<IdentityExchangeClient<InternalChannel>> {
+        Ok(IdentityExchangeClient::new(
+            self.pki.channel(identity, self.addr, SERVICE)?,
+        ))
+    }
+
+    /// An HTTPS client trusting the sandbox's CA, without a client
+    /// certificate: what an agent uses for `/token`, `/introspect`, ...
+    pub fn http(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
+    pub fn pki(&self) -> &Arc<TestPki> {
+        &self.pki
     }
 
     pub fn keys_dir(&self) -> &PathBuf {

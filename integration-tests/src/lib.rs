@@ -12,6 +12,7 @@ pub mod idp;
 pub mod issuer;
 pub mod openbao;
 pub mod pdp;
+pub mod pki;
 pub mod postgres;
 
 use std::future::Future;

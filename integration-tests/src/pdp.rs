@@ -2,15 +2,22 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use serde_json::json;
 use tempfile::TempDir;
 use tether_policy_decision::{Config, PolicyConfig, RequestLimits};
 use tether_proto::policy::v1::policy_decision_client::PolicyDecisionClient;
+use tether_proto::policy::v1::{CheckRequest, EntityUid};
 use tether_runtime::ServerConfig;
-use tonic::transport::Channel;
+use tether_runtime::client::InternalChannel;
 
 use crate::Running;
+use crate::pki::TestPki;
+
+/// The PDP's service name (its certificate's SPIFFE ID path).
+pub const SERVICE: &str = "policy-decision";
 
 /// Builds a [`PdpSandbox`].
 #[derive(Debug)]
@@ -19,6 +26,7 @@ pub struct PdpSandboxBuilder {
     limits: RequestLimits,
     server: ServerConfig,
     watch: bool,
+    pki: Option<Arc<TestPki>>,
 }
 
 impl Default for PdpSandboxBuilder {
@@ -28,6 +36,7 @@ impl Default for PdpSandboxBuilder {
             limits: RequestLimits::default(),
             server: ServerConfig::default(),
             watch: true,
+            pki: None,
         }
     }
 }
@@ -44,8 +53,16 @@ impl PdpSandboxBuilder {
         self
     }
 
+    /// Server settings; unless they say `insecure_plaintext`, the sandbox
+    /// replaces `tls` with a certificate from its PKI.
     pub fn server(mut self, server: ServerConfig) -> Self {
         self.server = server;
+        self
+    }
+
+    /// Use this PKI (default: a fresh one).
+    pub fn pki(mut self, pki: Arc<TestPki>) -> Self {
+        self.pki = Some(pki);
         self
     }
 
@@ -59,8 +76,17 @@ impl PdpSandboxBuilder {
     pub async fn start(self) -> anyhow::Result<PdpSandbox> {
         let dir = tempfile::tempdir().context("creating the pack directory")?;
         crate::copy_dir(&self.pack, dir.path()).context("copying the pack")?;
+        let pki = match self.pki {
+            Some(pki) => pki,
+            None => TestPki::new()?,
+        };
+        let mut server = self.server;
+        if !server.tls.insecure_plaintext {
+            server.tls = pki.tls(SERVICE)?;
+        }
+        let plaintext = server.tls.insecure_plaintext;
         let config = Config {
-            server: self.server,
+            server,
             policy: PolicyConfig {
                 dir: dir.path().to_path_buf(),
                 watch: self.watch,
@@ -72,14 +98,17 @@ impl PdpSandboxBuilder {
         let addr = listener.local_addr()?;
         let running =
             Running::spawn(|shutdown| tether_policy_decision::run(config, listener, shutdown));
-        let channel = Channel::from_shared(format!("http://{addr}"))?
-            .connect()
-            .await
-            .context("connecting to the PDP")?;
+        let channel = if plaintext {
+            tether_runtime::client::Clients::new(&tether_runtime::TlsConfig::plaintext())?
+                .grpc(&format!("http://{addr}"), SERVICE)?
+        } else {
+            pki.channel("agent-facade", addr, SERVICE)?
+        };
         Ok(PdpSandbox {
             dir,
             addr,
             channel,
+            pki,
             running,
         })
     }
@@ -90,7 +119,8 @@ impl PdpSandboxBuilder {
 pub struct PdpSandbox {
     dir: TempDir,
     addr: SocketAddr,
-    channel: Channel,
+    channel: InternalChannel,
+    pki: Arc<TestPki>,
     running: Running,
 }
 
@@ -103,12 +133,27 @@ impl PdpSandbox {
         self.addr
     }
 
-    pub fn channel(&self) -> Channel {
+    /// A channel as the agent facade (the PDP's normal caller).
+    pub fn channel(&self) -> InternalChannel {
         self.channel.clone()
     }
 
-    pub fn client(&self) -> PolicyDecisionClient<Channel> {
+    pub fn client(&self) -> PolicyDecisionClient<InternalChannel> {
         PolicyDecisionClient::new(self.channel.clone())
+    }
+
+    /// A client presenting `identity`'s certificate.
+    pub fn client_as(
+        &self,
+        identity: &str,
+    ) -> anyhow::Result<PolicyDecisionClient<InternalChannel>> {
+        Ok(PolicyDecisionClient::new(
+            self.pki.channel(identity, self.addr, SERVICE)?,
+        ))
+    }
+
+    pub fn pki(&self) -> &Arc<TestPki> {
+        &self.pki
     }
 
     /// The live pack directory: writing here triggers a hot reload.
@@ -119,5 +164,50 @@ impl PdpSandbox {
     /// Signals shutdown and waits for `run` to return.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.running.stop().await
+    }
+}
+
+/// A Cedar entity uid for a request.
+pub fn uid(t: &str, id: &str) -> Option<EntityUid> {
+    Some(EntityUid {
+        r#type: t.into(),
+        id: id.into(),
+    })
+}
+
+/// The `examples/hr` entities: agent `hr-assistant` acting for `alice`
+/// (member of `delegator_group`), employee 1042.
+pub fn hr_entities(delegator_group: &str) -> String {
+    json!([
+        {"uid": {"type": "Agent", "id": "hr-assistant"}, "attrs": {"delegator": {"__entity": {"type": "User", "id": "alice"}}}, "parents": []},
+        {"uid": {"type": "User", "id": "alice"}, "attrs": {"department": "people"}, "parents": [{"type": "Group", "id": delegator_group}]},
+        {"uid": {"type": "Employee", "id": "1042"}, "attrs": {"department": "sales"}, "parents": []}
+    ])
+    .to_string()
+}
+
+/// A context at `hour`, with an approval when `approval` is set.
+pub fn hr_context(hour: i64, approval: Option<bool>) -> serde_json::Value {
+    let mut ctx = json!({
+        "now": {"hour": hour, "weekday": 2, "unix": 1_795_000_000},
+        "network": {"ip": "10.1.2.3", "trusted": true, "zone": "corp"},
+        "session": {"id": "s-1", "age_seconds": 30, "intent": "review"},
+        "risk": {"score": 5}
+    });
+    if let Some(granted) = approval {
+        ctx["approval"] = json!({"granted": granted, "ticket": "t-1", "approver": "alice"});
+    }
+    ctx
+}
+
+/// `hr-assistant` doing `action` on employee 1042 in context `ctx`.
+pub fn hr_request(action: &str, ctx: &serde_json::Value) -> CheckRequest {
+    CheckRequest {
+        principal: uid("Agent", "hr-assistant"),
+        action: uid("Action", action),
+        resource: uid("Employee", "1042"),
+        context_json: ctx.to_string(),
+        entities_json: hr_entities("hr"),
+        request_id: "req-1".into(),
     }
 }

@@ -15,15 +15,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use tether_integration_tests::eventually;
-use tether_integration_tests::identity::{FACADE_AUDIENCE, IdentitySandbox, TestAgent};
+use tether_integration_tests::identity::{
+    CLIENT_ASSERTION_TYPE, FACADE_AUDIENCE, IdentitySandbox, TestAgent,
+};
 use tether_integration_tests::idp::{API_RESOURCE, Idp};
 use tether_proto::identity::v1::{
-    ExchangeRequest, ExchangeResponse, IntrospectRequest, ListRevokedSessionsRequest,
-    RevokeSessionRequest,
+    ExchangeRequest, ExchangeResponse, IntrospectRequest, RevokeSessionRequest,
 };
 use tether_token::{
-    DelegatedTokenVerifier, JwksCache, RevocationList, RevocationPage, RevokedSession, SigningKey,
-    TokenError,
+    DelegatedTokenVerifier, GrpcRevocationFeed, JwksCache, RevocationList, SigningKey, TokenError,
 };
 use tonic::Code;
 
@@ -112,6 +112,70 @@ impl Stack {
             .map(tonic::Response::into_inner)
     }
 
+    /// `fields` plus `agent`'s client authentication (a fresh
+    /// `private_key_jwt` assertion for the endpoint `path`).
+    fn authenticated(
+        &self,
+        agent: &TestAgent,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> Vec<(String, String)> {
+        let audience = format!("{}{path}", self.identity.issuer());
+        agent
+            .client_auth(&audience)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .chain(
+                fields
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+            )
+            .collect()
+    }
+
+    /// POSTs `form` to the endpoint `path`.
+    async fn post<F: serde::Serialize + ?Sized>(&self, path: &str, form: &F) -> reqwest::Response {
+        self.identity
+            .http()
+            .post(format!("{}{path}", self.identity.issuer()))
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `agent` introspects `token` over HTTP (RFC 7662); the answer is 200.
+    async fn introspect_as(&self, agent: &TestAgent, token: &str) -> Value {
+        let response = self
+            .post(
+                "/introspect",
+                &self.authenticated(agent, "/introspect", &[("token", token)]),
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        response.json().await.unwrap()
+    }
+
+    /// When the session `sid` was revoked, per the store.
+    async fn revoked_at(&self, sid: &str) -> Option<i64> {
+        let url = tether_store::sqlite_url(&self.identity.store_path());
+        let pool = tether_store::open(
+            &url,
+            "identity_exchange",
+            &tether_store::PoolSettings::default(),
+        )
+        .await
+        .unwrap();
+        let row: (Option<i64>,) = sqlx::query_as("SELECT revoked_at FROM sessions WHERE sid = ?")
+            .bind(sid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        row.0
+    }
+
     async fn sessions(&self) -> i64 {
         let url = tether_store::sqlite_url(&self.identity.store_path());
         let pool = tether_store::open(
@@ -135,7 +199,7 @@ impl Stack {
         DelegatedTokenVerifier<JwksCache, Arc<RevocationList>>,
         Arc<RevocationList>,
     ) {
-        let http = reqwest::Client::new();
+        let http = self.identity.http();
         let keys = JwksCache::new(
             format!("{}/.well-known/jwks.json", self.identity.issuer()),
             http,
@@ -151,38 +215,11 @@ impl Stack {
         (verifier, list)
     }
 
+    /// One sync through the feed every service uses (`libs/token`).
     async fn sync(&self, list: &RevocationList) {
-        let client = self.identity.client();
-        list.sync(|since, after_sid| {
-            let mut client = client.clone();
-            async move {
-                let resp = client
-                    .list_revoked_sessions(ListRevokedSessionsRequest {
-                        since_unix_ms: since,
-                        page_size: 0,
-                        after_sid,
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .into_inner();
-                let entries = resp
-                    .sessions
-                    .into_iter()
-                    .map(|s| RevokedSession {
-                        sid: s.sid,
-                        revoked_at_ms: s.revoked_at_unix_ms,
-                        expires_at_ms: s.session_expires_at_unix_ms,
-                    })
-                    .collect();
-                Ok(RevocationPage {
-                    entries,
-                    server_time_ms: resp.server_time_unix_ms,
-                    more: resp.more,
-                })
-            }
-        })
-        .await
-        .unwrap();
+        list.sync_from(&GrpcRevocationFeed::new(self.identity.client()))
+            .await
+            .unwrap();
     }
 }
 
@@ -267,7 +304,7 @@ async fn login_exchange_and_verify_with_libs_token() {
     assert_eq!(s.sessions().await, 2);
 
     // The same exchange over HTTP, as a standard OAuth client would do it.
-    let http = reqwest::Client::new();
+    let http = s.identity.http();
     let body: Value = http
         .post(format!("{}/token", s.identity.issuer()))
         .form(&[
@@ -309,9 +346,19 @@ async fn login_exchange_and_verify_with_libs_token() {
         meta["token_endpoint"],
         format!("{}/token", s.identity.issuer())
     );
+    for field in [
+        "introspection_endpoint_auth_methods_supported",
+        "revocation_endpoint_auth_methods_supported",
+    ] {
+        assert_eq!(
+            meta[field],
+            json!(["private_key_jwt", "tls_client_auth"]),
+            "{field}"
+        );
+    }
     let intro: Value = http
         .post(format!("{}/introspect", s.identity.issuer()))
-        .form(&[("token", token)])
+        .form(&s.authenticated(&s.agent, "/introspect", &[("token", token)]))
         .send()
         .await
         .unwrap()
@@ -406,7 +453,11 @@ async fn key_rotation_keeps_tokens_signed_by_the_old_key_valid() {
         verifier.verify(&old.access_token).await.unwrap().sub,
         "alice"
     );
-    let jwks: Value = reqwest::get(format!("{}/.well-known/jwks.json", s.identity.issuer()))
+    let jwks: Value = s
+        .identity
+        .http()
+        .get(format!("{}/.well-known/jwks.json", s.identity.issuer()))
+        .send()
         .await
         .unwrap()
         .json()
@@ -499,9 +550,15 @@ async fn revoking_a_session_deactivates_its_tokens_everywhere() {
         .exchange(s.request(&user, ACCESS, s.assertion(&s.agent)))
         .await
         .unwrap();
-    let status = reqwest::Client::new()
+    let status = s
+        .identity
+        .http()
         .post(format!("{}/revoke", s.identity.issuer()))
-        .form(&[("token", second.access_token.as_str())])
+        .form(&s.authenticated(
+            &s.agent,
+            "/revoke",
+            &[("token", second.access_token.as_str())],
+        ))
         .send()
         .await
         .unwrap()
@@ -512,6 +569,373 @@ async fn revoking_a_session_deactivates_its_tokens_everywhere() {
         verifier.verify(&second.access_token).await.unwrap_err(),
         TokenError::SessionRevoked
     );
+}
+
+/// Asserts a 401 `invalid_client` answer (RFC 6749 §5.2) and returns its
+/// description.
+async fn assert_invalid_client(response: reqwest::Response, case: &str) -> String {
+    assert_eq!(response.status(), 401, "{case}");
+    assert_eq!(response.headers()["cache-control"], "no-store", "{case}");
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        r#"Bearer realm="tether", error="invalid_client""#,
+        "{case}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_client", "{case}: {body}");
+    assert!(body.get("active").is_none(), "{case}: nothing revealed");
+    body["error_description"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn introspect_and_revoke_refuse_unauthenticated_clients() {
+    // Failed attempts share one budget per address: room for every case.
+    let s = stack_with(|b| b.oauth_rate_limit(60, 100)).await;
+    let user = s.alice().await;
+    let minted = s
+        .exchange(s.request(&user, ACCESS, s.assertion(&s.agent)))
+        .await
+        .unwrap();
+    let token = minted.access_token.as_str();
+    let now = tether_token::unix_now();
+    let endpoint = |path: &str| format!("{}{path}", s.identity.issuer());
+    let signed = |agent: &TestAgent, claims: Value| {
+        agent
+            .key
+            .sign_raw(
+                &json!({"alg": "ES256", "typ": "JWT", "kid": agent.key.kid()}),
+                &claims,
+            )
+            .unwrap()
+    };
+    let impostor = TestAgent {
+        id: s.agent.id.clone(),
+        key: SigningKey::generate().unwrap(),
+    };
+    let ghost = TestAgent::new("ghost-agent").unwrap();
+
+    for path in ["/introspect", "/revoke"] {
+        // A replayed assertion: its first use succeeds.
+        let used = s.agent.assertion(&endpoint(path)).unwrap();
+        let first = s
+            .post(
+                path,
+                &[
+                    ("client_assertion_type", CLIENT_ASSERTION_TYPE),
+                    ("client_assertion", used.as_str()),
+                    ("token", "not-a-token"),
+                ],
+            )
+            .await;
+        assert_eq!(first.status(), 200, "{path}: the premise");
+
+        let assertion = |a: String| {
+            vec![
+                ("client_assertion_type", CLIENT_ASSERTION_TYPE.to_owned()),
+                ("client_assertion", a),
+                ("token", token.to_owned()),
+            ]
+        };
+        // (case, form fields, what the description says)
+        type Case = (&'static str, Vec<(&'static str, String)>, &'static str);
+        let cases: Vec<Case> = vec![
+            (
+                "no client authentication",
+                vec![("token", token.to_owned())],
+                "client authentication is required",
+            ),
+            (
+                "a `client_id` alone",
+                vec![
+                    ("client_id", s.agent.id.clone()),
+                    ("token", token.to_owned()),
+                ],
+                "client authentication is required",
+            ),
+            (
+                "assertion signed by an unregistered key",
+                assertion(impostor.assertion(&endpoint(path)).unwrap()),
+                "signing key",
+            ),
+            (
+                "assertion with a forged signature",
+                assertion({
+                    let good = s.agent.assertion(&endpoint(path)).unwrap();
+                    let (head, _) = good.rsplit_once('.').unwrap();
+                    let other = s.sub_agent.assertion(&endpoint(path)).unwrap();
+                    format!("{head}.{}", other.rsplit_once('.').unwrap().1)
+                }),
+                "signature is invalid",
+            ),
+            (
+                "unknown agent",
+                assertion(ghost.assertion(&endpoint(path)).unwrap()),
+                "agent `ghost-agent` is not registered",
+            ),
+            (
+                "replayed assertion",
+                assertion(used.clone()),
+                "already used",
+            ),
+            (
+                "expired assertion",
+                assertion(signed(
+                    &s.agent,
+                    json!({
+                        "iss": s.agent.id, "sub": s.agent.id, "aud": endpoint(path),
+                        "iat": now - 200, "exp": now - 100, "jti": uuid::Uuid::new_v4().to_string(),
+                    }),
+                )),
+                "expired",
+            ),
+            (
+                "assertion without a `jti`",
+                assertion(signed(
+                    &s.agent,
+                    json!({
+                        "iss": s.agent.id, "sub": s.agent.id, "aud": endpoint(path),
+                        "iat": now, "exp": now + 60,
+                    }),
+                )),
+                "single-use `jti`",
+            ),
+            (
+                "assertion for another audience",
+                assertion(
+                    s.agent
+                        .assertion("https://other.example/introspect")
+                        .unwrap(),
+                ),
+                "audience",
+            ),
+            (
+                "`client_id` naming another agent",
+                vec![
+                    ("client_id", s.sub_agent.id.clone()),
+                    ("client_assertion_type", CLIENT_ASSERTION_TYPE.to_owned()),
+                    (
+                        "client_assertion",
+                        s.agent.assertion(&endpoint(path)).unwrap(),
+                    ),
+                    ("token", token.to_owned()),
+                ],
+                "`client_id` `report-writer` is not the assertion's `iss`",
+            ),
+            (
+                "unsupported `client_assertion_type`",
+                vec![
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:saml2-bearer".to_owned(),
+                    ),
+                    (
+                        "client_assertion",
+                        s.agent.assertion(&endpoint(path)).unwrap(),
+                    ),
+                    ("token", token.to_owned()),
+                ],
+                "`client_assertion_type` must be",
+            ),
+            (
+                "a user's token as the assertion",
+                assertion(user.clone()),
+                "not registered",
+            ),
+        ];
+        for (case, form, expected) in cases {
+            let description = assert_invalid_client(s.post(path, &form).await, case).await;
+            assert!(
+                description.contains(expected),
+                "{path}, {case}: {description}"
+            );
+            for secret in [token, user.as_str()] {
+                assert!(!description.contains(&secret[secret.len() - 24..]));
+            }
+        }
+    }
+
+    // Nothing was revoked: the session stands, for its agent and in the store.
+    assert_eq!(s.revoked_at(&minted.sid).await, None);
+    let intro = s.introspect_as(&s.agent, token).await;
+    assert_eq!(intro["active"], true);
+    assert_eq!(intro["sid"], minted.sid.as_str());
+}
+
+#[tokio::test]
+async fn an_agent_introspects_only_its_own_tokens() {
+    let s = stack().await;
+    let user = s.alice().await;
+    let minted = s
+        .exchange(s.request(&user, ACCESS, s.assertion(&s.agent)))
+        .await
+        .unwrap();
+    let token = minted.access_token.as_str();
+
+    let intro = s.introspect_as(&s.agent, token).await;
+    assert_eq!(intro["active"], true);
+    assert_eq!(intro["sub"], "alice");
+    assert_eq!(intro["act"]["sub"], "hr-assistant");
+    assert_eq!(intro["client_id"], "hr-assistant");
+    assert_eq!(intro["sid"], minted.sid.as_str());
+    assert_eq!(intro["aud"], FACADE_AUDIENCE);
+    assert_eq!(intro["scope"], "hr:read");
+    assert_eq!(intro["iss"], s.identity.issuer());
+    assert!(intro["exp"].as_i64().unwrap() > tether_token::unix_now());
+    assert_eq!(
+        intro["authorization_details"],
+        serde_json::from_str::<Value>(INTENT).unwrap()
+    );
+
+    // Another registered agent learns nothing, not even that it exists.
+    let other = s.introspect_as(&s.sub_agent, token).await;
+    assert_eq!(other, json!({"active": false}));
+    assert_eq!(
+        s.introspect_as(&s.sub_agent, "not-a-token").await,
+        other,
+        "indistinguishable from garbage"
+    );
+
+    // `aud` may name the issuer or its token endpoint too, and `client_id`
+    // may repeat the agent's id.
+    for audience in [s.identity.issuer().to_owned(), s.identity.token_endpoint()] {
+        let mut form: Vec<(&str, String)> = s.agent.client_auth(&audience).unwrap().into();
+        form.push(("client_id", s.agent.id.clone()));
+        form.push(("token", token.to_owned()));
+        let body: Value = s.post("/introspect", &form).await.json().await.unwrap();
+        assert_eq!(body["active"], true, "aud {audience}: {body}");
+    }
+
+    // A sub-agent's token is the sub-agent's: the parent is no longer its
+    // current actor.
+    let child = s
+        .exchange(ExchangeRequest {
+            authorization_details: String::new(),
+            ..s.request(token, ACCESS, s.assertion(&s.sub_agent))
+        })
+        .await
+        .unwrap();
+    let intro = s.introspect_as(&s.sub_agent, &child.access_token).await;
+    assert_eq!(intro["active"], true);
+    assert_eq!(intro["act"]["sub"], "report-writer");
+    assert_eq!(intro["act"]["act"]["sub"], "hr-assistant");
+    assert_eq!(
+        s.introspect_as(&s.agent, &child.access_token).await,
+        json!({"active": false})
+    );
+
+    // A missing `token` is the caller's error, after authentication.
+    let response = s
+        .post(
+            "/introspect",
+            &s.authenticated(&s.agent, "/introspect", &[]),
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request");
+}
+
+#[tokio::test]
+async fn an_agent_revokes_only_its_own_tokens() {
+    let s = stack().await;
+    let user = s.alice().await;
+    let minted = s
+        .exchange(s.request(&user, ACCESS, s.assertion(&s.agent)))
+        .await
+        .unwrap();
+    let token = minted.access_token.as_str();
+    let (verifier, list) = s.verifier().await;
+
+    // RFC 7009 §2.2: 200 for another agent's token, and nothing revoked.
+    let response = s
+        .post(
+            "/revoke",
+            &s.authenticated(&s.third_agent, "/revoke", &[("token", token)]),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert_eq!(s.revoked_at(&minted.sid).await, None, "nothing was revoked");
+    assert_eq!(s.introspect_as(&s.agent, token).await["active"], true);
+    s.sync(&list).await;
+    assert!(verifier.verify(token).await.is_ok());
+
+    // Garbage and unknown tokens are 200 too.
+    let response = s
+        .post(
+            "/revoke",
+            &s.authenticated(&s.third_agent, "/revoke", &[("token", "not-a-token")]),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+
+    // Its own agent ends it.
+    let response = s
+        .post(
+            "/revoke",
+            &s.authenticated(&s.agent, "/revoke", &[("token", token)]),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert!(s.revoked_at(&minted.sid).await.is_some());
+    assert_eq!(
+        s.introspect_as(&s.agent, token).await,
+        json!({"active": false})
+    );
+    s.sync(&list).await;
+    assert_eq!(
+        verifier.verify(token).await.unwrap_err(),
+        TokenError::SessionRevoked
+    );
+}
+
+#[tokio::test]
+async fn introspect_and_revoke_are_rate_limited_per_client() {
+    let s = stack_with(|b| b.oauth_rate_limit(1, 2)).await;
+    let user = s.alice().await;
+    let minted = s
+        .exchange(s.request(&user, ACCESS, s.assertion(&s.agent)))
+        .await
+        .unwrap();
+    let token = minted.access_token.as_str();
+
+    // A burst of 2, then one a minute.
+    assert_eq!(s.introspect_as(&s.agent, token).await["active"], true);
+    assert_eq!(s.introspect_as(&s.agent, token).await["active"], true);
+    let limited = s
+        .post(
+            "/revoke",
+            &s.authenticated(&s.agent, "/revoke", &[("token", token)]),
+        )
+        .await;
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["cache-control"], "no-store");
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"], "slow_down", "{body}");
+    assert_eq!(s.revoked_at(&minted.sid).await, None, "nothing was revoked");
+
+    // Another client has a budget of its own.
+    assert_eq!(
+        s.introspect_as(&s.sub_agent, token).await,
+        json!({"active": false})
+    );
+
+    // Failed authentication is limited too (per source address).
+    for _ in 0..2 {
+        assert_invalid_client(s.post("/introspect", &[("token", token)]).await, "no auth").await;
+    }
+    let limited = s.post("/revoke", &[("token", token)]).await;
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"], "slow_down", "{body}");
+    assert_eq!(s.revoked_at(&minted.sid).await, None);
 }
 
 #[tokio::test]
@@ -525,7 +949,9 @@ async fn an_unreachable_idp_is_unavailable_and_nothing_is_minted() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(!err.message().contains(&user[..20]));
-    let status = reqwest::Client::new()
+    let status = s
+        .identity
+        .http()
         .post(format!("{}/token", s.identity.issuer()))
         .form(&[
             (
@@ -868,7 +1294,7 @@ async fn every_bad_input_is_refused_over_grpc_and_http_and_nothing_is_minted() {
         )
     });
 
-    let http = reqwest::Client::new();
+    let http = s.identity.http();
     for c in &cases {
         let actor = c.actor.clone().unwrap_or_else(|| s.assertion(&s.agent));
         let req = ExchangeRequest {

@@ -43,8 +43,11 @@ async fn tokens_never_reach_the_logs() {
 
     let idp = Idp::start().await.unwrap();
     let agent = TestAgent::new("hr-assistant").unwrap();
+    let other = TestAgent::new("report-writer").unwrap();
     let identity = IdentitySandbox::builder(idp.issuer())
         .agent(&agent, &["hr:read"], &["hr"])
+        .agent(&other, &["hr:read"], &["hr"])
+        .oauth_rate_limit(60, 6)
         .start()
         .await
         .unwrap();
@@ -100,6 +103,39 @@ async fn tokens_never_reach_the_logs() {
         })
         .await
         .unwrap();
+
+    // The HTTP endpoints with client authentication: accepted, refused
+    // (replay, another agent's token, no authentication) and rate-limited.
+    let http = identity.http();
+    let post = |path: &'static str, form: Vec<(&'static str, String)>| {
+        let request = http
+            .post(format!("{}{path}", identity.issuer()))
+            .form(&form);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let with_auth = |who: &TestAgent, path: &str, secrets: &mut Vec<String>| {
+        let mut form: Vec<(&'static str, String)> = who
+            .client_auth(&format!("{}{path}", identity.issuer()))
+            .unwrap()
+            .into();
+        secrets.push(form[1].1.clone());
+        form.push(("token", minted.access_token.clone()));
+        form
+    };
+    let form = with_auth(&agent, "/introspect", &mut secrets);
+    assert_eq!(post("/introspect", form.clone()).await, 200);
+    assert_eq!(post("/introspect", form).await, 401, "replayed assertion");
+    let form = with_auth(&other, "/introspect", &mut secrets);
+    assert_eq!(post("/introspect", form).await, 200);
+    let form = with_auth(&other, "/revoke", &mut secrets);
+    assert_eq!(post("/revoke", form).await, 200);
+    let anonymous = vec![("token", minted.access_token.clone())];
+    for _ in 0..8 {
+        let status = post("/revoke", anonymous.clone()).await;
+        assert!(status == 401 || status == 429, "{status}");
+    }
+    assert_eq!(post("/revoke", anonymous).await, 429);
+
     client
         .revoke_session(RevokeSessionRequest {
             sid: minted.sid.clone(),
@@ -110,6 +146,13 @@ async fn tokens_never_reach_the_logs() {
 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("delegated token minted"), "the capture works");
+    assert!(
+        logs.contains("client authentication refused")
+            && logs.contains("introspection of another agent's token answered inactive")
+            && logs.contains("revocation of another agent's token refused")
+            && logs.contains("rate limit reached"),
+        "the new paths ran and logged"
+    );
     assert!(logs.contains(&minted.sid), "session ids are logged");
     for secret in &secrets {
         // Any 24-character window of a token's signature or payload would do;

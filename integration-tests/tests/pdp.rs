@@ -10,55 +10,16 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tether_integration_tests::pdp::PdpSandbox;
+use tether_integration_tests::pdp::{
+    PdpSandbox, hr_context as context, hr_entities, hr_request as request, uid,
+};
 use tether_integration_tests::{eventually, workspace_root};
 use tether_policy::{CaseFile, Expected};
 use tether_policy_decision::RequestLimits;
 use tether_proto::policy::v1::{
-    BatchCheckRequest, CheckRequest, CheckResponse, Decision, EntityUid, GetPolicySetRequest,
-    LoadStatus,
+    BatchCheckRequest, CheckRequest, CheckResponse, Decision, GetPolicySetRequest, LoadStatus,
 };
 use tonic::Code;
-
-fn uid(t: &str, id: &str) -> Option<EntityUid> {
-    Some(EntityUid {
-        r#type: t.into(),
-        id: id.into(),
-    })
-}
-
-fn hr_entities(delegator_group: &str) -> String {
-    json!([
-        {"uid": {"type": "Agent", "id": "hr-assistant"}, "attrs": {"delegator": {"__entity": {"type": "User", "id": "alice"}}}, "parents": []},
-        {"uid": {"type": "User", "id": "alice"}, "attrs": {"department": "people"}, "parents": [{"type": "Group", "id": delegator_group}]},
-        {"uid": {"type": "Employee", "id": "1042"}, "attrs": {"department": "sales"}, "parents": []}
-    ])
-    .to_string()
-}
-
-fn context(hour: i64, approval: Option<bool>) -> serde_json::Value {
-    let mut ctx = json!({
-        "now": {"hour": hour, "weekday": 2, "unix": 1_795_000_000},
-        "network": {"ip": "10.1.2.3", "trusted": true, "zone": "corp"},
-        "session": {"id": "s-1", "age_seconds": 30, "intent": "review"},
-        "risk": {"score": 5}
-    });
-    if let Some(granted) = approval {
-        ctx["approval"] = json!({"granted": granted, "ticket": "t-1", "approver": "alice"});
-    }
-    ctx
-}
-
-fn request(action: &str, ctx: &serde_json::Value) -> CheckRequest {
-    CheckRequest {
-        principal: uid("Agent", "hr-assistant"),
-        action: uid("Action", action),
-        resource: uid("Employee", "1042"),
-        context_json: ctx.to_string(),
-        entities_json: hr_entities("hr"),
-        request_id: "req-1".into(),
-    }
-}
 
 async fn check(pdp: &PdpSandbox, req: CheckRequest) -> Result<CheckResponse, tonic::Status> {
     pdp.client()
@@ -568,7 +529,20 @@ async fn health_and_reflection_are_served() {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let mut reflection = ServerReflectionClient::new(pdp.channel());
+    // Reflection describes the API: operators only.
+    let refused = ServerReflectionClient::new(pdp.channel())
+        .server_reflection_info(futures::stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let admin = pdp
+        .pki()
+        .channel("admin", pdp.addr(), "policy-decision")
+        .unwrap();
+    let mut reflection = ServerReflectionClient::new(admin);
     let mut stream = reflection
         .server_reflection_info(futures::stream::iter([ServerReflectionRequest {
             host: String::new(),
@@ -609,4 +583,23 @@ async fn shutdown_drains_and_closes_the_port() {
         .unwrap();
     // The port is closed: a new connection is refused.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn policy_tests_run_remotely_with_the_operators_certificate_only() {
+    let pdp = PdpSandbox::builder().start().await.unwrap();
+    let endpoint = format!("https://{}", pdp.addr());
+    let run_as = |identity: &str| {
+        let tls = pdp.pki().tls(identity).unwrap();
+        let endpoint = endpoint.clone();
+        tokio::task::spawn_blocking(move || {
+            let pack = workspace_root().join("examples/hr");
+            tether_cli::policy::test_remote(&pack, &pack.join("cases.yaml"), &endpoint, &tls)
+        })
+    };
+    let code = run_as("admin").await.unwrap().unwrap();
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    // Another Tether service's certificate is trusted but not allowed.
+    let err = run_as("credential-issuer").await.unwrap().unwrap_err();
+    assert!(format!("{err:#}").contains("may not call"), "{err:#}");
 }

@@ -3,14 +3,14 @@
 //! test IdP, OpenBao, PostgreSQL), walked through one agent session. Prints
 //! what happens at each step; never prints a token or a password.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use serde_json::json;
 use sqlx::Connection as _;
 use tether_integration_tests::identity::{FACADE_AUDIENCE, IdentitySandbox, TestAgent};
 use tether_integration_tests::idp::Idp;
-use tether_integration_tests::issuer::{CredentialDeps, IssuerSandbox};
+use tether_integration_tests::issuer::{CredentialDeps, IssuerSandbox, bearer};
 use tether_integration_tests::pdp::PdpSandbox;
 use tether_proto::credentials::v1 as credentials;
 use tether_proto::identity::v1 as identity;
@@ -42,7 +42,9 @@ async fn scenario() -> anyhow::Result<()> {
         .start()
         .await?;
     let pdp = PdpSandbox::builder().start().await?;
-    let issuer = IssuerSandbox::builder(deps.bao.addr()).start().await?;
+    let issuer = IssuerSandbox::builder(deps.bao.addr(), &identity)
+        .start()
+        .await?;
     println!(
         "  IdP {}, identity exchange {}, policy decision point {}, credential issuer {}",
         idp.issuer(),
@@ -140,26 +142,23 @@ async fn scenario() -> anyhow::Result<()> {
     step(
         "just-in-time credential: the issuer asks OpenBao for a PostgreSQL role for this session only",
     );
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
-    let session_end = i64::try_from(now.as_secs())? + delegated.expires_in;
+    // The session, user, agent and expiry come from the delegated token the
+    // agent holds, sent as `authorization: Bearer …`; the issuer verifies it
+    // against the identity exchange's keys and revocation list.
     let issued = issuer
         .client()
-        .issue(credentials::IssueRequest {
-            session_id: delegated.sid.clone(),
-            profile: "hr-read".into(),
-            session_expires_at: Some(prost_types::Timestamp {
-                seconds: session_end,
-                nanos: 0,
-            }),
-            intent: INTENT.into(),
-            action: r#"Action::"read""#.into(),
-            resource: r#"Employee::"1042""#.into(),
-            policy_version: read.policy_version.clone(),
-            policy_ids: read.policy_ids.clone(),
-            user_subject: who.sub.clone(),
-            agent_id: "hr-assistant".into(),
-            ..Default::default()
-        })
+        .issue(bearer(
+            credentials::IssueRequest {
+                profile: "hr-read".into(),
+                intent: INTENT.into(),
+                action: r#"Action::"read""#.into(),
+                resource: r#"Employee::"1042""#.into(),
+                policy_version: read.policy_version.clone(),
+                policy_ids: read.policy_ids.clone(),
+                ..Default::default()
+            },
+            &delegated.access_token,
+        ))
         .await?
         .into_inner();
     let lease = issued.lease.context("no lease")?;

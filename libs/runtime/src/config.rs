@@ -6,8 +6,9 @@
 //! `"quoted string"`) and as a plain string otherwise. Unknown keys are
 //! errors, so a typo in a file or a variable is caught before start-up.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -54,6 +55,93 @@ pub struct ServerConfig {
     pub drain_timeout_secs: u64,
     /// Per-request deadline enforced by the server.
     pub request_timeout_secs: u64,
+    /// This service's certificate, key and trusted CA (`[server.tls]`):
+    /// used to serve and to call the other services.
+    pub tls: TlsConfig,
+    /// Per-RPC caller allow-list overrides (`[server.authorization]`):
+    /// `"pkg.Service/Method"` or `"pkg.Service/*"` → caller identities
+    /// (a Tether service name such as `agent-facade`, `admin`, or a full
+    /// `spiffe://` URI). Keys replace the service's built-in defaults.
+    pub authorization: BTreeMap<String, Vec<String>>,
+}
+
+/// Transport security (`[server.tls]`). TLS with client-certificate
+/// verification is the default; plaintext needs `insecure_plaintext = true`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Serve and call without TLS. Every caller is then trusted: for local
+    /// experiments only, logged at WARN on every start.
+    pub insecure_plaintext: bool,
+    /// PEM certificate chain (leaf first) carrying this service's SPIFFE ID
+    /// as a URI SAN.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1) of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// PEM bundle of the CAs whose certificates are trusted, for clients
+    /// calling in and for servers called.
+    pub ca_file: Option<PathBuf>,
+    /// The SPIFFE trust domain: services are
+    /// `spiffe://<trust_domain>/tether/<service>`.
+    pub trust_domain: String,
+    /// How often the three files are checked for changes (rotation by
+    /// cert-manager, Vault PKI or SPIRE), in milliseconds.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            insecure_plaintext: false,
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            trust_domain: "tether.local".into(),
+            reload_interval_ms: 5_000,
+        }
+    }
+}
+
+impl TlsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.insecure_plaintext {
+            return Ok(());
+        }
+        let missing: Vec<&str> = [
+            ("cert_file", self.cert_file.is_none()),
+            ("key_file", self.key_file.is_none()),
+            ("ca_file", self.ca_file.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(name, missing)| missing.then_some(name))
+        .collect();
+        if !missing.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "server.tls: {} not set; mTLS is required unless `server.tls.insecure_plaintext = true`",
+                missing.join(", ")
+            )));
+        }
+        if !crate::tls::valid_trust_domain(&self.trust_domain) {
+            return Err(ConfigError::Invalid(format!(
+                "server.tls.trust_domain `{}` is not a SPIFFE trust domain (lowercase letters, digits, `.`, `-`, `_`)",
+                self.trust_domain
+            )));
+        }
+        if self.reload_interval_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "server.tls.reload_interval_ms must be at least 100".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A plaintext configuration, for tests that do not cover transport.
+    pub fn plaintext() -> Self {
+        Self {
+            insecure_plaintext: true,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -63,6 +151,8 @@ impl Default for ServerConfig {
             max_message_bytes: 4 * 1024 * 1024,
             drain_timeout_secs: 10,
             request_timeout_secs: 30,
+            tls: TlsConfig::default(),
+            authorization: BTreeMap::new(),
         }
     }
 }
@@ -80,6 +170,8 @@ impl ServerConfig {
                 "server.request_timeout_secs must be at least 1".into(),
             ));
         }
+        self.tls.validate()?;
+        crate::authz::validate_overrides(&self.authorization, &self.tls.trust_domain)?;
         Ok(())
     }
 
@@ -213,6 +305,7 @@ mod tests {
             vars(&[
                 ("TETHER_SERVER__LISTEN", "0.0.0.0:7001"),
                 ("TETHER_RETRIES", "3"),
+                ("TETHER_SERVER__TLS__INSECURE_PLAINTEXT", "true"),
                 ("TETHER_LOG", "debug"),
                 ("HOME", "/root"),
             ]),

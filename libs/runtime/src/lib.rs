@@ -11,13 +11,39 @@
 //! - [`process`]: the `main` every service binary shares (exit code 64 on
 //!   invalid configuration, `--validate-only`).
 
+pub mod authz;
+pub mod client;
 pub mod config;
+#[cfg(any(test, feature = "dev-pki"))]
+pub mod dev_pki;
 pub mod error;
 pub mod process;
 pub mod propagation;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
-pub use config::{ConfigError, ServerConfig, ServiceConfig};
+/// Caller-supplied text echoed in a log line or an error message: cut to
+/// 64 characters, with control characters (CR, LF, ...) escaped.
+pub fn clip(text: &str) -> String {
+    const MAX: usize = 64;
+    let mut out: String = text
+        .chars()
+        .take(MAX)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if text.chars().nth(MAX).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+pub use config::{ConfigError, ServerConfig, ServiceConfig, TlsConfig};
 pub use error::{ServiceError, ServiceErrorCode, into_status};
 pub use server::{ServeError, serve};

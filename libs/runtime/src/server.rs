@@ -6,11 +6,12 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
-use crate::config::ServerConfig;
+use crate::authz::{Authorizer, AuthzLayer};
+use crate::config::{ConfigError, ServerConfig};
 use crate::propagation::server_span;
+use crate::tls::TlsSource;
 
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,10 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Authorization(#[from] ConfigError),
 }
 
 /// Serves `routes` plus gRPC health and reflection on `listener` until
@@ -26,7 +31,13 @@ pub enum ServeError {
 /// at most `drain_timeout` for in-flight requests.
 ///
 /// `health_names` are the fully qualified service names reported SERVING
-/// (the empty name, "the server as a whole", is always reported).
+/// (the empty name, "the server as a whole", is always reported); they also
+/// select this server's rows of the per-RPC caller table
+/// ([`crate::authz::DEFAULTS`], then `server.authorization`).
+///
+/// Connections are mTLS with `server.tls` (certificates reloaded when their
+/// files change) unless `server.tls.insecure_plaintext = true`, which is
+/// logged at WARN.
 /// Message-size limits are set by the caller on each generated server
 /// (`max_decoding_message_size`), from the same [`ServerConfig`].
 pub async fn serve(
@@ -59,6 +70,22 @@ async fn serve_inner(
     shutdown: impl Future<Output = ()> + Send + 'static,
     http1: bool,
 ) -> Result<(), ServeError> {
+    let tls = if config.tls.insecure_plaintext {
+        tracing::warn!(
+            "server.tls.insecure_plaintext = true: serving without TLS; every caller is trusted and the per-RPC caller table is not enforced"
+        );
+        None
+    } else {
+        let source = TlsSource::load(&config.tls)?;
+        tracing::info!(identity = %source.identity(), "serving mTLS");
+        Some(source)
+    };
+    let authorizer = Authorizer::new(
+        health_names,
+        &config.authorization,
+        &config.tls.trust_domain,
+        tls.is_some(),
+    )?;
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in health_names.iter().copied().chain([""]) {
         reporter
@@ -88,13 +115,15 @@ async fn serve_inner(
     };
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, "serving");
-    // `Server::tcp_nodelay` does not apply to a pre-bound listener: set it on
-    // the accepted sockets, or Nagle + delayed ACKs add ~40 ms to replies.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = crate::tls::incoming(listener, tls);
     let server = tonic::transport::Server::builder()
         .trace_fn(server_span)
         .timeout(config.request_timeout())
         .accept_http1(http1)
+        .layer(AuthzLayer::new(
+            Arc::new(authorizer),
+            config.request_timeout(),
+        ))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);
     let deadline = async {

@@ -11,12 +11,16 @@
 //! - [`DelegatedClaims`] and [`DelegatedTokenVerifier`]: what other services
 //!   use to check a delegated token locally, including whether its session
 //!   was revoked.
+//! - [`RevocationList`] kept current by [`spawn_revocation_sync`] from a
+//!   [`RevocationFeed`] ([`GrpcRevocationFeed`]: the identity service's
+//!   `ListRevokedSessions`): the piece every verifying service runs.
 
 mod claims;
 mod delegated;
 mod error;
 mod jwks;
 mod oidc_http;
+mod revocation_sync;
 mod signing;
 mod verify;
 
@@ -29,6 +33,7 @@ pub use jsonwebtoken::jwk::JwkSet;
 pub use jsonwebtoken::{Algorithm, DecodingKey};
 pub use jwks::{JwksCache, KeySource, StaticKeys};
 pub use oidc_http::{HttpError, idp_http_client, oidc_client};
+pub use revocation_sync::{GrpcRevocationFeed, RevocationFeed, spawn_revocation_sync};
 pub use signing::{KeyError, KeyRing, SigningKey};
 pub use verify::{TypRule, Verified, VerifyPolicy, clip, peek_issuer, verify};
 

@@ -3,8 +3,11 @@
 //! ```text
 //! tether policy validate DIR          strict-validate a policy pack
 //! tether policy test DIR CASES.yaml   run policy test cases, exit 1 on a mismatch
-//! tether policy test DIR CASES.yaml --endpoint http://pdp:7002
+//! tether policy test DIR CASES.yaml --endpoint https://pdp:7002 \
+//!     --tls-cert admin.crt --tls-key admin.key --tls-ca ca.pem
 //!                                     the same cases against a running PDP
+//! tether dev-certs --out DIR NAME...  a throwaway CA and SPIFFE certificates
+//!                                     for a local stack (never production)
 //! ```
 
 use std::path::PathBuf;
@@ -43,6 +46,63 @@ enum Command {
     /// Work with Cedar policy packs.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Write a throwaway CA (`ca.pem`) and, for each NAME, a certificate
+    /// `NAME.crt` + `NAME.key` whose SPIFFE ID is
+    /// `spiffe://<trust-domain>/tether/<NAME>`. For local stacks and
+    /// demos only: production certificates come from cert-manager, Vault
+    /// PKI or SPIRE.
+    DevCerts {
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "tether.local")]
+        trust_domain: String,
+        /// Service names (`policy-decision`, `agent-facade`, `admin`, ...).
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// How to reach a Tether service: mTLS with an operator certificate.
+#[derive(Debug, clap::Args)]
+struct TlsArgs {
+    /// Client certificate (PEM) carrying the operators' SPIFFE ID
+    /// (`spiffe://<trust-domain>/tether/admin`).
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+    /// The CA bundle (PEM) the service's certificate chains to.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// The SPIFFE trust domain of the service called.
+    #[arg(long, default_value = "tether.local")]
+    trust_domain: String,
+    /// Call without TLS: only for a service started with
+    /// `insecure_plaintext = true`.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_ca"])]
+    insecure_plaintext: bool,
+}
+
+impl TlsArgs {
+    fn config(self) -> anyhow::Result<tether_runtime::TlsConfig> {
+        if self.insecure_plaintext {
+            return Ok(tether_runtime::TlsConfig::plaintext());
+        }
+        if self.tls_cert.is_none() {
+            anyhow::bail!(
+                "--endpoint needs --tls-cert, --tls-key and --tls-ca (or --insecure-plaintext for a plaintext service)"
+            );
+        }
+        Ok(tether_runtime::TlsConfig {
+            cert_file: self.tls_cert,
+            key_file: self.tls_key,
+            ca_file: self.tls_ca,
+            trust_domain: self.trust_domain,
+            ..tether_runtime::TlsConfig::default()
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,10 +119,12 @@ enum PolicyCommand {
         /// The cases file.
         cases: PathBuf,
         /// Run the cases against a running policy decision point over gRPC
-        /// (e.g. `http://127.0.0.1:7002`) instead of in process. The pack in
+        /// (e.g. `https://127.0.0.1:7002`) instead of in process. The pack in
         /// DIR must be the one it serves: its version is compared.
         #[arg(long)]
         endpoint: Option<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
 }
 
@@ -88,12 +150,21 @@ fn main() -> ExitCode {
             dir,
             cases,
             endpoint: None,
+            ..
         }) => policy::test(&dir, &cases),
         Command::Policy(PolicyCommand::Test {
             dir,
             cases,
             endpoint: Some(endpoint),
-        }) => policy::test_remote(&dir, &cases, &endpoint),
+            tls,
+        }) => tls
+            .config()
+            .and_then(|tls| policy::test_remote(&dir, &cases, &endpoint, &tls)),
+        Command::DevCerts {
+            out,
+            trust_domain,
+            names,
+        } => dev_certs(&out, &trust_domain, &names),
     };
     match result {
         Ok(code) => code,
@@ -102,6 +173,25 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn dev_certs(
+    out: &std::path::Path,
+    trust_domain: &str,
+    names: &[String],
+) -> anyhow::Result<ExitCode> {
+    let ca = tether_runtime::dev_pki::DevCa::new(trust_domain)?;
+    for name in names {
+        let tls = ca.write(out, name)?;
+        println!(
+            "{}: {} {}",
+            tether_runtime::tls::resolve_identity(trust_domain, name),
+            tls.cert_file.unwrap_or_default().display(),
+            tls.key_file.unwrap_or_default().display()
+        );
+    }
+    println!("CA bundle: {}", out.join("ca.pem").display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_login(options: login::LoginOptions) -> anyhow::Result<ExitCode> {

@@ -46,8 +46,14 @@ pub fn test(dir: &Path, cases_path: &Path) -> anyhow::Result<ExitCode> {
     Ok(report(results, pack.version()))
 }
 
-/// Runs every case against a PDP over gRPC.
-pub fn test_remote(dir: &Path, cases_path: &Path, endpoint: &str) -> anyhow::Result<ExitCode> {
+/// Runs every case against a PDP over gRPC, presenting the certificate in
+/// `tls` (the operators' `admin` identity) unless it says plaintext.
+pub fn test_remote(
+    dir: &Path,
+    cases_path: &Path,
+    endpoint: &str,
+    tls: &tether_runtime::TlsConfig,
+) -> anyhow::Result<ExitCode> {
     let file = read_cases(cases_path)?;
     let Some(pack) = load_or_report(dir) else {
         return Ok(ExitCode::FAILURE);
@@ -57,9 +63,10 @@ pub fn test_remote(dir: &Path, cases_path: &Path, endpoint: &str) -> anyhow::Res
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let mut client = PolicyDecisionClient::connect(endpoint.to_owned())
-            .await
-            .with_context(|| format!("connecting to `{endpoint}`"))?;
+        let channel = tether_runtime::client::Clients::new(tls)
+            .context("loading the TLS certificate")?
+            .grpc(endpoint, "policy-decision")?;
+        let mut client = PolicyDecisionClient::new(channel);
         let served = client
             .get_policy_set(pb::GetPolicySetRequest {})
             .await
@@ -83,7 +90,7 @@ pub fn test_remote(dir: &Path, cases_path: &Path, endpoint: &str) -> anyhow::Res
 }
 
 async fn run_remote(
-    client: &mut PolicyDecisionClient<tonic::transport::Channel>,
+    client: &mut PolicyDecisionClient<tether_runtime::client::InternalChannel>,
     case: &TestCase,
 ) -> CaseResult {
     let (context_json, entities_json) = case.json();

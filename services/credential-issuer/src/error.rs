@@ -2,13 +2,26 @@
 //!
 //! Public messages never carry a secret, a Vault token, a store URL or a
 //! Vault response body; the internal detail is logged by `into_status`.
+//! No message ever carries the caller's bearer token: `TokenError` never
+//! includes it, and the token is never formatted anywhere else.
 
 use tether_runtime::{ServiceError, ServiceErrorCode};
+use tether_token::TokenError;
 
 use crate::vault::VaultError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
+    /// No usable `authorization: Bearer <token>` metadata.
+    #[error("{0}")]
+    NoBearer(&'static str),
+    /// The delegated token was refused, or could not be checked
+    /// (`TokenError::is_unavailable`: fail closed).
+    #[error("the delegated token was refused: {0}")]
+    Token(#[from] TokenError),
+    /// The request names a session other than the token's.
+    #[error("the bearer token is for another session")]
+    OtherSession,
     #[error("{0}")]
     InvalidArgument(String),
     #[error("unknown credential profile `{0}`")]
@@ -36,6 +49,10 @@ pub enum IssuerError {
 impl ServiceError for IssuerError {
     fn error_code(&self) -> ServiceErrorCode {
         match self {
+            Self::NoBearer(_) => ServiceErrorCode::Unauthenticated,
+            Self::Token(e) if e.is_unavailable() => ServiceErrorCode::Unavailable,
+            Self::Token(_) => ServiceErrorCode::Unauthenticated,
+            Self::OtherSession => ServiceErrorCode::PermissionDenied,
             Self::InvalidArgument(_) | Self::UnknownProfile(_) => ServiceErrorCode::InvalidArgument,
             Self::FailedPrecondition(_) => ServiceErrorCode::FailedPrecondition,
             Self::TooManyLeases { .. } => ServiceErrorCode::ResourceExhausted,
@@ -49,6 +66,9 @@ impl ServiceError for IssuerError {
 
     fn public_message(&self) -> String {
         match self {
+            Self::Token(TokenError::SessionRevoked) => "session revoked".into(),
+            // The detail (which URL, what failed) is logged, not returned.
+            Self::Token(e) if e.is_unavailable() => "cannot check the delegated token now (the identity exchange's keys or session revocation list are unavailable); nothing was done".into(),
             Self::Vault(e) => format!(
                 "vault/openbao is unavailable ({}); no credential was issued",
                 vault_kind(e)

@@ -3,15 +3,21 @@
 //! (`tether.credentials.v1.CredentialIssuer`).
 //!
 //! [`run`] is what both the binary and the tests call: it opens the lease
-//! registry, logs in to Vault, runs the reconciler once, starts the sweeper
-//! and the token upkeep, and serves on the given listener until `shutdown`
-//! resolves. See `docs/design/002-lease-registry.md` for the guarantees.
+//! registry, logs in to Vault, runs the reconciler once, starts the sweeper,
+//! the Vault token upkeep and the session revocation list sync, and serves
+//! on the given listener until `shutdown` resolves. See
+//! `docs/design/002-lease-registry.md` for the guarantees.
+//!
+//! Issue and Renew act only for the session proven by the agent's delegated
+//! token (`authorization: Bearer …` metadata), verified locally against the
+//! identity exchange's keys and revocation list (`sessions.rs`).
 
 mod config;
 mod error;
 mod registry;
 mod revoker;
 mod service;
+mod sessions;
 mod vault;
 
 use std::collections::BTreeSet;
@@ -28,8 +34,8 @@ use tether_proto::credentials::v1::credential_issuer_server::{
 };
 
 pub use config::{
-    Config, Limits, Profile, RevocationConfig, Secret, StoreConfig, TestHooks, VaultAuth,
-    VaultConfig,
+    Config, Limits, Profile, RevocationConfig, Secret, SessionsConfig, StoreConfig, TestHooks,
+    VaultAuth, VaultConfig,
 };
 pub use error::IssuerError;
 pub use registry::{LeaseRow, Registry, Status as LeaseStatus};
@@ -40,6 +46,10 @@ pub use vault::{Vault, VaultError};
 /// Slack added to the Vault request timeout to get the issuing window: the
 /// longest an Issue may take between writing its row and claiming its lease.
 const ISSUING_SLACK: Duration = Duration::from_secs(1);
+
+/// How long [`Issuer::stop`] waits for each background task after asking it
+/// to stop, before aborting it.
+const STOP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Installs the process-wide rustls provider (aws-lc) that reqwest and
 /// sqlx's TLS need; a provider installed earlier is kept.
@@ -61,7 +71,10 @@ pub struct Issuer {
 impl Issuer {
     /// Opens and migrates the registry, logs in to Vault (a failed login is
     /// retried in the background; requests fail UNAVAILABLE meanwhile), runs
-    /// the reconciler once and starts the sweeper and token upkeep.
+    /// the reconciler once and starts the sweeper and token upkeep; fetches
+    /// the identity exchange's keys and revocation list (also retried:
+    /// Issue and Renew fail UNAVAILABLE until they are loaded) and starts
+    /// keeping the list current.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
         install_crypto_provider();
         let url = config.store.effective_url();
@@ -101,11 +114,19 @@ impl Issuer {
             Arc::clone(&metrics),
         ));
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (sessions, revocation_sync) = sessions::Sessions::start(
+            &config.sessions,
+            &config.server.tls,
+            stop_signal(stopped.clone()),
+        )
+        .await?;
         let tasks = vec![
             tokio::spawn(Arc::clone(&revoker).run(stopped.clone())),
             tokio::spawn(Arc::clone(&vault).maintain_token(stopped)),
+            revocation_sync,
         ];
         let service = CredentialIssuerService::new(
+            sessions,
             config.profiles.clone(),
             config.limits,
             registry.clone(),
@@ -152,7 +173,9 @@ impl Issuer {
                             axum::http::header::CONTENT_TYPE,
                             "text/plain; version=0.0.4; charset=utf-8",
                         )],
-                        metrics.render_prometheus(),
+                        // The lease counters, then the transport's refusals.
+                        metrics.render_prometheus()
+                            + &tether_runtime::authz::METRICS.render_prometheus(),
                     )
                 }
             }),
@@ -169,11 +192,21 @@ impl Issuer {
         &self.vault
     }
 
-    /// Stops the background tasks.
+    /// Stops the background tasks: signals them, and waits for each at most
+    /// [`STOP_DEADLINE`] before aborting it.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        for task in self.tasks.drain(..) {
-            let _ = task.await;
+        for mut task in self.tasks.drain(..) {
+            if tokio::time::timeout(STOP_DEADLINE, &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    deadline_ms = STOP_DEADLINE.as_millis(),
+                    "a background task did not stop in time; aborting it"
+                );
+                task.abort();
+            }
         }
     }
 }
@@ -185,6 +218,11 @@ impl Drop for Issuer {
             task.abort();
         }
     }
+}
+
+/// Resolves once `stop` says so (or its sender is gone).
+async fn stop_signal(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 /// Starts the issuer and serves gRPC on `listener` until `shutdown`

@@ -371,6 +371,32 @@ impl Registry {
         .transpose()
     }
 
+    /// Raises a live session's recorded expiry to `expires_at` (a later
+    /// delegated token of the session proves it lives that long), and
+    /// returns the session as recorded. An ended session is left as is.
+    pub async fn extend_session(
+        &self,
+        session_id: &str,
+        expires_at: i64,
+    ) -> Result<Option<SessionRow>, sqlx::Error> {
+        let r = sqlx::query(
+            "UPDATE credential_sessions SET expires_at = CASE \
+               WHEN ended_at IS NULL AND $2 > expires_at THEN $2 ELSE expires_at END \
+             WHERE session_id = $1 RETURNING expires_at, ended_at",
+        )
+        .bind(session_id)
+        .bind(expires_at)
+        .fetch_optional(&self.pool)
+        .await?;
+        r.map(|r| {
+            Ok(SessionRow {
+                expires_at: r.try_get("expires_at")?,
+                ended_at: r.try_get("ended_at")?,
+            })
+        })
+        .transpose()
+    }
+
     /// A renewal's new grant, if the lease is still ACTIVE.
     pub async fn renewed(
         &self,

@@ -13,6 +13,7 @@ use crate::config::{Limits, Profile, TestHooks};
 use crate::error::IssuerError;
 use crate::registry::{BeginError, LeaseRow, NewLease, Registry, Status as LeaseStatus};
 use crate::revoker::{Revoker, now_ms};
+use crate::sessions::{Caller, Sessions};
 use crate::vault::{Vault, to_credential};
 
 const MAX_ID_BYTES: usize = 128;
@@ -30,6 +31,7 @@ pub struct CredentialIssuerService {
 
 #[derive(Debug)]
 struct Inner {
+    sessions: Sessions,
     profiles: BTreeMap<String, Profile>,
     limits: Limits,
     registry: Registry,
@@ -43,6 +45,7 @@ struct Inner {
 impl CredentialIssuerService {
     #[expect(clippy::too_many_arguments, reason = "wired once, in `Issuer::start`")]
     pub(crate) fn new(
+        sessions: Sessions,
         profiles: BTreeMap<String, Profile>,
         limits: Limits,
         registry: Registry,
@@ -54,6 +57,7 @@ impl CredentialIssuerService {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                sessions,
                 profiles,
                 limits,
                 registry,
@@ -85,6 +89,35 @@ fn check_id(field: &str, value: &str) -> Result<(), IssuerError> {
     Ok(())
 }
 
+/// The deprecated `IssueRequest.session_id`: only cross-checked against the
+/// bearer token's session.
+#[expect(
+    deprecated,
+    reason = "read only to refuse a request that names another session than its token"
+)]
+fn named_session_of_issue(req: &pb::IssueRequest) -> &str {
+    &req.session_id
+}
+
+/// The deprecated `RenewRequest.session_id`, likewise.
+#[expect(
+    deprecated,
+    reason = "read only to refuse a request that names another session than its token"
+)]
+fn named_session_of_renew(req: &pb::RenewRequest) -> &str {
+    &req.session_id
+}
+
+/// A request may still name its session (deprecated); if it does, it must be
+/// the one its token proves.
+fn check_same_session(named: &str, caller: &Caller) -> Result<(), IssuerError> {
+    if named.is_empty() || named == caller.sid {
+        Ok(())
+    } else {
+        Err(IssuerError::OtherSession)
+    }
+}
+
 fn check_len(field: &str, value: &str, limit: usize) -> Result<(), IssuerError> {
     if value.len() > limit {
         return Err(IssuerError::InvalidArgument(format!(
@@ -93,18 +126,6 @@ fn check_len(field: &str, value: &str, limit: usize) -> Result<(), IssuerError> 
         )));
     }
     Ok(())
-}
-
-fn ts_ms(t: &prost_types::Timestamp) -> Result<i64, IssuerError> {
-    if !(0..1_000_000_000).contains(&t.nanos) {
-        return Err(IssuerError::InvalidArgument(
-            "`session_expires_at` has invalid nanos".into(),
-        ));
-    }
-    t.seconds
-        .checked_mul(1000)
-        .and_then(|s| s.checked_add(i64::from(t.nanos / 1_000_000)))
-        .ok_or_else(|| IssuerError::InvalidArgument("`session_expires_at` is out of range".into()))
 }
 
 fn positive_duration(field: &str, d: &prost_types::Duration) -> Result<Duration, IssuerError> {
@@ -199,8 +220,22 @@ async fn test_pause_after_vault_issue(hooks: TestHooks) {
 }
 
 impl Inner {
-    async fn issue(&self, req: pb::IssueRequest) -> Result<pb::IssueResponse, IssuerError> {
-        check_id("session_id", &req.session_id)?;
+    /// The session the call's bearer token proves, recorded on the request's
+    /// span (the token itself never is).
+    async fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, IssuerError> {
+        let caller = self.sessions.caller(metadata).await?;
+        tracing::Span::current().record("session_id", truncate(&caller.sid));
+        Ok(caller)
+    }
+
+    async fn issue(
+        &self,
+        caller: Caller,
+        req: pb::IssueRequest,
+    ) -> Result<pb::IssueResponse, IssuerError> {
+        check_same_session(named_session_of_issue(&req), &caller)?;
+        // Deprecated fields (`session_expires_at`, `user_subject`,
+        // `agent_id`) are ignored: the token says who and until when.
         check_id("profile", &req.profile)?;
         check_len("intent", &req.intent, MAX_INTENT_BYTES)?;
         check_len("action", &req.action, MAX_UID_BYTES)?;
@@ -208,8 +243,6 @@ impl Inner {
         check_len("policy_version", &req.policy_version, MAX_ID_BYTES)?;
         check_len("decision_id", &req.decision_id, MAX_ID_BYTES)?;
         check_len("approval_ticket_id", &req.approval_ticket_id, MAX_ID_BYTES)?;
-        check_len("user_subject", &req.user_subject, MAX_UID_BYTES)?;
-        check_len("agent_id", &req.agent_id, MAX_UID_BYTES)?;
         if req.policy_ids.len() > MAX_POLICY_IDS {
             return Err(IssuerError::InvalidArgument(format!(
                 "`policy_ids` has {} entries, the limit is {MAX_POLICY_IDS}",
@@ -219,11 +252,7 @@ impl Inner {
         for id in &req.policy_ids {
             check_len("policy_ids[]", id, MAX_ID_BYTES)?;
         }
-        let expires_at = req
-            .session_expires_at
-            .as_ref()
-            .ok_or_else(|| IssuerError::InvalidArgument("missing `session_expires_at`".into()))
-            .and_then(ts_ms)?;
+        let expires_at = caller.expires_at_ms;
         let requested = req
             .requested_ttl
             .as_ref()
@@ -235,25 +264,20 @@ impl Inner {
             .ok_or_else(|| IssuerError::UnknownProfile(req.profile.clone()))?;
 
         let now = now_ms();
-        if expires_at <= now {
-            return Err(IssuerError::FailedPrecondition(format!(
-                "session `{}` has expired",
-                req.session_id
-            )));
-        }
+        // The verifier's leeway accepts a token up to a few seconds past its
+        // `exp`; nothing is issued for one that has no time left.
         let remaining = Duration::from_millis(u64::try_from(expires_at - now).unwrap_or(0));
         let target = bounded_ttl(profile.max_ttl(), remaining, requested);
         if target.is_zero() {
-            return Err(IssuerError::FailedPrecondition(format!(
-                "session `{}` has less than one second left",
-                req.session_id
-            )));
+            return Err(IssuerError::FailedPrecondition(
+                "the delegated token has less than one second left (exchange a fresh one), or `requested_ttl` is under one second".into(),
+            ));
         }
 
         let id = uuid::Uuid::new_v4().to_string();
         let new = NewLease {
             id: id.clone(),
-            session_id: req.session_id.clone(),
+            session_id: caller.sid.clone(),
             session_expires_at: expires_at,
             profile: req.profile.clone(),
             vault_path: profile.vault_path.clone(),
@@ -267,8 +291,8 @@ impl Inner {
             decision_id: req.decision_id.clone(),
             policy_ids: serde_json::to_string(&req.policy_ids).unwrap_or_else(|_| "[]".into()),
             approval_ticket_id: req.approval_ticket_id.clone(),
-            user_subject: req.user_subject.clone(),
-            agent_id: req.agent_id.clone(),
+            user_subject: caller.user.clone(),
+            agent_id: caller.agent.clone(),
         };
         tracing::Span::current().record("lease_id", id.as_str());
         // INVARIANT: the registry row exists (ISSUING) before Vault is asked,
@@ -283,12 +307,12 @@ impl Inner {
             Err(BeginError::SessionEnded) => {
                 return Err(IssuerError::FailedPrecondition(format!(
                     "session `{}` has ended; it gets no new credentials",
-                    req.session_id
+                    caller.sid
                 )));
             }
             Err(BeginError::TooMany { limit }) => {
                 return Err(IssuerError::TooManyLeases {
-                    session: req.session_id.clone(),
+                    session: caller.sid.clone(),
                     limit,
                 });
             }
@@ -383,7 +407,7 @@ impl Inner {
             self.revoker.revoke_one(&row).await;
             return Err(IssuerError::FailedPrecondition(format!(
                 "session `{}` ended (or the issuance outlived its deadline) while the credential was being issued; it was revoked",
-                req.session_id
+                caller.sid
             )));
         }
         let total = self
@@ -394,7 +418,7 @@ impl Inner {
             + 1;
         tracing::info!(
             lease_id = %id,
-            session_id = %req.session_id,
+            session_id = %caller.sid,
             profile = %req.profile,
             ttl_secs = granted_secs,
             tether_credential_issued_total = total,
@@ -432,19 +456,25 @@ impl Inner {
         )
     }
 
-    async fn renew(&self, req: pb::RenewRequest) -> Result<pb::RenewResponse, IssuerError> {
+    async fn renew(
+        &self,
+        caller: Caller,
+        req: pb::RenewRequest,
+    ) -> Result<pb::RenewResponse, IssuerError> {
+        check_same_session(named_session_of_renew(&req), &caller)?;
         check_id("lease_id", &req.lease_id)?;
-        check_id("session_id", &req.session_id)?;
         let increment = req
             .increment
             .as_ref()
             .map(|d| positive_duration("increment", d))
             .transpose()?;
+        // A lease of another session is NOT_FOUND, exactly like a lease id
+        // that does not exist: a token learns nothing about other sessions.
         let row = self
             .registry
             .get(&req.lease_id)
             .await?
-            .filter(|r| r.session_id == req.session_id)
+            .filter(|r| r.session_id == caller.sid)
             .ok_or_else(|| IssuerError::NotFound(req.lease_id.clone()))?;
         if row.status != LeaseStatus::Active {
             return Err(IssuerError::FailedPrecondition(format!(
@@ -459,9 +489,12 @@ impl Inner {
                 row.id
             )));
         }
+        // The token proves the session lives until its `exp`: record that
+        // (so the sweeper does not end a lease renewed into it), and renew
+        // no further.
         let session = self
             .registry
-            .session(&row.session_id)
+            .extend_session(&row.session_id, caller.expires_at_ms)
             .await?
             .ok_or_else(|| IssuerError::Internal(format!("lease `{}` has no session", row.id)))?;
         let now = now_ms();
@@ -471,7 +504,8 @@ impl Inner {
                 row.session_id
             )));
         }
-        let remaining = Duration::from_millis(u64::try_from(session.expires_at - now).unwrap_or(0));
+        let session_end = session.expires_at.min(caller.expires_at_ms);
+        let remaining = Duration::from_millis(u64::try_from(session_end - now).unwrap_or(0));
         let profile = self.profiles.get(&row.profile).ok_or_else(|| {
             IssuerError::FailedPrecondition(format!(
                 "profile `{}` is no longer configured",
@@ -481,7 +515,7 @@ impl Inner {
         let target = bounded_ttl(profile.max_ttl(), remaining, increment);
         if target.is_zero() {
             return Err(IssuerError::FailedPrecondition(format!(
-                "session `{}` has no time left to extend into",
+                "session `{}` has no time left to extend into (the delegated token expires within a second)",
                 row.session_id
             )));
         }
@@ -625,18 +659,23 @@ impl pb::credential_issuer_server::CredentialIssuer for CredentialIssuerService 
         &self,
         request: Request<pb::IssueRequest>,
     ) -> Result<Response<pb::IssueResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         let span = tracing::info_span!(
             "credentials.issue",
-            session_id = %truncate(&req.session_id),
+            session_id = tracing::field::Empty,
             profile = %truncate(&req.profile),
             lease_id = tracing::field::Empty,
             ttl_secs = tracing::field::Empty,
         );
         let inner = Arc::clone(&self.inner);
-        let result =
-            tracing::Instrument::instrument(async move { inner.issue(req).await }, span.clone())
-                .await;
+        let result = tracing::Instrument::instrument(
+            async move {
+                let caller = inner.caller(&metadata).await?;
+                inner.issue(caller, req).await
+            },
+            span.clone(),
+        )
+        .await;
         match result {
             Ok(resp) => {
                 if let Some(ttl) = resp.lease.as_ref().and_then(|l| l.granted_ttl.as_ref()) {
@@ -652,13 +691,23 @@ impl pb::credential_issuer_server::CredentialIssuer for CredentialIssuerService 
         &self,
         request: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::RenewResponse>, Status> {
-        let req = request.into_inner();
-        let span = tracing::info_span!("credentials.renew", lease_id = %truncate(&req.lease_id), session_id = %truncate(&req.session_id));
+        let (metadata, _, req) = request.into_parts();
+        let span = tracing::info_span!(
+            "credentials.renew",
+            lease_id = %truncate(&req.lease_id),
+            session_id = tracing::field::Empty,
+        );
         let inner = Arc::clone(&self.inner);
-        tracing::Instrument::instrument(async move { inner.renew(req).await }, span.clone())
-            .await
-            .map(Response::new)
-            .map_err(|e| span.in_scope(|| into_status(e)))
+        tracing::Instrument::instrument(
+            async move {
+                let caller = inner.caller(&metadata).await?;
+                inner.renew(caller, req).await
+            },
+            span.clone(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(|e| span.in_scope(|| into_status(e)))
     }
 
     async fn revoke_session(

@@ -1,7 +1,8 @@
 //! The real binary: configuration errors, SIGKILL between Vault issuance and
-//! the reply, and no secret in its logs. Uses a real OpenBao and PostgreSQL
-//! (`integration-tests/run.sh test` installs OpenBao; without it these tests
-//! fail, they never skip).
+//! the reply, and no secret (nor the agent's delegated token) in its logs.
+//! Uses a real OpenBao and PostgreSQL, and a real identity exchange with the
+//! test IdP for the tokens (`integration-tests/run.sh test` installs them;
+//! without them these tests fail, they never skip).
 
 #![allow(
     clippy::unwrap_used,
@@ -12,15 +13,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tether_integration_tests::eventually;
-use tether_integration_tests::issuer::CredentialDeps;
+use tether_integration_tests::issuer::{CredentialDeps, DelegatedSession, SessionAuthority};
 use tether_integration_tests::postgres::free_port;
 use tether_proto::credentials::v1::credential_issuer_client::CredentialIssuerClient;
 use tether_proto::credentials::v1::{
     IssueRequest, LeaseStatus, ListLeasesRequest, RenewRequest, RevokeSessionRequest, credential,
 };
+use tether_runtime::client::InternalChannel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tether-credential-issuer");
 const READ_PATH: &str = "database/creds/hr-readonly";
@@ -44,11 +46,18 @@ fn run(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
 const GOOD: &str = r#"
 [server]
 listen = "127.0.0.1:0"
+[server.tls]
+insecure_plaintext = true
 [vault]
 address = "http://127.0.0.1:8200"
 [vault.auth]
 method = "token"
 token = "dev-only"
+[sessions]
+token_issuer = "http://127.0.0.1:7002"
+audience = "https://tether.local/facade"
+jwks_url = "http://127.0.0.1:7002/.well-known/jwks.json"
+identity_exchange = "http://127.0.0.1:7002"
 [profiles.hr-read]
 vault_path = "database/creds/hr-readonly"
 max_ttl_secs = 600
@@ -118,6 +127,36 @@ fn invalid_configuration_exits_64_with_one_clear_line() {
             vec![],
             "missing field `profiles`",
         ),
+        (
+            GOOD.replace("[sessions]", "[sessionz]"),
+            vec![],
+            "unknown field `sessionz`",
+        ),
+        (
+            GOOD.replace("audience = \"https://tether.local/facade\"\n", ""),
+            vec![],
+            "missing field `audience`",
+        ),
+        (
+            GOOD.to_owned(),
+            vec![("TETHER_SESSIONS__JWKS_URL", "identity-exchange/jwks.json")],
+            "sessions.jwks_url `identity-exchange/jwks.json` must be an http:// or https:// URL",
+        ),
+        (
+            GOOD.to_owned(),
+            vec![("TETHER_SESSIONS__REVOCATION_MAX_STALENESS_MS", "1500")],
+            "sessions.revocation_max_staleness_ms (1500) must be at least twice revocation_poll_ms (1000)",
+        ),
+        (
+            GOOD.to_owned(),
+            vec![("TETHER_SESSIONS__REVOCATION_POLL_MS", "0")],
+            "sessions.revocation_poll_ms must be at least 100",
+        ),
+        (
+            GOOD.replace("insecure_plaintext = true", "insecure_plaintext = false"),
+            vec![],
+            "mTLS is required",
+        ),
     ];
     for (body, env, expect) in cases {
         let config = write_config(dir.path(), &body);
@@ -137,25 +176,26 @@ fn invalid_configuration_exits_64_with_one_clear_line() {
     }
 }
 
-fn in_secs(secs: i64) -> prost_types::Timestamp {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    prost_types::Timestamp {
-        seconds: i64::try_from(now.as_secs()).unwrap() + secs,
-        nanos: 0,
-    }
-}
-
-fn issue_req(session: &str) -> IssueRequest {
-    IssueRequest {
-        session_id: session.into(),
+/// An Issue of `hr-read` for the session of `session`'s bearer token.
+fn issue_req(session: &DelegatedSession) -> tonic::Request<IssueRequest> {
+    session.request(IssueRequest {
         profile: "hr-read".into(),
-        session_expires_at: Some(in_secs(900)),
         ..IssueRequest::default()
-    }
+    })
 }
 
-/// A config for a real run against `deps`, listening on `port`.
-fn live_config(dir: &Path, deps: &CredentialDeps, port: u16, auth: &str) -> PathBuf {
+/// A config for a real run against `deps` and the identity exchange of
+/// `authority`, listening on `port` with mTLS (a certificate from the
+/// authority's CA).
+fn live_config(
+    dir: &Path,
+    deps: &CredentialDeps,
+    authority: &SessionAuthority,
+    port: u16,
+    auth: &str,
+) -> PathBuf {
+    let sessions = authority.sessions_config();
+    let tls = authority.identity().pki().tls("credential-issuer").unwrap();
     write_config(
         dir,
         &format!(
@@ -163,6 +203,16 @@ fn live_config(dir: &Path, deps: &CredentialDeps, port: u16, auth: &str) -> Path
 [server]
 listen = "127.0.0.1:{port}"
 drain_timeout_secs = 5
+[server.tls]
+cert_file = "{cert}"
+key_file = "{key}"
+ca_file = "{ca}"
+trust_domain = "{trust_domain}"
+[sessions]
+token_issuer = "{token_issuer}"
+audience = "{audience}"
+jwks_url = "{jwks_url}"
+identity_exchange = "{identity_exchange}"
 [vault]
 address = "{addr}"
 request_timeout_ms = 1000
@@ -182,6 +232,26 @@ clock_skew_ms = 500
 "#,
             addr = deps.bao.addr(),
             data = dir.join("data").display(),
+            token_issuer = sessions.token_issuer,
+            audience = sessions.audience,
+            jwks_url = sessions.jwks_url,
+            identity_exchange = sessions.identity_exchange,
+            cert = tls.cert_file.unwrap().display(),
+            key = tls.key_file.unwrap().display(),
+            ca = tls.ca_file.unwrap().display(),
+            trust_domain = tls.trust_domain,
+        ),
+    )
+}
+
+/// OpenBao + PostgreSQL, and the test IdP + identity exchange that mint
+/// the delegated tokens.
+async fn stack() -> (CredentialDeps, SessionAuthority) {
+    let (deps, authority) = tokio::join!(CredentialDeps::start(600), SessionAuthority::start());
+    (
+        deps.expect("starting OpenBao and PostgreSQL (run `integration-tests/run.sh test`)"),
+        authority.expect(
+            "starting the test IdP and the identity exchange (run `integration-tests/run.sh test`)",
         ),
     )
 }
@@ -209,11 +279,30 @@ fn spawn(config: &Path, log: &Path, env: &[(&str, &str)]) -> Proc {
     Proc(cmd.spawn().unwrap())
 }
 
-async fn connect(port: u16, log: &Path) -> CredentialIssuerClient<tonic::transport::Channel> {
+/// A client as the agent facade, once the issuer answers its health check.
+async fn connect(
+    authority: &SessionAuthority,
+    port: u16,
+    log: &Path,
+) -> CredentialIssuerClient<InternalChannel> {
+    let channel = authority
+        .identity()
+        .pki()
+        .channel(
+            "agent-facade",
+            ([127, 0, 0, 1], port).into(),
+            "credential-issuer",
+        )
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(c) = CredentialIssuerClient::connect(format!("http://127.0.0.1:{port}")).await {
-            return c;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        if health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .is_ok()
+        {
+            return CredentialIssuerClient::new(channel);
         }
         assert!(
             Instant::now() < deadline,
@@ -234,14 +323,14 @@ fn signal(proc: &Proc, sig: &str) {
 
 #[tokio::test]
 async fn sigkill_between_vault_issuance_and_reply_is_revoked_after_restart() {
-    let deps = CredentialDeps::start(600)
-        .await
-        .expect("starting OpenBao and PostgreSQL (run `integration-tests/run.sh test`)");
+    let (deps, authority) = stack().await;
+    let session = authority.session().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
     let config = live_config(
         dir.path(),
         &deps,
+        &authority,
         port,
         "method = \"token\"\ntoken = \"root\"",
     );
@@ -251,8 +340,9 @@ async fn sigkill_between_vault_issuance_and_reply_is_revoked_after_restart() {
         &log,
         &[("TETHER_TEST_HOOKS__PAUSE_AFTER_VAULT_ISSUE_MS", "600000")],
     );
-    let mut client = connect(port, &log).await;
-    let call = tokio::spawn(async move { client.issue(issue_req("s-killed")).await });
+    let mut client = connect(&authority, port, &log).await;
+    let request = issue_req(&session);
+    let call = tokio::spawn(async move { client.issue(request).await });
 
     // Vault has issued; the issuer sits between issuance and the reply.
     eventually(Duration::from_secs(20), || async {
@@ -279,7 +369,8 @@ async fn sigkill_between_vault_issuance_and_reply_is_revoked_after_restart() {
     // issuance in the registry and the orphan sweep revokes its lease.
     let second_log = dir.path().join("second.log");
     let second = spawn(&config, &second_log, &[]);
-    let mut client = connect(port, &second_log).await;
+    let mut client = connect(&authority, port, &second_log).await;
+    let sid = session.sid().to_owned();
     eventually(Duration::from_secs(30), || async {
         let leases = deps.bao.leases(READ_PATH).await?;
         let roles = deps.pg.roles_like("v-").await?;
@@ -293,10 +384,11 @@ async fn sigkill_between_vault_issuance_and_reply_is_revoked_after_restart() {
     .unwrap();
     let leases = eventually(Duration::from_secs(20), || {
         let mut client = client.clone();
+        let sid = sid.clone();
         async move {
             let leases = client
                 .list_leases(ListLeasesRequest {
-                    session_id: "s-killed".into(),
+                    session_id: sid,
                     ..ListLeasesRequest::default()
                 })
                 .await
@@ -313,8 +405,9 @@ async fn sigkill_between_vault_issuance_and_reply_is_revoked_after_restart() {
     .await
     .unwrap();
     assert!(leases[0].last_error.contains("interrupted"), "{leases:?}");
-    // The session itself is still usable: a new credential works.
-    client.issue(issue_req("s-killed")).await.unwrap();
+    // The session itself is still usable: a new credential works (the
+    // restarted issuer loaded the keys and revocation list before serving).
+    client.issue(issue_req(&session)).await.unwrap();
 
     signal(&second, "-TERM");
     drop(second);
@@ -324,24 +417,24 @@ async fn sigkill_between_vault_issuance_and_reply_is_revoked_after_restart() {
 
 #[tokio::test]
 async fn no_secret_reaches_the_logs() {
-    let deps = CredentialDeps::start(600)
-        .await
-        .expect("starting OpenBao and PostgreSQL (run `integration-tests/run.sh test`)");
+    let (deps, authority) = stack().await;
+    let session = authority.session().await.unwrap();
     let (role_id, secret_id) = deps.bao.setup_approle(60, 600).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
     let config = live_config(
         dir.path(),
         &deps,
+        &authority,
         port,
         &format!("method = \"approle\"\nrole_id = \"{role_id}\"\nsecret_id = \"{secret_id}\""),
     );
     let log = dir.path().join("issuer.log");
     let proc = spawn(&config, &log, &[("TETHER_LOG", "debug")]);
-    let mut client = connect(port, &log).await;
+    let mut client = connect(&authority, port, &log).await;
 
     let resp = client
-        .issue(issue_req("s-logs"))
+        .issue(issue_req(&session))
         .await
         .unwrap()
         .into_inner();
@@ -350,24 +443,50 @@ async fn no_secret_reaches_the_logs() {
     };
     let lease = resp.lease.unwrap();
     client
-        .renew(RenewRequest {
+        .renew(session.request(RenewRequest {
             lease_id: lease.lease_id.clone(),
-            session_id: "s-logs".into(),
-            increment: None,
-        })
+            ..RenewRequest::default()
+        }))
         .await
         .unwrap();
     let status = client
-        .issue(IssueRequest {
+        .issue(session.request(IssueRequest {
             profile: "no-such-profile".into(),
-            ..issue_req("s-logs")
-        })
+            ..IssueRequest::default()
+        }))
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    // Refused tokens, logged at debug by the error mapping: a tampered one
+    // (signature kept, payload changed) and the real one under another
+    // scheme.
+    let mut parts: Vec<&str> = session.token.split('.').collect();
+    let tampered_payload = format!("{}x", parts[1]);
+    parts[1] = &tampered_payload;
+    let tampered = parts.join(".");
+    for request in [
+        tether_integration_tests::issuer::bearer(
+            IssueRequest {
+                profile: "hr-read".into(),
+                ..IssueRequest::default()
+            },
+            &tampered,
+        ),
+        {
+            let mut r = tonic::Request::new(IssueRequest::default());
+            r.metadata_mut().insert(
+                "authorization",
+                format!("Token {}", session.token).parse().unwrap(),
+            );
+            r
+        },
+    ] {
+        let status = client.issue(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    }
     client
         .revoke_session(RevokeSessionRequest {
-            session_id: "s-logs".into(),
+            session_id: session.sid().into(),
             reason: String::new(),
         })
         .await
@@ -387,11 +506,17 @@ async fn no_secret_reaches_the_logs() {
     }
     let vault_lease_id = lease.vault_lease_id;
     assert!(text.contains(&lease.lease_id));
+    assert!(text.contains(session.sid()), "the session id is logged");
+    assert!(text.contains("request refused"), "the refusals are logged");
+    let signature = session.token.rsplit('.').next().unwrap();
     for (what, secret) in [
         ("password", db.password.as_str()),
         ("database username", db.username.as_str()),
         ("approle secret_id", secret_id.as_str()),
         ("postgres admin password", deps.pg.admin_password()),
+        ("delegated token", session.token.as_str()),
+        ("delegated token signature", signature),
+        ("tampered delegated token", tampered.as_str()),
     ] {
         assert!(!text.contains(secret), "{what} found in the logs");
     }

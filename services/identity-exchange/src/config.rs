@@ -29,6 +29,11 @@ use tether_runtime::{ConfigError, ServerConfig, ServiceConfig};
 /// audiences = ["https://hr.example.com"]
 /// scopes = ["hr:read", "hr:offboard"]
 /// may_act_for = { groups = ["hr"] }
+///
+/// [oauth]                                        # `/introspect` and `/revoke`
+/// service_clients = ["agent-facade", "admin"]    # mTLS callers that may see any token
+/// per_client_per_minute = 60
+/// burst = 20
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +58,9 @@ pub struct Config {
     /// Outbound HTTP (discovery, JWKS).
     #[serde(default)]
     pub http: HttpConfig,
+    /// Who may call `/introspect` and `/revoke`, and how often.
+    #[serde(default)]
+    pub oauth: OAuthConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,6 +190,76 @@ impl Default for HttpConfig {
     }
 }
 
+/// Client authentication and rate limits of the RFC 7662 `/introspect` and
+/// RFC 7009 `/revoke` endpoints (`[oauth]`). Registered agents authenticate
+/// with `private_key_jwt` and reach only their own tokens; the services
+/// listed here authenticate with their mTLS certificate and reach any token.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// Tether service names (`agent-facade`, expanded to
+    /// `spiffe://<server.tls.trust_domain>/tether/agent-facade`) or full
+    /// `spiffe://` URIs.
+    pub service_clients: Vec<String>,
+    /// Sustained requests per minute per authenticated client; requests
+    /// that fail authentication share one budget per source address.
+    pub per_client_per_minute: u32,
+    /// Requests a client may make at once before the sustained rate applies.
+    pub burst: u32,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        Self {
+            service_clients: vec!["agent-facade".into(), "admin".into()],
+            per_client_per_minute: 60,
+            burst: 20,
+        }
+    }
+}
+
+impl OAuthConfig {
+    /// The SPIFFE IDs of `service_clients`, short names expanded in
+    /// `trust_domain`.
+    pub fn service_identities(&self, trust_domain: &str) -> Vec<String> {
+        self.service_clients
+            .iter()
+            .map(|name| tether_runtime::tls::resolve_identity(trust_domain, name))
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.per_client_per_minute == 0 {
+            return invalid("oauth.per_client_per_minute must be at least 1".into());
+        }
+        if self.burst == 0 {
+            return invalid("oauth.burst must be at least 1".into());
+        }
+        for name in &self.service_clients {
+            let valid = match name.strip_prefix("spiffe://") {
+                Some(rest) => rest.split_once('/').is_some_and(|(domain, path)| {
+                    tether_runtime::tls::valid_trust_domain(domain)
+                        && !path.is_empty()
+                        && path.split('/').all(|segment| !segment.is_empty())
+                }),
+                None => {
+                    !name.is_empty()
+                        && name.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                        })
+                }
+            };
+            if !valid {
+                return invalid(format!(
+                    "oauth.service_clients: `{name}` is neither a Tether service name (lowercase letters, digits, `-`, `_`) nor a `spiffe://<trust-domain>/<path>` URI"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn default_algorithms() -> Vec<String> {
     vec!["ES256".into()]
 }
@@ -286,6 +364,7 @@ impl ServiceConfig for Config {
             parse_algorithms(&agent.algorithms)
                 .map_err(|e| ConfigError::Invalid(format!("agent `{}`: {e}", agent.id)))?;
         }
+        self.oauth.validate()?;
         if let Some(spiffe) = &self.spiffe
             && !spiffe.bundle_path.exists()
         {
@@ -295,5 +374,84 @@ impl ServiceConfig for Config {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oauth(clients: &[&str]) -> OAuthConfig {
+        OAuthConfig {
+            service_clients: clients.iter().map(|c| (*c).to_owned()).collect(),
+            ..OAuthConfig::default()
+        }
+    }
+
+    #[test]
+    fn service_clients_expand_short_names_in_the_trust_domain() {
+        let config = oauth(&["agent-facade", "spiffe://other.example/ns/prod/sa/admin"]);
+        assert_eq!(
+            config.service_identities("tether.local"),
+            [
+                "spiffe://tether.local/tether/agent-facade",
+                "spiffe://other.example/ns/prod/sa/admin"
+            ]
+        );
+        assert_eq!(
+            OAuthConfig::default().service_identities("corp.example"),
+            [
+                "spiffe://corp.example/tether/agent-facade",
+                "spiffe://corp.example/tether/admin"
+            ]
+        );
+    }
+
+    #[test]
+    fn oauth_limits_and_names_are_validated() {
+        assert!(OAuthConfig::default().validate().is_ok());
+        assert!(
+            oauth(&[]).validate().is_ok(),
+            "no service clients is allowed"
+        );
+        for bad in [
+            "",
+            "Agent-Facade",
+            "agent facade",
+            "spiffe://",
+            "spiffe://tether.local",
+            "spiffe://tether.local/",
+            "spiffe://Tether.local/tether/x",
+            "spiffe://tether.local/tether//x",
+            "https://tether.local/tether/x",
+        ] {
+            let err = oauth(&[bad]).validate().unwrap_err();
+            assert!(
+                err.to_string().contains("oauth.service_clients"),
+                "{bad}: {err}"
+            );
+        }
+        let zero_rate = OAuthConfig {
+            per_client_per_minute: 0,
+            ..OAuthConfig::default()
+        };
+        assert!(
+            zero_rate
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("per_client_per_minute")
+        );
+        let zero_burst = OAuthConfig {
+            burst: 0,
+            ..OAuthConfig::default()
+        };
+        assert!(
+            zero_burst
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("oauth.burst")
+        );
     }
 }

@@ -45,6 +45,9 @@ pub enum ExchangeError {
     /// A bug or an unexpected state; logged, not returned.
     #[error("{0}")]
     Internal(String),
+    /// The client is over its request rate; nothing was done.
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
 }
 
 impl ExchangeError {
@@ -69,13 +72,16 @@ impl ExchangeError {
 
     /// An actor token problem (`invalid_client`), or UNAVAILABLE.
     pub fn actor(err: TokenError) -> Self {
+        Self::assertion("actor token", err)
+    }
+
+    /// A problem with an agent's assertion presented as `what` (`actor
+    /// token`, `client assertion`): `invalid_client`, or UNAVAILABLE.
+    pub fn assertion(what: &str, err: TokenError) -> Self {
         if err.is_unavailable() {
-            return Self::Unavailable(format!("cannot verify the actor token: {err}"));
+            return Self::Unavailable(format!("cannot verify the {what}: {err}"));
         }
-        Self::oauth(
-            OAuthCode::InvalidClient,
-            format!("actor token rejected: {err}"),
-        )
+        Self::oauth(OAuthCode::InvalidClient, format!("{what} rejected: {err}"))
     }
 
     pub fn store(err: sqlx::Error) -> Self {
@@ -88,10 +94,12 @@ impl ExchangeError {
             Self::OAuth { code, .. } => code.as_str(),
             Self::Unavailable(_) => "temporarily_unavailable",
             Self::Internal(_) => "server_error",
+            // RFC 8628 §3.5's code for "poll less often"; RFC 6749 has none.
+            Self::RateLimited { .. } => "slow_down",
         }
     }
 
-    /// The HTTP status for the `/token` endpoint.
+    /// The HTTP status of every OAuth endpoint.
     pub fn http_status(&self) -> http::StatusCode {
         match self {
             Self::OAuth {
@@ -101,6 +109,7 @@ impl ExchangeError {
             Self::OAuth { .. } => http::StatusCode::BAD_REQUEST,
             Self::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
+            Self::RateLimited { .. } => http::StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -131,6 +140,7 @@ impl ServiceError for ExchangeError {
             },
             Self::Unavailable(_) => ServiceErrorCode::Unavailable,
             Self::Internal(_) => ServiceErrorCode::Internal,
+            Self::RateLimited { .. } => ServiceErrorCode::ResourceExhausted,
         }
     }
 

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
+use tether_runtime::clip;
 use tether_token::{
     Actor, DelegatedClaims, KeyRing, StaticKeys, TOKEN_TYPE_AT_JWT, TokenError, TypRule,
-    VerifyPolicy, clip, peek_issuer, unix_now, verify,
+    VerifyPolicy, peek_issuer, unix_now, verify,
 };
 
 use crate::agents::{Agent, AgentRegistry};
@@ -26,6 +27,9 @@ const MAX_SCOPE_BYTES: usize = 1024;
 const MAX_SCOPE_TOKENS: usize = 64;
 const MAX_INTENT_BYTES: usize = 8 * 1024;
 const MAX_REASON_BYTES: usize = 256;
+/// What an agent's assertion is called in errors, by its use.
+const ACTOR_TOKEN: &str = "actor token";
+const CLIENT_ASSERTION: &str = "client assertion";
 
 /// An exchange request, transport-neutral.
 #[derive(Debug, Default, Clone)]
@@ -73,6 +77,36 @@ pub struct Exchanger {
     store: Store,
     /// How tokens this service minted are verified (built once).
     own_tokens: VerifyPolicy,
+}
+
+/// An authenticated caller of `/introspect` and `/revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OAuthClient {
+    /// A registered agent (`private_key_jwt`): its own tokens only.
+    Agent(String),
+    /// An allowed Tether service (`tls_client_auth`, its SPIFFE ID): any
+    /// token.
+    Service(Arc<str>),
+}
+
+impl OAuthClient {
+    /// Whether this client may see and end the session of a token: an agent
+    /// only when it is the token's current actor (`act.sub`).
+    pub fn may_manage(&self, claims: &DelegatedClaims) -> bool {
+        match self {
+            Self::Agent(id) => claims.act.sub == *id,
+            Self::Service(_) => true,
+        }
+    }
+}
+
+impl std::fmt::Display for OAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Agent(id) => write!(f, "agent:{id}"),
+            Self::Service(id) => f.write_str(id),
+        }
+    }
 }
 
 /// Who proved themselves with the actor token.
@@ -395,22 +429,45 @@ impl Exchanger {
         if sub.starts_with("spiffe://") {
             return self.verify_svid(token, &sub).await;
         }
+        let agent = self
+            .verify_agent_assertion(
+                token,
+                std::slice::from_ref(&self.token_endpoint),
+                ACTOR_TOKEN,
+            )
+            .await?;
+        Ok(ProvenActor {
+            sub: agent.id.clone(),
+            agent,
+        })
+    }
+
+    /// An agent's RFC 7523 assertion, the one verifier for actor tokens and
+    /// client authentication: `iss` = `sub` = a registered agent, signed by
+    /// one of its keys with an algorithm it is registered for, `aud` one of
+    /// `audiences`, unexpired and not too long-lived, and a `jti` never seen
+    /// before (consumed here, durably). `what` names the assertion in errors.
+    async fn verify_agent_assertion(
+        &self,
+        token: &str,
+        audiences: &[String],
+        what: &str,
+    ) -> Result<Arc<Agent>, ExchangeError> {
+        let reject = |m: &str| {
+            ExchangeError::oauth(OAuthCode::InvalidClient, format!("{what} rejected: {m}"))
+        };
+        let claims = unverified_claims(token, self.max_token_bytes)
+            .map_err(|e| ExchangeError::assertion(what, e))?;
         let iss = claims
             .get("iss")
             .and_then(Value::as_str)
             .unwrap_or_default();
         let Some(agent) = self.agents.get(iss) else {
-            return Err(ExchangeError::oauth(
-                OAuthCode::InvalidClient,
-                format!(
-                    "actor token rejected: agent `{}` is not registered",
-                    clip(iss)
-                ),
-            ));
+            return Err(reject(&format!("agent `{}` is not registered", clip(iss))));
         };
         let mut policy = VerifyPolicy::new(
             vec![agent.id.clone()],
-            vec![self.token_endpoint.clone()],
+            audiences.to_vec(),
             agent.algorithms.clone(),
         );
         policy.typ = TypRule::JwtOrAbsent;
@@ -419,23 +476,17 @@ impl Exchanger {
         policy.max_lifetime = Some(self.max_assertion_lifetime);
         let verified = verify::<Map<String, Value>, _>(token, &policy, &agent.keys)
             .await
-            .map_err(ExchangeError::actor)?;
+            .map_err(|e| ExchangeError::assertion(what, e))?;
         let claims = verified.claims;
         if claims.get("sub").and_then(Value::as_str) != Some(agent.id.as_str()) {
-            return Err(ExchangeError::oauth(
-                OAuthCode::InvalidClient,
-                "actor token rejected: `sub` must equal `iss` (RFC 7523)",
-            ));
+            return Err(reject("`sub` must equal `iss` (RFC 7523)"));
         }
         let jti = claims
             .get("jti")
             .and_then(Value::as_str)
             .unwrap_or_default();
         if jti.is_empty() || jti.len() > 256 {
-            return Err(ExchangeError::oauth(
-                OAuthCode::InvalidClient,
-                "actor token rejected: a single-use `jti` is required",
-            ));
+            return Err(reject("a single-use `jti` is required"));
         }
         let exp = claims
             .get("exp")
@@ -452,15 +503,61 @@ impl Exchanger {
             .consume_assertion(&agent.id, jti, keep_until)
             .await?
         {
-            return Err(ExchangeError::oauth(
+            return Err(reject("assertion was already used (replay)"));
+        }
+        Ok(Arc::clone(agent))
+    }
+
+    /// RFC 7523 client authentication (`private_key_jwt`) at the endpoint
+    /// `path` (`/introspect`, `/revoke`): the agent's assertion, verified
+    /// as actor tokens are, with `aud` naming this server (its issuer, its
+    /// token endpoint or the endpoint called). `client_id`, when given,
+    /// must name the same agent. JWT-SVIDs are refused here: they carry no
+    /// single-use `jti`, so a captured one would authenticate again.
+    pub async fn authenticate_agent(
+        &self,
+        assertion: &str,
+        client_id: Option<&str>,
+        path: &str,
+    ) -> Result<OAuthClient, ExchangeError> {
+        let reject = |m: String| {
+            ExchangeError::oauth(
                 OAuthCode::InvalidClient,
-                "actor token rejected: assertion was already used (replay)",
+                format!("{CLIENT_ASSERTION} rejected: {m}"),
+            )
+        };
+        let claims = unverified_claims(assertion, self.max_token_bytes)
+            .map_err(|e| ExchangeError::assertion(CLIENT_ASSERTION, e))?;
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if iss.starts_with("spiffe://") || sub.starts_with("spiffe://") {
+            return Err(reject(
+                "JWT-SVIDs do not authenticate clients; sign a `private_key_jwt` assertion".into(),
             ));
         }
-        Ok(ProvenActor {
-            sub: agent.id.clone(),
-            agent: Arc::clone(agent),
-        })
+        if let Some(client_id) = client_id
+            && client_id != iss
+        {
+            return Err(reject(format!(
+                "`client_id` `{}` is not the assertion's `iss`",
+                clip(client_id)
+            )));
+        }
+        let audiences = [
+            self.issuer.clone(),
+            self.token_endpoint.clone(),
+            format!("{}{path}", self.issuer),
+        ];
+        let agent = self
+            .verify_agent_assertion(assertion, &audiences, CLIENT_ASSERTION)
+            .await?;
+        Ok(OAuthClient::Agent(agent.id.clone()))
     }
 
     /// A SPIFFE JWT-SVID: signed by the trust bundle, `sub` a registered
@@ -652,6 +749,28 @@ impl Exchanger {
         Ok(session)
     }
 
+    /// RFC 7662 for an authenticated client: `None` for anything that is
+    /// not an active delegated token, or not one `client` may see (RFC 7662
+    /// §2.2: a token the client may not see reveals nothing).
+    pub async fn introspect_for(
+        &self,
+        client: &OAuthClient,
+        token: &str,
+    ) -> Result<Option<Introspection>, ExchangeError> {
+        let Some(found) = self.introspect(token).await? else {
+            return Ok(None);
+        };
+        if !client.may_manage(&found.claims) {
+            tracing::info!(
+                client = %client,
+                session.id = %found.claims.sid,
+                "introspection of another agent's token answered inactive"
+            );
+            return Ok(None);
+        }
+        Ok(Some(found))
+    }
+
     /// RFC 7662: `None` for anything that is not an active delegated token.
     pub async fn introspect(&self, token: &str) -> Result<Option<Introspection>, ExchangeError> {
         let Ok(claims) = self.verify_own(token).await else {
@@ -694,13 +813,27 @@ impl Exchanger {
         Ok(result)
     }
 
-    /// RFC 7009: revokes the session of a delegated token. Unknown or
-    /// invalid tokens are ignored (the endpoint answers 200 either way).
-    pub async fn revoke_token(&self, token: &str) -> Result<(), ExchangeError> {
-        if let Ok(claims) = self.verify_own(token).await {
-            self.revoke_session(&claims.sid, "revoked via RFC 7009 endpoint")
-                .await?;
+    /// RFC 7009: revokes the session of a delegated token `client` may
+    /// manage. Unknown or invalid tokens, and other agents' tokens, are
+    /// left alone (the endpoint answers 200 either way, RFC 7009 §2.2).
+    pub async fn revoke_token(
+        &self,
+        client: &OAuthClient,
+        token: &str,
+    ) -> Result<(), ExchangeError> {
+        let Ok(claims) = self.verify_own(token).await else {
+            return Ok(());
+        };
+        if !client.may_manage(&claims) {
+            tracing::warn!(
+                client = %client,
+                session.id = %claims.sid,
+                "revocation of another agent's token refused"
+            );
+            return Ok(());
         }
+        self.revoke_session(&claims.sid, "revoked via RFC 7009 endpoint")
+            .await?;
         Ok(())
     }
 }
@@ -815,5 +948,46 @@ mod tests {
             })
         ));
         assert_eq!(grant_scope("", None, &agent).unwrap(), "");
+    }
+
+    fn claims_acted_by(act: Actor) -> DelegatedClaims {
+        DelegatedClaims {
+            iss: "https://tether.example".into(),
+            sub: "alice".into(),
+            aud: "https://facade".into(),
+            exp: 0,
+            iat: 0,
+            nbf: None,
+            jti: "j".into(),
+            sid: "s_1".into(),
+            scope: String::new(),
+            act,
+            client_id: "hr-assistant".into(),
+            authorization_details: None,
+            user: Map::new(),
+        }
+    }
+
+    #[test]
+    fn agents_manage_only_tokens_they_are_the_current_actor_of() {
+        let agent = |id: &str| Actor {
+            sub: id.into(),
+            act: None,
+        };
+        let own = claims_acted_by(agent("hr-assistant"));
+        let nested = claims_acted_by(Actor {
+            sub: "report-writer".into(),
+            act: Some(Box::new(agent("hr-assistant"))),
+        });
+        let hr = OAuthClient::Agent("hr-assistant".into());
+        assert!(hr.may_manage(&own));
+        assert!(
+            !hr.may_manage(&nested),
+            "an earlier actor in the chain is not the current one"
+        );
+        assert!(OAuthClient::Agent("report-writer".into()).may_manage(&nested));
+        assert!(!OAuthClient::Agent("formatter".into()).may_manage(&own));
+        let facade = OAuthClient::Service("spiffe://tether.local/tether/agent-facade".into());
+        assert!(facade.may_manage(&own) && facade.may_manage(&nested));
     }
 }

@@ -26,8 +26,8 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 pub use config::{
-    AgentConfig, Config, HttpConfig, MayActFor, SpiffeConfig, StoreConfig, TokenConfig,
-    TrustedIssuer,
+    AgentConfig, Config, HttpConfig, MayActFor, OAuthConfig, SpiffeConfig, StoreConfig,
+    TokenConfig, TrustedIssuer,
 };
 pub use error::{ExchangeError, OAuthCode};
 pub use exchange::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_ID, TOKEN_TYPE_JWT};
@@ -92,7 +92,8 @@ pub async fn run(
     let grpc = IdentityExchangeServer::new(grpc::IdentityService::new(Arc::clone(&exchanger)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let routes = Routes::from(http::router(exchanger)).add_service(grpc);
+    let oauth = http::router(exchanger, &config.oauth, &config.server.tls.trust_domain)?;
+    let routes = Routes::from(oauth).add_service(grpc);
     let result = tether_runtime::server::serve_with_http(
         listener,
         routes,

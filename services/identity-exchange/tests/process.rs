@@ -13,9 +13,22 @@ const BIN: &str = env!("CARGO_BIN_EXE_tether-identity-exchange");
 
 fn config(dir: &std::path::Path, extra: &str) -> String {
     format!(
-        "issuer = \"https://tether.example\"\n[store]\nurl = \"sqlite://{}/id.db\"\n[tokens]\nkeys_dir = \"{}/keys\"\n{extra}",
+        "issuer = \"https://tether.example\"\n{}[store]\nurl = \"sqlite://{}/id.db\"\n[tokens]\nkeys_dir = \"{}/keys\"\n{extra}",
+        tls_section(dir),
         dir.display(),
         dir.display()
+    )
+}
+
+/// `[server.tls]` with a throwaway CA's certificate for the service.
+fn tls_section(dir: &std::path::Path) -> String {
+    let ca = tether_runtime::dev_pki::DevCa::new("tether.test").unwrap();
+    let tls = ca.write(&dir.join("pki"), "identity-exchange").unwrap();
+    format!(
+        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\ntrust_domain = \"tether.test\"\n",
+        tls.cert_file.unwrap().display(),
+        tls.key_file.unwrap().display(),
+        tls.ca_file.unwrap().display()
     )
 }
 
@@ -62,13 +75,24 @@ fn validate_only_and_invalid_configurations() {
             "no usable public signing key",
         ),
     ];
-    for (extra, expect) in cases {
-        // `max_lifetime_secs` belongs under [tokens], the rest stand alone.
-        let body = if extra.starts_with("max_") {
-            config(dir.path(), "").replace("[tokens]\n", &format!("[tokens]\n{extra}"))
-        } else {
-            config(dir.path(), extra)
-        };
+    let no_tls = config(dir.path(), "").replace(&tls_section(dir.path()), "");
+    let mut bodies: Vec<(String, &str)> = cases
+        .into_iter()
+        .map(|(extra, expect)| {
+            // `max_lifetime_secs` belongs under [tokens], the rest stand alone.
+            let body = if extra.starts_with("max_") {
+                config(dir.path(), "").replace("[tokens]\n", &format!("[tokens]\n{extra}"))
+            } else {
+                config(dir.path(), extra)
+            };
+            (body, expect)
+        })
+        .collect();
+    bodies.push((
+        no_tls,
+        "mTLS is required unless `server.tls.insecure_plaintext = true`",
+    ));
+    for (body, expect) in bodies {
         std::fs::write(&path, body).unwrap();
         let out = Command::new(BIN)
             .arg("--config")

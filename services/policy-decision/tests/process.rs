@@ -33,11 +33,26 @@ fn run(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
+/// `[server.tls]` with a throwaway CA's certificate for the PDP.
+fn tls_section(dir: &Path) -> String {
+    let ca = tether_runtime::dev_pki::DevCa::new("tether.test").unwrap();
+    let tls = ca.write(&dir.join("pki"), "policy-decision").unwrap();
+    format!(
+        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\ntrust_domain = \"tether.test\"\n",
+        tls.cert_file.unwrap().display(),
+        tls.key_file.unwrap().display(),
+        tls.ca_file.unwrap().display()
+    )
+}
+
+const PLAINTEXT: &str = "[server.tls]\ninsecure_plaintext = true\n";
+
 fn good_config(dir: &Path) -> PathBuf {
     write_config(
         dir,
         &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[policy]\ndir = \"{}\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}[policy]\ndir = \"{}\"\n",
+            tls_section(dir),
             example_pack().display()
         ),
     )
@@ -104,6 +119,24 @@ fn invalid_configuration_exits_64_with_one_clear_line() {
         ),
         ("[policy\n".into(), vec![], "not valid TOML"),
     ];
+    let mut cases: Vec<Case<'_>> = cases
+        .into_iter()
+        .map(|(body, env, expect)| (format!("{PLAINTEXT}{body}"), env, expect))
+        .collect();
+    // No certificate and no explicit plaintext: refused before binding.
+    cases.push((
+        format!("[policy]\ndir = \"{}\"\n", example_pack().display()),
+        vec![],
+        "mTLS is required unless `server.tls.insecure_plaintext = true`",
+    ));
+    cases.push((
+        format!(
+            "[server.tls]\ncert_file = \"/nonexistent.crt\"\nkey_file = \"/k\"\nca_file = \"/ca\"\ntrust_domain = \"Bad Domain\"\n[policy]\ndir = \"{}\"\n",
+            example_pack().display()
+        ),
+        vec![],
+        "trust_domain",
+    ));
     for (body, env, expect) in cases {
         let config = write_config(dir.path(), &body);
         for extra in [&["--validate-only"][..], &[][..]] {
@@ -132,7 +165,8 @@ fn sigterm_drains_and_exits_zero() {
     let config = write_config(
         dir.path(),
         &format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain_timeout_secs = 5\n[policy]\ndir = \"{}\"\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain_timeout_secs = 5\n{}[policy]\ndir = \"{}\"\n",
+            tls_section(dir.path()),
             example_pack().display()
         ),
     );
@@ -159,6 +193,11 @@ fn sigterm_drains_and_exits_zero() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("SIGTERM"), "{stderr}");
     assert!(stderr.contains("drained, stopped"), "{stderr}");
+    assert!(stderr.contains("serving mTLS"), "{stderr}");
+    assert!(
+        stderr.contains("spiffe://tether.test/tether/policy-decision"),
+        "{stderr}"
+    );
     // Structured JSON logs: every line parses.
     for line in stderr.lines() {
         serde_json_line(line);
@@ -170,4 +209,45 @@ fn serde_json_line(line: &str) {
         line.starts_with('{') && line.ends_with('}'),
         "not a JSON log line: {line}"
     );
+}
+
+#[test]
+fn plaintext_is_explicit_and_warned_on_every_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n{PLAINTEXT}[policy]\ndir = \"{}\"\n",
+            example_pack().display()
+        ),
+    );
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .env("TETHER_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("insecure_plaintext"))
+        .unwrap_or_else(|| panic!("no plaintext warning in {stderr}"));
+    assert!(warning.contains("\"WARN\""), "{warning}");
 }
