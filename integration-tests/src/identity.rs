@@ -248,21 +248,12 @@ impl IdentitySandbox {
         let addr = listener.local_addr()?;
         let keys_dir = config.tokens.keys_dir.clone();
         let service_config = config.clone();
-        let running = Running::spawn(|shutdown| {
+        let mut running = Running::spawn(|shutdown| {
             tether_identity_exchange::run(service_config, listener, shutdown)
         });
         // The facade is the identity exchange's normal gRPC caller.
         let channel = pki.channel("agent-facade", addr, SERVICE)?;
-        let health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-        crate::eventually(std::time::Duration::from_secs(10), || {
-            let mut health = health.clone();
-            async move {
-                health
-                    .check(tonic_health::pb::HealthCheckRequest::default())
-                    .await
-            }
-        })
-        .await?;
+        running.wait_serving(channel.clone()).await?;
         let http = pki.https_client()?;
         Ok(Self {
             addr,

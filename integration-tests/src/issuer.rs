@@ -421,7 +421,7 @@ impl IssuerSandboxBuilder {
         let max = config.server.max_message_bytes;
         let routes = issuer.routes(max);
         let server = config.server.clone();
-        let running = Running::spawn(|shutdown| async move {
+        let mut running = Running::spawn(|shutdown| async move {
             tether_runtime::server::serve_with_http(
                 listener,
                 routes,
@@ -439,6 +439,7 @@ impl IssuerSandboxBuilder {
         } else {
             self.pki.channel("agent-facade", addr, SERVICE)?
         };
+        running.wait_serving(channel.clone()).await?;
         Ok(IssuerSandbox {
             dir: Some(dir),
             addr,

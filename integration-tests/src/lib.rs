@@ -73,6 +73,41 @@ impl Running {
         }
     }
 
+    /// Waits until the service answers gRPC health on `channel`; if `run`
+    /// returns first, its error (the reason it did not start) is returned.
+    pub async fn wait_serving(
+        &mut self,
+        channel: tether_runtime::client::InternalChannel,
+    ) -> anyhow::Result<()> {
+        let health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if self
+                .task
+                .as_ref()
+                .is_some_and(tokio::task::JoinHandle::is_finished)
+            {
+                let result = match self.task.take() {
+                    Some(task) => task.await?,
+                    None => Ok(()),
+                };
+                result?;
+                anyhow::bail!("the service stopped during start-up");
+            }
+            let checked = health
+                .clone()
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await;
+            match checked {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    anyhow::bail!("the service did not answer its health check within 10 s: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+            }
+        }
+    }
+
     /// Signals shutdown and waits for the service to return.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {

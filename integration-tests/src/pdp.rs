@@ -96,7 +96,7 @@ impl PdpSandboxBuilder {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let running =
+        let mut running =
             Running::spawn(|shutdown| tether_policy_decision::run(config, listener, shutdown));
         let channel = if plaintext {
             tether_runtime::client::Clients::new(&tether_runtime::TlsConfig::plaintext())?
@@ -104,6 +104,7 @@ impl PdpSandboxBuilder {
         } else {
             pki.channel("agent-facade", addr, SERVICE)?
         };
+        running.wait_serving(channel.clone()).await?;
         Ok(PdpSandbox {
             dir,
             addr,

@@ -112,18 +112,17 @@ impl TestPki {
 
     /// A gRPC channel that trusts this CA but presents no client
     /// certificate (tonic's own TLS client, not Tether's builder).
-    pub fn anonymous_channel(
-        &self,
-        addr: std::net::SocketAddr,
-    ) -> anyhow::Result<tonic::transport::Channel> {
+    pub fn anonymous_channel(&self, addr: std::net::SocketAddr) -> anyhow::Result<InternalChannel> {
         let tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(self.ca.ca_pem()))
             .domain_name("localhost");
-        Ok(
-            tonic::transport::Channel::from_shared(format!("https://{addr}"))?
-                .tls_config(tls)?
-                .connect_lazy(),
-        )
+        let channel = tonic::transport::Channel::from_shared(format!("https://{addr}"))?
+            .tls_config(tls)?
+            .connect_lazy();
+        Ok(InternalChannel::new(
+            channel,
+            tether_runtime::client::ClientInterceptor::new(std::time::Duration::from_secs(10)),
+        ))
     }
 
     pub fn path(&self) -> &Path {

@@ -12,12 +12,19 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tether_integration_tests::eventually;
+use tether_integration_tests::issuer::SessionAuthority;
 use tether_integration_tests::pdp::{PdpSandbox, SERVICE as PDP};
 use tether_integration_tests::pki::{TRUST_DOMAIN, TestPki};
+use tether_proto::credentials::v1::ListLeasesRequest;
+use tether_proto::credentials::v1::credential_issuer_client::CredentialIssuerClient;
+use tether_proto::identity::v1 as id;
+use tether_proto::identity::v1::identity_exchange_client::IdentityExchangeClient;
 use tether_proto::policy::v1 as pb;
 use tether_proto::policy::v1::policy_decision_client::PolicyDecisionClient;
-use tether_runtime::client::Clients;
+use tether_runtime::TlsConfig;
+use tether_runtime::client::{Clients, InternalChannel};
 use tether_runtime::dev_pki::{DevCa, Validity};
 use tonic::Code;
 
@@ -96,66 +103,137 @@ async fn pdp_serves_only_allowed_identities_over_mtls() {
     );
 }
 
-#[tokio::test]
-async fn bad_certificates_and_plaintext_never_reach_a_handler() {
-    let pdp = PdpSandbox::builder().start().await.unwrap();
-    let pki = pdp.pki().clone();
-    let addr = pdp.addr();
+/// One allowed RPC of a service, made on `channel`.
+type Probe = fn(InternalChannel) -> BoxFuture<'static, Result<(), tonic::Status>>;
+
+/// A running service to hold to the same transport rules.
+struct Target<'a> {
+    pki: &'a TestPki,
+    addr: SocketAddr,
+    /// Its service name (the SPIFFE ID path its clients expect).
+    service: &'static str,
+    /// An identity allowed to make `probe`.
+    caller: &'static str,
+    probe: Probe,
+}
+
+impl Target<'_> {
+    fn channel(&self, tls: &TlsConfig) -> InternalChannel {
+        Clients::new(tls)
+            .unwrap()
+            .grpc(&format!("https://{}", self.addr), self.service)
+            .unwrap()
+    }
+
+    async fn call(&self, tls: &TlsConfig) -> Result<(), tonic::Status> {
+        (self.probe)(self.channel(tls)).await
+    }
+}
+
+/// Every transport rule, on one running service: the allowed caller gets
+/// in; an expired certificate, one from another CA and a plaintext client
+/// never reach a handler; no certificate is UNAUTHENTICATED; a client that
+/// meant another service refuses this one; and a certificate rotation on
+/// disk is picked up without a restart or a dropped connection.
+async fn check_transport(target: Target<'_>) {
+    let Target {
+        pki,
+        addr,
+        service,
+        caller,
+        probe,
+    } = &target;
     let before = refused();
+
+    // The allowed caller.
+    let allowed = pki.tls(caller).unwrap();
+    let kept = target.channel(&allowed);
+    probe(kept.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{service}: {e:?}"));
 
     // An expired certificate from the right CA.
     let dir = tempfile::tempdir().unwrap();
     let expired = pki
         .ca()
-        .write_with(dir.path(), "agent-facade", Validity::Expired)
+        .write_with(dir.path(), caller, Validity::Expired)
         .unwrap();
-    let err = call_with(&expired, addr).await.unwrap_err();
-    assert!(handshake_refused(&err), "{err:?}");
+    let err = target.call(&expired).await.unwrap_err();
+    assert!(handshake_refused(&err), "{service}: {err:?}");
 
-    // A certificate for the right identity from another CA.
+    // The right identity from another CA (the client itself trusts the
+    // real CA, so only the server can refuse).
     let other = DevCa::new(TRUST_DOMAIN).unwrap();
     let other_dir = tempfile::tempdir().unwrap();
-    let mut foreign = other.write(other_dir.path(), "agent-facade").unwrap();
-    // The client itself trusts the real CA, so only the server can refuse.
+    let mut foreign = other.write(other_dir.path(), caller).unwrap();
     foreign.ca_file = Some(pki.ca_file());
-    let err = call_with(&foreign, addr).await.unwrap_err();
-    assert!(handshake_refused(&err), "{err:?}");
+    let err = target.call(&foreign).await.unwrap_err();
+    assert!(handshake_refused(&err), "{service}: {err:?}");
     assert_eq!(
         refused().2,
         before.2 + 2,
-        "both handshakes refused and counted"
+        "{service}: both handshakes counted"
     );
+
+    // No client certificate at all.
+    let err = probe(pki.anonymous_channel(*addr).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{service}: {err:?}");
+    assert_eq!(refused().0, before.0 + 1);
 
     // A plaintext client against the TLS server.
-    let plain = Clients::new(&tether_runtime::TlsConfig::plaintext())
+    let plain = Clients::new(&TlsConfig::plaintext())
         .unwrap()
-        .grpc(&format!("http://{addr}"), PDP)
+        .grpc(&format!("http://{addr}"), service)
         .unwrap();
-    let err = PolicyDecisionClient::new(plain)
-        .get_policy_set(policy_set())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err.code(),
-            Code::Unavailable | Code::Unknown | Code::Internal
-        ),
-        "{err:?}"
-    );
+    let err = probe(plain).await.unwrap_err();
+    assert!(handshake_refused(&err), "{service}: {err:?}");
 
-    // A client refuses a server that is not the service it meant to call.
-    let facade = pki.clients("agent-facade").unwrap();
-    let wrong_peer = facade
-        .grpc(&format!("https://{addr}"), "credential-issuer")
+    // A client refuses a server that is not the service it meant to call,
+    // and says which scheme it needs.
+    let clients = Clients::new(&allowed).unwrap();
+    let wrong_peer = clients
+        .grpc(&format!("https://{addr}"), "not-this-service")
         .unwrap();
-    let err = PolicyDecisionClient::new(wrong_peer)
-        .get_policy_set(policy_set())
-        .await
+    let err = probe(wrong_peer).await.unwrap_err();
+    assert!(handshake_refused(&err), "{service}: {err:?}");
+    let err = clients
+        .grpc(&format!("http://{addr}"), service)
         .unwrap_err();
-    assert!(handshake_refused(&err), "{err:?}");
-    // ... and says which scheme it needs.
-    let err = facade.grpc(&format!("http://{addr}"), PDP).unwrap_err();
     assert!(err.to_string().contains("https://"), "{err}");
+
+    // The operator rotates to a new CA: cert-manager rewrites the
+    // service's certificate, key and bundle in place.
+    let new_ca = DevCa::new(TRUST_DOMAIN).unwrap();
+    let server_files = pki.paths(service);
+    let rotated_dir = tempfile::tempdir().unwrap();
+    let rotated = new_ca.write(rotated_dir.path(), service).unwrap();
+    for (from, to) in [
+        (&rotated.cert_file, &server_files.cert_file),
+        (&rotated.key_file, &server_files.key_file),
+        (&rotated.ca_file, &server_files.ca_file),
+    ] {
+        let (from, to) = (from.clone().unwrap(), to.clone().unwrap());
+        let tmp = to.with_extension("tmp");
+        std::fs::copy(&from, &tmp).unwrap();
+        std::fs::rename(&tmp, &to).unwrap();
+    }
+    // A caller with the new CA's certificate gets in once the server has
+    // reloaded...
+    let client_dir = tempfile::tempdir().unwrap();
+    let new_client = new_ca.write(client_dir.path(), caller).unwrap();
+    eventually(Duration::from_secs(10), || target.call(&new_client))
+        .await
+        .unwrap_or_else(|e| panic!("{service}: {e:?}"));
+    // ... a new connection with the old CA's certificate does not ...
+    let old_dir = tempfile::tempdir().unwrap();
+    let old_client = pki.ca().write(old_dir.path(), caller).unwrap();
+    assert!(target.call(&old_client).await.is_err(), "{service}");
+    // ... and the connection made before the rotation was not dropped.
+    probe(kept)
+        .await
+        .unwrap_or_else(|e| panic!("{service}: {e:?}"));
 }
 
 /// How a refused TLS handshake reaches a gRPC caller (TLS 1.3 clients
@@ -167,74 +245,81 @@ fn handshake_refused(err: &tonic::Status) -> bool {
     )
 }
 
-async fn call_with(
-    tls: &tether_runtime::TlsConfig,
-    addr: SocketAddr,
-) -> Result<pb::GetPolicySetResponse, tonic::Status> {
-    let channel = Clients::new(tls)
-        .unwrap()
-        .grpc(&format!("https://{addr}"), PDP)
-        .unwrap();
-    PolicyDecisionClient::new(channel)
-        .get_policy_set(policy_set())
-        .await
-        .map(tonic::Response::into_inner)
+#[tokio::test]
+async fn pdp_transport_rules() {
+    let pdp = PdpSandbox::builder().start().await.unwrap();
+    check_transport(Target {
+        pki: pdp.pki(),
+        addr: pdp.addr(),
+        service: PDP,
+        caller: "agent-facade",
+        probe: |channel| {
+            Box::pin(async move {
+                PolicyDecisionClient::new(channel)
+                    .get_policy_set(policy_set())
+                    .await
+                    .map(drop)
+            })
+        },
+    })
+    .await;
+    pdp.shutdown().await.unwrap();
 }
 
 #[tokio::test]
-async fn certificates_rotate_on_disk_without_restart_or_dropped_connections() {
-    let pki = TestPki::new().unwrap();
-    let pdp = PdpSandbox::builder()
-        .pki(pki.clone())
+async fn identity_exchange_transport_rules() {
+    use tether_integration_tests::identity::SERVICE as IDENTITY;
+    let auth = SessionAuthority::start().await.unwrap();
+    check_transport(Target {
+        pki: auth.identity().pki(),
+        addr: auth.identity().addr(),
+        service: IDENTITY,
+        caller: "credential-issuer",
+        probe: |channel| {
+            Box::pin(async move {
+                IdentityExchangeClient::new(channel)
+                    .list_revoked_sessions(id::ListRevokedSessionsRequest::default())
+                    .await
+                    .map(drop)
+            })
+        },
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn credential_issuer_transport_rules() {
+    use tether_integration_tests::issuer::{CredentialDeps, IssuerSandbox, SERVICE as ISSUER};
+    let (deps, auth) = tokio::join!(CredentialDeps::start(600), SessionAuthority::start());
+    let (deps, auth) = (deps.unwrap(), auth.unwrap());
+    let issuer = IssuerSandbox::builder(deps.bao.addr(), auth.identity())
         .start()
         .await
         .unwrap();
-    let addr = pdp.addr();
-
-    // A connection made before the rotation.
-    let mut before = pdp.client();
-    before.get_policy_set(policy_set()).await.unwrap();
-
-    // The operator rotates to a new CA: cert-manager rewrites the PDP's
-    // certificate, key and bundle in place.
-    let new_ca = DevCa::new(TRUST_DOMAIN).unwrap();
-    let server_files = pki.paths(PDP);
-    let rotated_dir = tempfile::tempdir().unwrap();
-    let rotated = new_ca.write(rotated_dir.path(), PDP).unwrap();
-    for (from, to) in [
-        (&rotated.cert_file, &server_files.cert_file),
-        (&rotated.key_file, &server_files.key_file),
-        (&rotated.ca_file, &server_files.ca_file),
-    ] {
-        let (from, to) = (from.clone().unwrap(), to.clone().unwrap());
-        let tmp = to.with_extension("tmp");
-        std::fs::copy(&from, &tmp).unwrap();
-        std::fs::rename(&tmp, &to).unwrap();
-    }
-
-    // A client of the new CA gets in once the server has reloaded...
-    let client_dir = tempfile::tempdir().unwrap();
-    let new_client = new_ca.write(client_dir.path(), "agent-facade").unwrap();
-    eventually(Duration::from_secs(10), || async {
-        call_with(&new_client, addr).await.map(|_| ())
+    check_transport(Target {
+        pki: auth.identity().pki(),
+        addr: issuer.addr(),
+        service: ISSUER,
+        caller: "agent-facade",
+        probe: |channel| {
+            Box::pin(async move {
+                CredentialIssuerClient::new(channel)
+                    .list_leases(ListLeasesRequest {
+                        session_id: "s-transport".into(),
+                        page_size: 0,
+                        page_token: String::new(),
+                    })
+                    .await
+                    .map(drop)
+            })
+        },
     })
-    .await
-    .unwrap();
-    // ... a new connection with the old CA's certificate no longer does ...
-    let old_dir = tempfile::tempdir().unwrap();
-    let old_client = pki.ca().write(old_dir.path(), "agent-facade").unwrap();
-    assert!(call_with(&old_client, addr).await.is_err());
-    // ... and the connection made before the rotation was not dropped.
-    before.get_policy_set(policy_set()).await.unwrap();
-    pdp.shutdown().await.unwrap();
+    .await;
 }
 
 #[tokio::test]
 async fn identity_exchange_serves_each_rpc_to_its_callers_only() {
     use tether_integration_tests::identity::SERVICE as IDENTITY;
-    use tether_integration_tests::issuer::SessionAuthority;
-    use tether_proto::identity::v1 as id;
-    use tether_proto::identity::v1::identity_exchange_client::IdentityExchangeClient;
 
     let auth = SessionAuthority::start().await.unwrap();
     let identity = auth.identity();

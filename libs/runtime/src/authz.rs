@@ -320,7 +320,7 @@ impl Authorizer {
 
 tokio::task_local! {
     /// When the inbound call being handled must be answered by.
-    static INBOUND_DEADLINE: tokio::time::Instant;
+    pub(crate) static INBOUND_DEADLINE: tokio::time::Instant;
 }
 
 /// Time left before the inbound call's deadline, when this code runs on
@@ -332,7 +332,7 @@ pub fn remaining() -> Option<Duration> {
 }
 
 /// Parses a `grpc-timeout` header value (`<digits><unit>`, at most 8 digits).
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;

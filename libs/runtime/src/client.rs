@@ -183,6 +183,14 @@ pub struct ClientInterceptor {
     request_timeout: Duration,
 }
 
+impl ClientInterceptor {
+    /// An interceptor for a channel built elsewhere (a test's own TLS
+    /// client, say), with the given per-request timeout.
+    pub fn new(request_timeout: Duration) -> Self {
+        Self { request_timeout }
+    }
+}
+
 impl tonic::service::Interceptor for ClientInterceptor {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let mut request = crate::propagation::TraceContextInterceptor.call(request)?;
@@ -197,5 +205,61 @@ impl tonic::service::Interceptor for ClientInterceptor {
         };
         request.set_timeout(timeout);
         Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::service::Interceptor as _;
+
+    use super::*;
+    use crate::authz::{INBOUND_DEADLINE, parse_grpc_timeout};
+
+    fn timeout_of(request: &tonic::Request<()>) -> Duration {
+        request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn downstream_calls_never_get_more_time_than_the_inbound_call_has_left() {
+        let mut interceptor = ClientInterceptor::new(Duration::from_secs(10));
+        // Outside any inbound call: the configured request timeout.
+        let out = interceptor.call(tonic::Request::new(())).unwrap();
+        assert_eq!(timeout_of(&out), Duration::from_secs(10));
+
+        // Serving a call with 200 ms left: at most 200 ms downstream.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        let out = INBOUND_DEADLINE
+            .scope(deadline, async {
+                interceptor.call(tonic::Request::new(()))
+            })
+            .await
+            .unwrap();
+        assert!(timeout_of(&out) <= Duration::from_millis(200));
+        assert!(timeout_of(&out) > Duration::from_millis(100));
+
+        // Nothing left: the downstream call is not made at all.
+        let passed = tokio::time::Instant::now();
+        let err = INBOUND_DEADLINE
+            .scope(passed, async { interceptor.call(tonic::Request::new(())) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+    }
+
+    #[test]
+    fn endpoints_must_match_the_transport() {
+        let plain = Clients::new(&TlsConfig::plaintext()).unwrap();
+        assert!(matches!(
+            plain.grpc("https://127.0.0.1:1", "policy-decision"),
+            Err(ClientError::Scheme { .. })
+        ));
+        for bad in ["127.0.0.1:1", "http://", "not a url", "http://host"] {
+            assert!(plain.grpc(bad, "policy-decision").is_err(), "{bad}");
+        }
     }
 }

@@ -250,15 +250,9 @@ pub async fn verify<C: DeserializeOwned, K: KeySource + ?Sized>(
     Ok(Verified { kid, alg, claims })
 }
 
-/// Caller-supplied text echoed in an error message is cut to 64 characters.
-pub fn clip(text: &str) -> String {
-    const MAX: usize = 64;
-    if text.chars().count() <= MAX {
-        text.to_owned()
-    } else {
-        text.chars().take(MAX).chain(std::iter::once('…')).collect()
-    }
-}
+/// Caller-supplied text echoed in an error message: the one `clip` of the
+/// workspace (64 characters, control characters escaped).
+pub use tether_runtime::clip;
 
 #[cfg(test)]
 #[path = "verify_tests.rs"]

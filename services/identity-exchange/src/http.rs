@@ -100,15 +100,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Connection {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        // Every connection the runtime accepts (TLS or plaintext) carries it.
         let peer = PeerInfo::from_extensions(&parts.extensions);
-        // The plaintext transport carries no `PeerInfo`, only tonic's own.
-        let tcp = parts
-            .extensions
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|t| t.remote_addr);
         Ok(Self {
             identity: peer.and_then(|p| p.identity.clone()),
-            ip: peer.and_then(|p| p.remote_addr).or(tcp).map(|a| a.ip()),
+            ip: peer.and_then(|p| p.remote_addr).map(|a| a.ip()),
         })
     }
 }
