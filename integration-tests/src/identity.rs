@@ -103,9 +103,17 @@ pub struct IdentitySandboxBuilder {
     spiffe: Option<(String, serde_json::Value)>,
     oauth: OAuthConfig,
     pki: Option<Arc<TestPki>>,
+    plaintext: bool,
 }
 
 impl IdentitySandboxBuilder {
+    /// Serve without TLS (`insecure_plaintext = true`), for benchmarks
+    /// that measure what mTLS costs.
+    pub fn plaintext(mut self) -> Self {
+        self.plaintext = true;
+        self
+    }
+
     /// Use this PKI (default: a fresh one).
     pub fn pki(mut self, pki: Arc<TestPki>) -> Self {
         self.pki = Some(pki);
@@ -172,7 +180,11 @@ impl IdentitySandboxBuilder {
         let dir = tempfile::tempdir()?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let issuer = format!("https://{addr}");
+        let issuer = if self.plaintext {
+            format!("http://{addr}")
+        } else {
+            format!("https://{addr}")
+        };
         let pki = match self.pki {
             Some(pki) => pki,
             None => TestPki::new()?,
@@ -190,7 +202,11 @@ impl IdentitySandboxBuilder {
         };
         let config = Config {
             server: ServerConfig {
-                tls: pki.tls(SERVICE)?,
+                tls: if self.plaintext {
+                    tether_runtime::TlsConfig::plaintext()
+                } else {
+                    pki.tls(SERVICE)?
+                },
                 ..ServerConfig::default()
             },
             issuer: issuer.clone(),
@@ -252,9 +268,16 @@ impl IdentitySandbox {
             tether_identity_exchange::run(service_config, listener, shutdown)
         });
         // The facade is the identity exchange's normal gRPC caller.
-        let channel = pki.channel("agent-facade", addr, SERVICE)?;
+        let (channel, http) = if config.server.tls.insecure_plaintext {
+            let plain = tether_runtime::client::Clients::new(&config.server.tls)?;
+            (plain.grpc(&config.issuer, SERVICE)?, reqwest::Client::new())
+        } else {
+            (
+                pki.channel("agent-facade", addr, SERVICE)?,
+                pki.https_client()?,
+            )
+        };
         running.wait_serving(channel.clone()).await?;
-        let http = pki.https_client()?;
         Ok(Self {
             addr,
             issuer: config.issuer.clone(),
@@ -288,6 +311,7 @@ impl IdentitySandbox {
             spiffe: None,
             oauth: OAuthConfig::default(),
             pki: None,
+            plaintext: false,
         }
     }
 

@@ -18,7 +18,7 @@ use tether_runtime::client::InternalChannel;
 use tether_token::{DelegatedClaims, KeyRing, SigningKey, VerifyPolicy};
 
 use crate::Running;
-use crate::identity::{FACADE_AUDIENCE, IdentitySandbox, TestAgent};
+use crate::identity::{FACADE_AUDIENCE, IdentitySandbox, IdentitySandboxBuilder, TestAgent};
 use crate::idp::Idp;
 use crate::openbao::{OpenBao, ROOT_TOKEN};
 use crate::postgres::PgCluster;
@@ -85,7 +85,8 @@ pub fn sessions_config(identity: &IdentitySandbox) -> SessionsConfig {
         token_issuer: identity.issuer().to_owned(),
         audience: FACADE_AUDIENCE.into(),
         jwks_url: format!("{}/.well-known/jwks.json", identity.issuer()),
-        identity_exchange: format!("https://{}", identity.addr()),
+        // gRPC and HTTP share the exchange's port and scheme.
+        identity_exchange: identity.issuer().to_owned(),
         revocation_poll_ms: 100,
         revocation_max_staleness_ms: 5_000,
     }
@@ -158,13 +159,21 @@ pub struct SessionAuthority {
 
 impl SessionAuthority {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|builder| builder).await
+    }
+
+    /// Like [`SessionAuthority::start`], with the identity sandbox
+    /// adjusted by `configure` (e.g. plaintext, for a benchmark).
+    pub async fn start_with(
+        configure: impl FnOnce(IdentitySandboxBuilder) -> IdentitySandboxBuilder,
+    ) -> anyhow::Result<Self> {
         let idp = Idp::start().await.context("starting the test IdP")?;
         let agent = TestAgent::new(AGENT)?;
-        let identity = IdentitySandbox::builder(idp.issuer())
-            .agent(&agent, &["hr:read"], &["hr"])
-            .start()
-            .await
-            .context("starting the identity exchange")?;
+        let identity =
+            configure(IdentitySandbox::builder(idp.issuer()).agent(&agent, &["hr:read"], &["hr"]))
+                .start()
+                .await
+                .context("starting the identity exchange")?;
         let user_token = idp
             .login("alice", &["openid", "profile", "email", "hr:read"])
             .await

@@ -55,10 +55,7 @@ impl TestPki {
     /// Where [`TestPki::tls`] writes `identity`'s files (without writing).
     pub fn paths(&self, identity: &str) -> TlsConfig {
         let dir = self.dir_for(identity);
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = tether_runtime::dev_pki::file_stem(identity);
         TlsConfig {
             cert_file: Some(dir.join(format!("{name}.crt"))),
             key_file: Some(dir.join(format!("{name}.key"))),

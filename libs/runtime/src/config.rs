@@ -67,7 +67,7 @@ pub struct ServerConfig {
 
 /// Transport security (`[server.tls]`). TLS with client-certificate
 /// verification is the default; plaintext needs `insecure_plaintext = true`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// Serve and call without TLS. Every caller is then trusted: for local
@@ -133,6 +133,21 @@ impl TlsConfig {
             ));
         }
         Ok(())
+    }
+
+    /// This configuration as a `[server.tls]` TOML section (for generated
+    /// configuration files: the demo, process tests).
+    pub fn to_toml_section(&self) -> String {
+        let table = toml::Table::try_from(self).unwrap_or_default();
+        let mut root = toml::Table::new();
+        root.insert(
+            "server".into(),
+            toml::Value::Table(toml::Table::from_iter([(
+                "tls".to_owned(),
+                toml::Value::Table(table),
+            )])),
+        );
+        toml::to_string(&root).unwrap_or_default()
     }
 
     /// A plaintext configuration, for tests that do not cover transport.
@@ -342,6 +357,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("max_message_bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_tls_section_reads_back_as_itself() {
+        let tls = TlsConfig {
+            cert_file: Some("/etc/tls/a \"b\".crt".into()),
+            key_file: Some("/etc/tls/k".into()),
+            ca_file: Some("/etc/tls/ca".into()),
+            ..TlsConfig::default()
+        };
+        let text = format!("name = \"x\"\n{}", tls.to_toml_section());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let c: Example = load(Some(&path), vars(&[])).unwrap();
+        assert_eq!(c.server.tls, tls);
     }
 
     #[test]

@@ -157,6 +157,20 @@ impl DevCa {
     }
 }
 
+/// The file name (without extension) [`DevCa::write`] uses for `identity`.
+pub fn file_stem(identity: &str) -> String {
+    identity
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Writes `contents` atomically (a rename), as cert-manager and kubelet do,
 /// so a reader never sees half a file.
 fn write_file(dir: &Path, name: &str, contents: &str) -> Result<PathBuf, DevPkiError> {

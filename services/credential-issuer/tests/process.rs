@@ -198,16 +198,11 @@ fn live_config(
     let tls = authority.identity().pki().tls("credential-issuer").unwrap();
     write_config(
         dir,
-        &format!(
+        (format!(
             r#"
 [server]
 listen = "127.0.0.1:{port}"
 drain_timeout_secs = 5
-[server.tls]
-cert_file = "{cert}"
-key_file = "{key}"
-ca_file = "{ca}"
-trust_domain = "{trust_domain}"
 [sessions]
 token_issuer = "{token_issuer}"
 audience = "{audience}"
@@ -236,11 +231,8 @@ clock_skew_ms = 500
             audience = sessions.audience,
             jwks_url = sessions.jwks_url,
             identity_exchange = sessions.identity_exchange,
-            cert = tls.cert_file.unwrap().display(),
-            key = tls.key_file.unwrap().display(),
-            ca = tls.ca_file.unwrap().display(),
-            trust_domain = tls.trust_domain,
-        ),
+        ) + &tls.to_toml_section())
+            .as_str(),
     )
 }
 

@@ -23,13 +23,9 @@ fn config(dir: &std::path::Path, extra: &str) -> String {
 /// `[server.tls]` with a throwaway CA's certificate for the service.
 fn tls_section(dir: &std::path::Path) -> String {
     let ca = tether_runtime::dev_pki::DevCa::new("tether.test").unwrap();
-    let tls = ca.write(&dir.join("pki"), "identity-exchange").unwrap();
-    format!(
-        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\ntrust_domain = \"tether.test\"\n",
-        tls.cert_file.unwrap().display(),
-        tls.key_file.unwrap().display(),
-        tls.ca_file.unwrap().display()
-    )
+    ca.write(&dir.join("pki"), "identity-exchange")
+        .unwrap()
+        .to_toml_section()
 }
 
 #[test]

@@ -36,13 +36,9 @@ fn run(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
 /// `[server.tls]` with a throwaway CA's certificate for the PDP.
 fn tls_section(dir: &Path) -> String {
     let ca = tether_runtime::dev_pki::DevCa::new("tether.test").unwrap();
-    let tls = ca.write(&dir.join("pki"), "policy-decision").unwrap();
-    format!(
-        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\ntrust_domain = \"tether.test\"\n",
-        tls.cert_file.unwrap().display(),
-        tls.key_file.unwrap().display(),
-        tls.ca_file.unwrap().display()
-    )
+    ca.write(&dir.join("pki"), "policy-decision")
+        .unwrap()
+        .to_toml_section()
 }
 
 const PLAINTEXT: &str = "[server.tls]\ninsecure_plaintext = true\n";
@@ -154,19 +150,18 @@ fn invalid_configuration_exits_64_with_one_clear_line() {
     }
 }
 
-#[test]
-fn sigterm_drains_and_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts the binary with `tls` (a `[server.tls]` section) on a free
+/// port, waits until it listens, sends SIGTERM and returns its output.
+fn start_then_sigterm(dir: &Path, tls: &str) -> Output {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let config = write_config(
-        dir.path(),
+        dir,
         &format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain_timeout_secs = 5\n{}[policy]\ndir = \"{}\"\n",
-            tls_section(dir.path()),
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain_timeout_secs = 5\n{tls}[policy]\ndir = \"{}\"\n",
             example_pack().display()
         ),
     );
@@ -188,7 +183,13 @@ fn sigterm_drains_and_exits_zero() {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = start_then_sigterm(dir.path(), &tls_section(dir.path()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("SIGTERM"), "{stderr}");
@@ -214,37 +215,9 @@ fn serde_json_line(line: &str) {
 #[test]
 fn plaintext_is_explicit_and_warned_on_every_start() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n{PLAINTEXT}[policy]\ndir = \"{}\"\n",
-            example_pack().display()
-        ),
-    );
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .env("TETHER_LOG_FORMAT", "json")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = start_then_sigterm(dir.path(), PLAINTEXT);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     let warning = stderr
         .lines()
         .find(|l| l.contains("insecure_plaintext"))
