@@ -95,6 +95,13 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
   fatal(`invalid IDP_PORT ${process.env.IDP_PORT}`);
 }
 
+// Test switch: an `interval` for CIBA backchannel responses (oidc-provider
+// never sends one). Absent by default, as in the library.
+const cibaInterval = config.cibaInterval === undefined ? undefined : Number(config.cibaInterval);
+if (cibaInterval !== undefined && !(Number.isInteger(cibaInterval) && cibaInterval >= 1 && cibaInterval <= 3600)) {
+  fatal(`invalid cibaInterval ${JSON.stringify(config.cibaInterval)}: whole seconds, 1 - 3600`);
+}
+
 // ------------------------------------------------------------------ users --
 const users = new Map();
 for (const u of config.users || []) {
@@ -214,6 +221,8 @@ async function providerFetch(url, options) {
 }
 
 // ------------------------------------------------------------ CIBA device --
+const CIBA_GRANT = 'urn:openid:params:grant-type:ciba';
+
 // Pending CIBA requests, as seen by the "authentication device".
 const cibaRequests = new Map(); // internal id -> record
 let cibaCounter = 0;
@@ -240,6 +249,9 @@ function cibaView(r) {
     expires_at: r.expiresAt,
     ...(r.error ? { error: r.error, error_description: r.errorDescription } : {}),
     ...(r.notify ? { notify: r.notify } : {}),
+    ...(r.approvedBy ? { approved_by: r.approvedBy } : {}),
+    slow_down_remaining: r.slowDown,
+    polls: r.polls,
   };
 }
 
@@ -405,6 +417,8 @@ function buildProvider() {
             requestedExpiry: params.requested_expiry === undefined ? undefined : Number(params.requested_expiry),
             createdAt: now,
             expiresAt: request.exp ?? now + request.expiration,
+            slowDown: 0,
+            polls: [],
           });
           log('info', `ciba request ${id} for ${account.accountId} from ${client.clientId}`);
           notifyCibaWaiters();
@@ -443,6 +457,36 @@ function buildProvider() {
       ctx.body = out;
     },
     fetch: providerFetch,
+  });
+
+  // Test switches on the provider's own CIBA endpoints (README "Test
+  // switches"): the configured `interval` in backchannel responses, `slow_down`
+  // on demand, and a record of every token request per CIBA request. They act
+  // after the provider has answered, so they never change a decision: only an
+  // `authorization_pending` answer (nothing consumed) is turned into
+  // `slow_down`.
+  provider.use(async (ctx, next) => {
+    const at = Date.now();
+    await next();
+    if (ctx.method !== 'POST') return;
+    if (ctx.path === '/backchannel') {
+      if (cibaInterval !== undefined && ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
+        ctx.body = { ...ctx.body, interval: cibaInterval };
+      }
+      return;
+    }
+    if (ctx.path !== '/token') return;
+    const params = ctx.oidc?.params;
+    if (params?.grant_type !== CIBA_GRANT || typeof params.auth_req_id !== 'string') return;
+    const record = findCibaRecord(params.auth_req_id);
+    if (!record) return;
+    let result = ctx.status === 200 ? 'tokens' : (ctx.body?.error ?? `http ${ctx.status}`);
+    if (result === 'authorization_pending' && record.slowDown > 0) {
+      record.slowDown -= 1;
+      ctx.body = { error: 'slow_down', error_description: 'polling too often (test IdP switch)' };
+      result = 'slow_down';
+    }
+    if (record.polls.length < 1000) record.polls.push({ at_ms: at, result });
   });
 
   provider.on('server_error', (ctx, err) => log('error', 'server_error', err));
@@ -589,8 +633,22 @@ async function decideCiba(provider, record, approve, body) {
     return [409, { error: 'conflict', error_description: 'request already decided', request: cibaView(record) }];
   }
 
+  let approver;
+  if (approve && body.account !== undefined) {
+    // Test switch: the person on the device approves with another account
+    // (the ID token's `sub` is then that account, not the requested user).
+    approver = findUser(body.account);
+    if (!approver) {
+      return [400, { error: 'invalid_request', error_description: '"account" names no configured user' }];
+    }
+  }
+
   let result;
   if (approve) {
+    if (approver) {
+      request.accountId = approver.sub;
+      record.approvedBy = approver.sub;
+    }
     const grant = new provider.Grant({ accountId: request.accountId, clientId: request.clientId });
     grant.addOIDCScope(request.scope);
     if (request.claims && Object.keys(request.claims).length) {
@@ -656,6 +714,19 @@ async function handleTest(provider, req, res, url) {
   if (parts[0] === 'test' && parts[1] === 'ciba' && parts.length === 3 && req.method === 'GET') {
     const record = findCibaRecord(decodeURIComponent(parts[2]));
     if (!record) return sendJson(res, 404, { error: 'not_found' });
+    return sendJson(res, 200, cibaView(record));
+  }
+
+  if (parts[0] === 'test' && parts[1] === 'ciba' && parts.length === 4
+    && parts[3] === 'slow-down' && req.method === 'POST') {
+    const body = await readBody(req);
+    const record = findCibaRecord(decodeURIComponent(parts[2]));
+    if (!record) return sendJson(res, 404, { error: 'not_found' });
+    const count = body.count === undefined ? 1 : Number(body.count);
+    if (!Number.isInteger(count) || count < 0 || count > 100) {
+      return sendJson(res, 400, { error: 'invalid_request', error_description: '"count" must be a whole number, 0 - 100' });
+    }
+    record.slowDown = count;
     return sendJson(res, 200, cibaView(record));
   }
 

@@ -533,6 +533,95 @@ async function checkCibaPing(issuer, d, jwks) {
   ok(t3.status === 200, 'tokens still available by polling after a failed ping', t3.text);
 }
 
+async function checkCibaTestSwitches(issuer, d, jwks) {
+  section('CIBA test switches: slow_down, poll record, approval with another account');
+  const C = ['tether-ciba', 'tether-ciba-secret'];
+  const s = await cibaStart(d, ...C, { login_hint: 'alice', binding_message: 'Slow down test' });
+  const id = s.json?.auth_req_id;
+  if (!ok(s.status === 200 && id, 'start', s.text)) return;
+  const unknown = await postJson(`${issuer}/test/ciba/nope/slow-down`, { count: 1 });
+  ok(unknown.status === 404, 'slow-down for an unknown request -> 404', unknown);
+  const badCount = await postJson(`${issuer}/test/ciba/${encodeURIComponent(id)}/slow-down`, { count: -1 });
+  ok(badCount.status === 400, 'slow-down with a bad count -> 400', badCount);
+  const sw = await postJson(`${issuer}/test/ciba/${encodeURIComponent(id)}/slow-down`, { count: 2 });
+  ok(sw.status === 200 && sw.json?.slow_down_remaining === 2, 'slow-down switch set for 2 polls', sw.json);
+  const p1 = await cibaToken(d, ...C, id);
+  const p2 = await cibaToken(d, ...C, id);
+  const p3 = await cibaToken(d, ...C, id);
+  ok(p1.status === 400 && p1.json?.error === 'slow_down' && p2.json?.error === 'slow_down', 'the next two polls -> slow_down', [p1.text, p2.text]);
+  ok(p3.json?.error === 'authorization_pending', 'then authorization_pending again', p3.text);
+  const rec = (await getJson(`${issuer}/test/ciba/${encodeURIComponent(id)}`)).json;
+  ok(rec?.polls?.map((x) => x.result).join(',') === 'slow_down,slow_down,authorization_pending'
+    && rec.polls.every((x) => Number.isInteger(x.at_ms)) && rec.slow_down_remaining === 0, 'GET /test/ciba/:id records every poll with its time and answer', rec);
+  await postJson(`${issuer}/test/ciba/${encodeURIComponent(id)}/slow-down`, { count: 5 });
+  await postJson(`${issuer}/test/ciba/${encodeURIComponent(id)}/approve`);
+  const p4 = await cibaToken(d, ...C, id);
+  ok(p4.status === 200 && p4.json?.id_token, 'slow-down never hides a decision: tokens once approved', p4.text);
+
+  const s2 = await cibaStart(d, ...C, { login_hint: 'alice' });
+  const id2 = s2.json?.auth_req_id;
+  const badAccount = await postJson(`${issuer}/test/ciba/${encodeURIComponent(id2)}/approve`, { account: 'mallory' });
+  ok(badAccount.status === 400, 'approve as an unknown account -> 400', badAccount);
+  const asBob = await postJson(`${issuer}/test/ciba/${encodeURIComponent(id2)}/approve`, { account: 'bob' });
+  ok(asBob.status === 200 && asBob.json?.approved_by === 'bob' && asBob.json?.sub === 'alice', 'approve with another account -> approved_by', asBob.json);
+  const t2 = await cibaToken(d, ...C, id2);
+  const idt = t2.json?.id_token ? verifyJwt(t2.json.id_token, jwks) : {};
+  ok(idt.valid && idt.payload.sub === 'bob' && idt.payload.aud === 'tether-ciba', 'ID token of an approval with another account names that account', t2.text);
+}
+
+async function checkCibaIntervalAndPrivateKeyJwt() {
+  section('config file: CIBA interval and a private_key_jwt client');
+  const { privateKey, publicKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const pub = { ...publicKey.export({ format: 'jwk' }), kid: 'client-key', alg: 'ES256', use: 'sig' };
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tether-idp-'));
+  const cfgPath = path.join(tmp, 'idp.json');
+  const defaults = JSON.parse(fs.readFileSync(path.join(HERE, 'default-config.json'), 'utf8'));
+  fs.writeFileSync(cfgPath, JSON.stringify({
+    cibaInterval: 2,
+    clients: [...defaults.clients, {
+      client_id: 'ciba-jwt',
+      token_endpoint_auth_method: 'private_key_jwt',
+      token_endpoint_auth_signing_alg: 'ES256',
+      jwks: { keys: [pub] },
+      grant_types: ['urn:openid:params:grant-type:ciba'],
+      response_types: [],
+      redirect_uris: [],
+      backchannel_token_delivery_mode: 'poll',
+    }],
+  }));
+  const idp = await startIdp({ IDP_CONFIG: cfgPath });
+  try {
+    const { issuer } = idp.info;
+    const d = (await getJson(`${issuer}/.well-known/openid-configuration`)).json;
+    const assertion = () => {
+      const now = Math.floor(Date.now() / 1000);
+      const enc = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+      const input = `${enc({ alg: 'ES256', typ: 'JWT', kid: 'client-key' })}.${enc({
+        iss: 'ciba-jwt', sub: 'ciba-jwt', aud: issuer, jti: crypto.randomUUID(), iat: now, exp: now + 60,
+      })}`;
+      const sig = crypto.sign('sha256', Buffer.from(input), { key: privateKey, dsaEncoding: 'ieee-p1363' });
+      return { client_id: 'ciba-jwt', client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer', client_assertion: `${input}.${sig.toString('base64url')}` };
+    };
+    const s = await form(d.backchannel_authentication_endpoint, { scope: 'openid', login_hint: 'alice', ...assertion() });
+    ok(s.status === 200 && s.json?.interval === 2, 'cibaInterval -> interval in the backchannel response; private_key_jwt accepted', s.text);
+    const poll = await form(d.token_endpoint, { grant_type: 'urn:openid:params:grant-type:ciba', auth_req_id: s.json?.auth_req_id, ...assertion() });
+    ok(poll.json?.error === 'authorization_pending', 'token request with a private_key_jwt assertion', poll.text);
+    const once = assertion();
+    await form(d.token_endpoint, { grant_type: 'urn:openid:params:grant-type:ciba', auth_req_id: s.json?.auth_req_id, ...once });
+    const replay = await form(d.token_endpoint, { grant_type: 'urn:openid:params:grant-type:ciba', auth_req_id: s.json?.auth_req_id, ...once });
+    ok(replay.status === 401 && replay.json?.error === 'invalid_client', 'a replayed assertion -> invalid_client', replay.text);
+  } finally {
+    await stopIdp(idp);
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+  const tmp2 = fs.mkdtempSync(path.join(os.tmpdir(), 'tether-idp-'));
+  const bad = path.join(tmp2, 'bad.json');
+  fs.writeFileSync(bad, JSON.stringify({ cibaInterval: 0 }));
+  const failed = await startIdp({}, [bad]).then((i) => { stopIdp(i); return undefined; }, (e) => e);
+  ok(failed && /invalid cibaInterval/.test(failed.message), 'cibaInterval 0 -> exit 1 before the ready line', failed?.message);
+  fs.rmSync(tmp2, { recursive: true, force: true });
+}
+
 async function checkConfigFileAndPing() {
   section('config file (IDP_CONFIG) with a ping endpoint, custom user and key file');
   const listener = await startNotifyListener();
@@ -600,7 +689,9 @@ async function main() {
     await checkAuthorizationCode(issuer, discovery, jwks);
     await checkCibaPoll(issuer, discovery, jwks);
     await checkCibaPing(issuer, discovery, jwks);
+    await checkCibaTestSwitches(issuer, discovery, jwks);
     await checkConfigFileAndPing();
+    await checkCibaIntervalAndPrivateKeyJwt();
   } finally {
     const code = await stopIdp(idp);
     section('shutdown and stdout');

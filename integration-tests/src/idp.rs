@@ -38,6 +38,27 @@ impl Idp {
     /// Starts `node server.js` with a fresh ES256 key. Requires
     /// `npm ci` in `integration-tests/idp` (the README's test command does it).
     pub async fn start() -> anyhow::Result<Self> {
+        Self::launch(None).await
+    }
+
+    /// Like [`Idp::start`], with a configuration file: each top-level key of
+    /// `config` replaces the default configuration's key (`clients` replaces
+    /// all clients: extend [`Idp::default_clients`]), see the IdP's README.
+    pub async fn start_with_config(config: serde_json::Value) -> anyhow::Result<Self> {
+        Self::launch(Some(config)).await
+    }
+
+    /// The clients of `default-config.json`.
+    pub fn default_clients() -> anyhow::Result<Vec<serde_json::Value>> {
+        let path = idp_dir().join("default-config.json");
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        match config.get("clients") {
+            Some(serde_json::Value::Array(clients)) => Ok(clients.clone()),
+            _ => bail!("{} has no `clients` list", path.display()),
+        }
+    }
+
+    async fn launch(config: Option<serde_json::Value>) -> anyhow::Result<Self> {
         let dir = idp_dir();
         if !dir.join("node_modules/oidc-provider").exists() {
             bail!(
@@ -51,8 +72,14 @@ impl Idp {
         let mut jwk = key.private_jwk()?;
         jwk["alg"] = "ES256".into();
         std::fs::write(&keys_file, serde_json::json!({ "keys": [jwk] }).to_string())?;
-        let mut child = Command::new("node")
-            .arg("server.js")
+        let mut command = Command::new("node");
+        command.arg("server.js");
+        if let Some(config) = config {
+            let config_file = tmp.path().join("idp-config.json");
+            std::fs::write(&config_file, config.to_string())?;
+            command.arg(&config_file);
+        }
+        let mut child = command
             .current_dir(&dir)
             .env("IDP_PORT", "0")
             .env("IDP_EXIT_WITH_PARENT", "1")
@@ -83,6 +110,58 @@ impl Idp {
 
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// The CIBA request the test device holds for `auth_req_id`
+    /// (`GET /test/ciba/:id`: status, binding message, `polls`...).
+    pub async fn ciba_request(&self, auth_req_id: &str) -> anyhow::Result<serde_json::Value> {
+        self.test_call(
+            reqwest::Method::GET,
+            auth_req_id,
+            "",
+            serde_json::Value::Null,
+        )
+        .await
+    }
+
+    /// Plays the user's device: `POST /test/ciba/:id/<action>` (`approve`,
+    /// `deny`, `slow-down`) with a JSON body.
+    pub async fn ciba_device(
+        &self,
+        auth_req_id: &str,
+        action: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.test_call(reqwest::Method::POST, auth_req_id, action, body)
+            .await
+    }
+
+    async fn test_call(
+        &self,
+        method: reqwest::Method,
+        auth_req_id: &str,
+        action: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut url = reqwest::Url::parse(&self.issuer)?;
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("the issuer URL has no path"))?
+            .pop_if_empty()
+            .extend(["test", "ciba", auth_req_id])
+            .extend((!action.is_empty()).then_some(action));
+        let mut request = reqwest::Client::new().request(method, url.clone());
+        if !body.is_null() {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let json: serde_json::Value = response.json().await?;
+        if !status.is_success() {
+            bail!("{url} answered {status}: {json}");
+        }
+        Ok(json)
     }
 
     /// The IdP's signing key (to forge tokens in hostile-input tests).

@@ -114,7 +114,7 @@ impl Template {
                 }),
             }
         }
-        sanitize(&out)
+        sanitize_binding_message(&out)
     }
 }
 
@@ -128,7 +128,12 @@ fn is_invisible_format(c: char) -> bool {
     )
 }
 
-fn sanitize(text: &str) -> String {
+/// The one sanitizer for text shown on a user's device: control
+/// characters become spaces, bidi controls and invisible format characters
+/// are dropped, whitespace is collapsed, and the text is cut to 100
+/// characters with `…`. The PDP applies it to rendered `@binding_message`
+/// templates; the CIBA orchestrator applies it again to what it sends.
+pub fn sanitize_binding_message(text: &str) -> String {
     let clean: String = text
         .chars()
         .filter(|c| !is_invisible_format(*c))
