@@ -10,6 +10,7 @@ pub mod cerbos;
 pub mod identity;
 pub mod idp;
 pub mod issuer;
+pub mod logs;
 pub mod openbao;
 pub mod pdp;
 pub mod pki;

@@ -10,7 +10,6 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -631,34 +630,12 @@ fn contains_jwt(text: &str) -> bool {
     })
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn secrets_never_reach_logs_or_debug_output() {
     // The process-wide subscriber (a thread-local one misses events whose
     // callsites other test threads registered first): it also captures the
     // other tests of this file, which only makes the search wider.
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_current_span(true)
-        .with_span_list(true)
-        .with_writer(move || writer.clone())
-        .init();
+    let capture = tether_integration_tests::logs::capture_trace();
 
     let jwk_key = SigningKey::generate().unwrap();
     let idp = fast_idp(vec![jwt_client_metadata("tether-ciba-jwt", &[&jwk_key])]).await;
@@ -747,7 +724,7 @@ async fn secrets_never_reach_logs_or_debug_output() {
         .unwrap_err();
     debug.push(format!("{error:?} {error}"));
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(
         logs.contains("CIBA approval verified")
             && logs.contains("CIBA approval given with another account")

@@ -8,38 +8,13 @@
     reason = "test helpers outside #[test] functions"
 )]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use tether_integration_tests::identity::{FACADE_AUDIENCE, IdentitySandbox, TestAgent};
 use tether_integration_tests::idp::Idp;
 use tether_proto::identity::v1::{ExchangeRequest, IntrospectRequest, RevokeSessionRequest};
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn tokens_never_reach_the_logs() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_current_span(true)
-        .with_span_list(true)
-        .with_writer(move || writer.clone())
-        .init();
+    let capture = tether_integration_tests::logs::capture_trace();
 
     let idp = Idp::start().await.unwrap();
     let agent = TestAgent::new("hr-assistant").unwrap();
@@ -144,7 +119,7 @@ async fn tokens_never_reach_the_logs() {
         .await
         .unwrap();
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(logs.contains("delegated token minted"), "the capture works");
     assert!(
         logs.contains("client authentication refused")
