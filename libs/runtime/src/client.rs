@@ -108,7 +108,7 @@ impl Clients {
         let channel = match &self.tls {
             None => endpoint.connect_lazy(),
             Some(source) => {
-                let config = source.client_config(resolve_identity(&self.trust_domain, peer));
+                let config = source.client_config(resolve_identity(&self.trust_domain, peer))?;
                 endpoint.connect_with_connector_lazy(TlsConnector {
                     config: Arc::new(config),
                 })
@@ -131,7 +131,7 @@ impl Clients {
             .timeout(self.request_timeout)
             .redirect(reqwest::redirect::Policy::none());
         if let Some(source) = &self.tls {
-            let mut config = source.client_config(resolve_identity(&self.trust_domain, peer));
+            let mut config = source.client_config(resolve_identity(&self.trust_domain, peer))?;
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             builder = builder.use_preconfigured_tls(config);
         }

@@ -252,22 +252,22 @@ impl TlsSource {
 
     /// A client configuration that presents this process's certificate and
     /// accepts only a server proving `expected` (a SPIFFE ID).
-    pub fn client_config(self: &Arc<Self>, expected: String) -> rustls::ClientConfig {
+    pub fn client_config(
+        self: &Arc<Self>,
+        expected: String,
+    ) -> Result<rustls::ClientConfig, TlsError> {
         let verifier = Arc::new(SpiffeServerVerifier {
             source: Arc::clone(self),
             expected,
         });
         let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&self.provider))
             .with_safe_default_protocol_versions()
-            .unwrap_or_else(|_| {
-                // The default provider supports the default versions.
-                rustls::ClientConfig::builder_with_protocol_versions(rustls::DEFAULT_VERSIONS)
-            })
+            .map_err(|e| TlsError::Rustls(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(Arc::new(CurrentClientCert(Arc::clone(self))));
         config.alpn_protocols = vec![b"h2".to_vec()];
-        config
+        Ok(config)
     }
 }
 
