@@ -67,16 +67,7 @@ impl TestPki {
     }
 
     fn dir_for(&self, identity: &str) -> PathBuf {
-        let name: String = identity
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let name = tether_runtime::dev_pki::file_stem(identity);
         self.dir.path().join(name)
     }
 

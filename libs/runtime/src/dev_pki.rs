@@ -133,16 +133,7 @@ impl DevCa {
         validity: Validity,
     ) -> Result<TlsConfig, DevPkiError> {
         let issued = self.issue(identity, validity)?;
-        let name: String = identity
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let name = file_stem(identity);
         let ca_file = write_file(dir, "ca.pem", &self.ca_pem)?;
         let cert_file = write_file(dir, &format!("{name}.crt"), &issued.cert_pem)?;
         let key_file = write_file(dir, &format!("{name}.key"), &issued.key_pem)?;
