@@ -211,22 +211,15 @@ impl ServiceError for AuthzError {
             Self::NotAllowed { .. } => ServiceErrorCode::PermissionDenied,
         }
     }
-}
 
-impl AuthzError {
-    fn reason(&self) -> &'static str {
-        match self {
-            Self::Unauthenticated { .. } => "PEER_UNAUTHENTICATED",
-            Self::NotAllowed { .. } => "CALLER_NOT_ALLOWED",
-        }
-    }
-
-    fn into_status(self) -> tonic::Status {
-        use tonic_types::{ErrorDetails, StatusExt as _};
-        let reason = self.reason();
-        let status = crate::error::into_status(self);
-        let details = ErrorDetails::with_error_info(reason, "tether", HashMap::new());
-        tonic::Status::with_error_details(status.code(), status.message(), details)
+    fn reason(&self) -> Option<String> {
+        Some(
+            match self {
+                Self::Unauthenticated { .. } => "PEER_UNAUTHENTICATED",
+                Self::NotAllowed { .. } => "CALLER_NOT_ALLOWED",
+            }
+            .into(),
+        )
     }
 }
 
@@ -405,7 +398,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let peer = PeerInfo::from_extensions(request.extensions());
         if let Err(refused) = self.authorizer.check(request.uri().path(), peer) {
-            let response = refused.into_status().into_http();
+            let response = crate::error::into_status(refused).into_http();
             return Box::pin(async move { Ok(response) });
         }
         let timeout = request

@@ -2,10 +2,19 @@
 //!
 //! Every service error enum implements [`ServiceError`]; handlers return
 //! `Result<_, E>` and convert at the edge with [`into_status`]. The code says
-//! what happened; the message helps the caller; internal detail is logged
-//! and never returned.
+//! what happened; the message helps the caller; the `google.rpc.ErrorInfo`
+//! detail (domain `tether`) names the reason for programs, and a
+//! `google.rpc.RetryInfo` says when trying again can succeed; internal detail
+//! is logged and never returned.
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+/// The `google.rpc.ErrorInfo` domain of every Tether error.
+pub const ERROR_DOMAIN: &str = "tether";
 
 /// What kind of failure an error is, from the caller's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +62,22 @@ pub trait ServiceError: std::error::Error {
     fn public_message(&self) -> String {
         self.to_string()
     }
+
+    /// The `google.rpc.ErrorInfo` reason (UPPER_SNAKE_CASE), when the error
+    /// has one a program should branch on.
+    fn reason(&self) -> Option<String> {
+        None
+    }
+
+    /// `google.rpc.ErrorInfo` metadata (never a secret).
+    fn error_metadata(&self) -> HashMap<String, String> {
+        HashMap::new()
+    }
+
+    /// How long to wait before trying again (`google.rpc.RetryInfo`).
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Converts a domain error to a `Status`, logging what the caller is not told.
@@ -63,7 +88,18 @@ pub fn into_status<E: ServiceError>(err: E) -> Status {
         return Status::internal("internal error");
     }
     tracing::debug!(code = ?code, error = %err, "request refused");
-    Status::new(code.grpc_code(), err.public_message())
+    let (reason, retry) = (err.reason(), err.retry_after());
+    if reason.is_none() && retry.is_none() {
+        return Status::new(code.grpc_code(), err.public_message());
+    }
+    let mut details = ErrorDetails::new();
+    if let Some(reason) = reason {
+        details.set_error_info(reason, ERROR_DOMAIN, err.error_metadata());
+    }
+    if let Some(delay) = retry {
+        details.set_retry_info(Some(delay));
+    }
+    Status::with_error_details(code.grpc_code(), err.public_message(), details)
 }
 
 #[cfg(test)]
@@ -85,6 +121,42 @@ mod tests {
                 Self::Boom => ServiceErrorCode::Internal,
             }
         }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("over the limit")]
+    struct Limited;
+
+    impl ServiceError for Limited {
+        fn error_code(&self) -> ServiceErrorCode {
+            ServiceErrorCode::ResourceExhausted
+        }
+        fn reason(&self) -> Option<String> {
+            Some("APPROVAL_RATE_LIMITED".into())
+        }
+        fn retry_after(&self) -> Option<Duration> {
+            Some(Duration::from_secs(42))
+        }
+    }
+
+    #[test]
+    fn reason_and_retry_become_status_details() {
+        let s = into_status(Limited);
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        let details = s.get_error_details();
+        let info = details.error_info().unwrap();
+        assert_eq!(info.reason, "APPROVAL_RATE_LIMITED");
+        assert_eq!(info.domain, "tether");
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(Duration::from_secs(42))
+        );
+        assert!(
+            into_status(E::Bad)
+                .get_error_details()
+                .error_info()
+                .is_none()
+        );
     }
 
     #[test]

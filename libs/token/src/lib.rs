@@ -14,6 +14,8 @@
 //! - [`RevocationList`] kept current by [`spawn_revocation_sync`] from a
 //!   [`RevocationFeed`] ([`GrpcRevocationFeed`]: the identity service's
 //!   `ListRevokedSessions`): the piece every verifying service runs.
+//! - [`Sessions`]: the session a call acts for, from its `authorization:
+//!   Bearer` delegated token ([`SessionsConfig`] is the `[sessions]` table).
 
 mod claims;
 mod delegated;
@@ -21,6 +23,7 @@ mod error;
 mod jwks;
 mod oidc_http;
 mod revocation_sync;
+mod sessions;
 mod signing;
 mod verify;
 
@@ -34,6 +37,7 @@ pub use jsonwebtoken::{Algorithm, DecodingKey};
 pub use jwks::{JwksCache, KeySource, StaticKeys};
 pub use oidc_http::{HttpError, idp_http_client, oidc_client};
 pub use revocation_sync::{GrpcRevocationFeed, RevocationFeed, spawn_revocation_sync};
+pub use sessions::{Caller, SessionError, Sessions, SessionsConfig};
 pub use signing::{KeyError, KeyRing, SigningKey};
 pub use verify::{TypRule, Verified, VerifyPolicy, clip, peek_issuer, verify};
 

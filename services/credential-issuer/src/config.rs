@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tether_runtime::{ConfigError, ServerConfig, ServiceConfig};
+pub use tether_token::SessionsConfig;
 
 /// `credential-issuer.toml`:
 ///
@@ -65,78 +66,6 @@ pub struct TestHooks {
     /// Sleep this long after Vault issued a secret and before the registry
     /// records it (to SIGKILL the issuer there).
     pub pause_after_vault_issue_ms: u64,
-}
-
-/// Verifying the agents' delegated tokens (`[sessions]`). Issue and Renew
-/// take the session, user, agent and expiry from the token in the call's
-/// `authorization: Bearer` metadata, checked against the identity
-/// exchange's keys and session revocation list.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SessionsConfig {
-    /// The `iss` of delegated tokens: the identity exchange's issuer URL.
-    pub token_issuer: String,
-    /// The `aud` delegated tokens carry (the agent facade's audience).
-    pub audience: String,
-    /// The identity exchange's key set, e.g.
-    /// `https://identity-exchange:7002/.well-known/jwks.json`.
-    pub jwks_url: String,
-    /// The identity exchange's gRPC endpoint, for `ListRevokedSessions`.
-    pub identity_exchange: String,
-    /// How often the session revocation list is pulled.
-    #[serde(default = "default_revocation_poll_ms")]
-    pub revocation_poll_ms: u64,
-    /// How old the local copy of the revocation list may get (when the
-    /// identity exchange cannot be reached) before every token is refused
-    /// with UNAVAILABLE.
-    #[serde(default = "default_revocation_max_staleness_ms")]
-    pub revocation_max_staleness_ms: u64,
-}
-
-impl SessionsConfig {
-    pub fn revocation_poll(&self) -> Duration {
-        Duration::from_millis(self.revocation_poll_ms)
-    }
-
-    pub fn revocation_max_staleness(&self) -> Duration {
-        Duration::from_millis(self.revocation_max_staleness_ms)
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
-        for (key, value) in [
-            ("token_issuer", &self.token_issuer),
-            ("jwks_url", &self.jwks_url),
-            ("identity_exchange", &self.identity_exchange),
-        ] {
-            if !(value.starts_with("https://") || value.starts_with("http://"))
-                || value.len() <= "https://".len()
-                || value.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                return invalid(format!(
-                    "sessions.{key} `{value}` must be an http:// or https:// URL"
-                ));
-            }
-        }
-        if self.audience.trim().is_empty() || self.audience.trim() != self.audience {
-            return invalid(
-                "sessions.audience must name the audience delegated tokens carry (the agent facade's), without surrounding whitespace".into(),
-            );
-        }
-        if self.revocation_poll_ms < 100 {
-            return invalid(format!(
-                "sessions.revocation_poll_ms must be at least 100, got {}",
-                self.revocation_poll_ms
-            ));
-        }
-        if self.revocation_max_staleness_ms < self.revocation_poll_ms.saturating_mul(2) {
-            return invalid(format!(
-                "sessions.revocation_max_staleness_ms ({}) must be at least twice revocation_poll_ms ({}), or one slow poll denies every token",
-                self.revocation_max_staleness_ms, self.revocation_poll_ms
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// One credential profile.
@@ -322,14 +251,6 @@ impl Default for Limits {
     }
 }
 
-fn default_revocation_poll_ms() -> u64 {
-    1_000
-}
-
-fn default_revocation_max_staleness_ms() -> u64 {
-    10_000
-}
-
 fn default_vault_timeout_ms() -> u64 {
     5_000
 }
@@ -475,51 +396,6 @@ mod tests {
         assert!(!valid_vault_path("sys/leases/revoke-prefix/x"));
         assert!(!valid_vault_path("database/creds/x?list=true"));
         assert!(!valid_vault_path("database//x"));
-    }
-
-    fn sessions() -> SessionsConfig {
-        SessionsConfig {
-            token_issuer: "https://tether.example.com".into(),
-            audience: "https://tether.example.com/facade".into(),
-            jwks_url: "https://identity:7002/.well-known/jwks.json".into(),
-            identity_exchange: "https://identity:7002".into(),
-            revocation_poll_ms: default_revocation_poll_ms(),
-            revocation_max_staleness_ms: default_revocation_max_staleness_ms(),
-        }
-    }
-
-    #[test]
-    fn sessions_are_validated() {
-        assert!(sessions().validate().is_ok());
-        let bad = [
-            SessionsConfig {
-                jwks_url: "identity/jwks.json".into(),
-                ..sessions()
-            },
-            SessionsConfig {
-                identity_exchange: "https://".into(),
-                ..sessions()
-            },
-            SessionsConfig {
-                token_issuer: "https://tether .example.com".into(),
-                ..sessions()
-            },
-            SessionsConfig {
-                audience: String::new(),
-                ..sessions()
-            },
-            SessionsConfig {
-                revocation_poll_ms: 10,
-                ..sessions()
-            },
-            SessionsConfig {
-                revocation_max_staleness_ms: 1_500,
-                ..sessions()
-            },
-        ];
-        for config in bad {
-            assert!(config.validate().is_err(), "{config:?}");
-        }
     }
 
     #[test]

@@ -46,6 +46,15 @@ pub enum IssuerError {
     Internal(String),
 }
 
+impl From<tether_token::SessionError> for IssuerError {
+    fn from(e: tether_token::SessionError) -> Self {
+        match e {
+            tether_token::SessionError::NoBearer(why) => Self::NoBearer(why),
+            tether_token::SessionError::Token(e) => Self::Token(e),
+        }
+    }
+}
+
 impl ServiceError for IssuerError {
     fn error_code(&self) -> ServiceErrorCode {
         match self {

@@ -10,14 +10,13 @@
 //!
 //! Issue and Renew act only for the session proven by the agent's delegated
 //! token (`authorization: Bearer …` metadata), verified locally against the
-//! identity exchange's keys and revocation list (`sessions.rs`).
+//! identity exchange's keys and revocation list (`tether_token::Sessions`).
 
 mod config;
 mod error;
 mod registry;
 mod revoker;
 mod service;
-mod sessions;
 mod vault;
 
 use std::collections::BTreeSet;
@@ -114,12 +113,13 @@ impl Issuer {
             Arc::clone(&metrics),
         ));
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let (sessions, revocation_sync) = sessions::Sessions::start(
+        let (sessions, revocation_sync) = tether_token::Sessions::start(
             &config.sessions,
             &config.server.tls,
             stop_signal(stopped.clone()),
         )
-        .await?;
+        .await
+        .context("building the identity exchange clients")?;
         let tasks = vec![
             tokio::spawn(Arc::clone(&revoker).run(stopped.clone())),
             tokio::spawn(Arc::clone(&vault).maintain_token(stopped)),

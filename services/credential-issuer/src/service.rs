@@ -13,8 +13,8 @@ use crate::config::{Limits, Profile, TestHooks};
 use crate::error::IssuerError;
 use crate::registry::{BeginError, LeaseRow, NewLease, Registry, Status as LeaseStatus};
 use crate::revoker::{Revoker, now_ms};
-use crate::sessions::{Caller, Sessions};
 use crate::vault::{Vault, to_credential};
+use tether_token::{Caller, Sessions};
 
 const MAX_ID_BYTES: usize = 128;
 const MAX_INTENT_BYTES: usize = 8 * 1024;

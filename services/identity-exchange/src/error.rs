@@ -113,14 +113,9 @@ impl ExchangeError {
         }
     }
 
-    /// Status with a `google.rpc.ErrorInfo` detail carrying the RFC code.
+    /// The gRPC status (with the RFC code as its `ErrorInfo` reason).
     pub fn into_status(self) -> tonic::Status {
-        use tonic_types::{ErrorDetails, StatusExt as _};
-        let reason = self.rfc_code().to_ascii_uppercase();
-        let status = tether_runtime::into_status(self);
-        let details =
-            ErrorDetails::with_error_info(reason, "tether", std::collections::HashMap::new());
-        tonic::Status::with_error_details(status.code(), status.message(), details)
+        tether_runtime::into_status(self)
     }
 }
 
@@ -141,6 +136,19 @@ impl ServiceError for ExchangeError {
             Self::Unavailable(_) => ServiceErrorCode::Unavailable,
             Self::Internal(_) => ServiceErrorCode::Internal,
             Self::RateLimited { .. } => ServiceErrorCode::ResourceExhausted,
+        }
+    }
+
+    fn reason(&self) -> Option<String> {
+        Some(self.rfc_code().to_ascii_uppercase())
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::RateLimited { retry_after_secs } => {
+                Some(std::time::Duration::from_secs(*retry_after_secs))
+            }
+            _ => None,
         }
     }
 
