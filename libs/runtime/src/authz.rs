@@ -103,6 +103,9 @@ pub const SELF_AUTHENTICATING_PATHS: &[&str] = &[
     "/.well-known/jwks.json",
     "/.well-known/oauth-authorization-server",
     "/metrics",
+    // CIBA pings: the bearer `client_notification_token` authenticates the
+    // IdP (which has no client certificate); a ping only wakes a fetch.
+    "/ciba/notify",
 ];
 
 /// Open to every caller, certificate or not.

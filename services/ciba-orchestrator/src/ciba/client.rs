@@ -238,6 +238,14 @@ impl CibaClient {
         self.inner.mode
     }
 
+    /// How long the user is given to answer a request asking for
+    /// `requested` (the configured default when `None`), capped at the
+    /// configured maximum, in whole seconds as the IdP counts them.
+    pub fn requested_expiry(&self, requested: Option<Duration>) -> Duration {
+        let expiry = requested.map_or(self.inner.default_expiry, |d| d.min(self.inner.max_expiry));
+        Duration::from_secs(expiry.as_secs())
+    }
+
     /// Builds the binding message for the configured length limit.
     pub fn binding_message(&self, sentence: Sentence<'_>) -> Result<BindingMessage, CibaError> {
         BindingMessage::build(sentence, self.inner.binding_max_chars)
@@ -319,13 +327,19 @@ impl CibaClient {
             });
         }
         let accepted = parse_accepted(&body)?;
-        let state = PollState::new(
+        let mut state = PollState::new(
             sent_at,
             answered_at,
             accepted.expires_in,
             accepted.interval,
             expiry,
         );
+        if self.inner.mode == DeliveryMode::Ping {
+            // Ping mode fetches only when a ping arrives, and the first ping
+            // is the user's answer: fetch it at once. The interval holds
+            // between any two fetches after that.
+            state.next_poll_at = answered_at.min(state.deadline);
+        }
         tracing::debug!(
             user = %clip(user),
             mode = self.inner.mode.as_str(),
