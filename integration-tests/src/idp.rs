@@ -164,6 +164,47 @@ impl Idp {
         Ok(json)
     }
 
+    /// Where the IdP sends the pings of the ping-mode client `client_id`
+    /// (`POST /test/clients/:id/notification-endpoint`): the registered
+    /// endpoint stays, the test IdP delivers to `url` instead (it may be
+    /// plain HTTP on loopback).
+    pub async fn set_ping_target(&self, client_id: &str, url: &str) -> anyhow::Result<()> {
+        let mut target = reqwest::Url::parse(&self.issuer)?;
+        target
+            .path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("the issuer URL has no path"))?
+            .pop_if_empty()
+            .extend(["test", "clients", client_id, "notification-endpoint"]);
+        let response = reqwest::Client::new()
+            .post(target)
+            .json(&serde_json::json!({ "url": url }))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("setting the ping target answered {}", response.status());
+        }
+        Ok(())
+    }
+
+    /// The CIBA requests the test device has seen (`GET
+    /// /test/ciba/pending` with `query`, e.g. `[("status", "pending")]`).
+    pub async fn ciba_requests(
+        &self,
+        query: &[(&str, &str)],
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut url = reqwest::Url::parse(&self.issuer)?;
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("the issuer URL has no path"))?
+            .pop_if_empty()
+            .extend(["test", "ciba", "pending"]);
+        url.query_pairs_mut().extend_pairs(query);
+        let response = reqwest::Client::new().get(url).send().await?;
+        if !response.status().is_success() {
+            bail!("listing CIBA requests answered {}", response.status());
+        }
+        Ok(response.json().await?)
+    }
+
     /// The IdP's signing key (to forge tokens in hostile-input tests).
     pub fn key(&self) -> &SigningKey {
         &self.key

@@ -168,6 +168,15 @@ impl SessionAuthority {
         configure: impl FnOnce(IdentitySandboxBuilder) -> IdentitySandboxBuilder,
     ) -> anyhow::Result<Self> {
         let idp = Idp::start().await.context("starting the test IdP")?;
+        Self::start_on(idp, configure).await
+    }
+
+    /// Like [`SessionAuthority::start_with`], with users from `idp` (e.g.
+    /// one configured for CIBA tests).
+    pub async fn start_on(
+        idp: Idp,
+        configure: impl FnOnce(IdentitySandboxBuilder) -> IdentitySandboxBuilder,
+    ) -> anyhow::Result<Self> {
         let agent = TestAgent::new(AGENT)?;
         let identity =
             configure(IdentitySandbox::builder(idp.issuer()).agent(&agent, &["hr:read"], &["hr"]))
@@ -193,6 +202,11 @@ impl SessionAuthority {
 
     pub fn idp(&self) -> &Idp {
         &self.idp
+    }
+
+    /// The IdP, to stop it (an unreachable IdP).
+    pub fn idp_mut(&mut self) -> &mut Idp {
+        &mut self.idp
     }
 
     /// The `[sessions]` configuration of an issuer trusting this exchange.

@@ -5,6 +5,7 @@
 //! `TempDir`s, hands out connected clients, and an [`eventually`] helper
 //! instead of sleeps.
 
+pub mod approvals;
 pub mod bench;
 pub mod cerbos;
 pub mod identity;
