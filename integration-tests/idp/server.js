@@ -415,6 +415,9 @@ function buildProvider() {
             resource: request.resource,
             acrValues: params.acr_values,
             requestedExpiry: params.requested_expiry === undefined ? undefined : Number(params.requested_expiry),
+            // ping clients: shown only by GET /test/ciba/:id, so a test can
+            // send a genuine ping before the user decides
+            notificationToken: params.client_notification_token,
             createdAt: now,
             expiresAt: request.exp ?? now + request.expiration,
             slowDown: 0,
@@ -714,7 +717,8 @@ async function handleTest(provider, req, res, url) {
   if (parts[0] === 'test' && parts[1] === 'ciba' && parts.length === 3 && req.method === 'GET') {
     const record = findCibaRecord(decodeURIComponent(parts[2]));
     if (!record) return sendJson(res, 404, { error: 'not_found' });
-    return sendJson(res, 200, cibaView(record));
+    const token = record.notificationToken ? { client_notification_token: record.notificationToken } : {};
+    return sendJson(res, 200, { ...cibaView(record), ...token });
   }
 
   if (parts[0] === 'test' && parts[1] === 'ciba' && parts.length === 4

@@ -134,6 +134,8 @@ pub struct Caller {
     /// The token's `exp`, in Unix milliseconds: nothing issued for this
     /// call outlives it.
     pub expires_at_ms: i64,
+    /// The session's declared intent (RFC 9396 `authorization_details`).
+    pub intent: Option<serde_json::Value>,
 }
 
 /// Verifies the bearer token of a call.
@@ -223,6 +225,7 @@ impl From<DelegatedClaims> for Caller {
             user: claims.sub,
             agent: claims.act.sub,
             expires_at_ms: claims.exp.saturating_mul(1000),
+            intent: claims.authorization_details,
         }
     }
 }

@@ -204,7 +204,11 @@ impl Drivers {
             if recheck || fetch_wanted && pending.state.due(SystemTime::now()) == Due::Now {
                 recheck = false;
                 match self.inner.store.ticket(id).await {
-                    Ok(Some(row)) if row.state == State::Pending => {}
+                    // INVARIANT: only the owning replica asks the token
+                    // endpoint; a ticket taken over elsewhere is let go.
+                    Ok(Some(row))
+                        if row.state == State::Pending
+                            && row.owner.as_deref() == Some(self.inner.owner.as_str()) => {}
                     Ok(_) => return,
                     Err(e) => {
                         tracing::warn!(ticket = %id, error = %e, "ticket store unavailable while driving a ticket; retrying");

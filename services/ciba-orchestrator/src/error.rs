@@ -21,7 +21,8 @@ pub enum ApprovalError {
     /// (`TokenError::is_unavailable`: fail closed).
     #[error("the delegated token was refused: {0}")]
     Token(#[from] TokenError),
-    /// The request names a session, user or agent other than the token's.
+    /// The request names a session, user, agent or intent other than the
+    /// token's.
     #[error("the bearer token is for another {0}")]
     NotTheCaller(&'static str),
     #[error("{0}")]

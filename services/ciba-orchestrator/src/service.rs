@@ -338,6 +338,12 @@ impl Inner {
             Some(&req.agent_id),
             self.drivers.ciba().issuer(),
         )?;
+        // The intent is part of the grant's scope: it must be the one the
+        // session declared, so an approval never covers another purpose.
+        let declared = serde_json::from_str::<serde_json::Value>(&req.intent).ok();
+        if caller.intent.is_none() || declared != caller.intent {
+            return Err(ApprovalError::NotTheCaller("intent"));
+        }
         if self.store.is_cancelled(&req.session_id).await? {
             return Err(ApprovalError::FailedPrecondition(format!(
                 "session `{}` has ended; no approval can be asked for it",
