@@ -83,6 +83,7 @@ impl ApprovalsSandboxBuilder {
                 owner_lease_ms: 3_000,
                 claim_interval_ms: 500,
                 watch_poll_ms: 200,
+                ping_fallback_secs: 30,
             },
             ciba_extra: serde_json::json!({}),
             server: ServerConfig::default(),

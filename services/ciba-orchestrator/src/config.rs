@@ -188,6 +188,10 @@ pub struct TicketsConfig {
     /// (changes made on this replica arrive at once; this bounds how late
     /// a change made by another replica is seen).
     pub watch_poll_ms: u64,
+    /// Ping mode: ask the token endpoint this long after the last fetch
+    /// even without a ping, in case one was lost (never more often than
+    /// the ticket's interval).
+    pub ping_fallback_secs: u64,
 }
 
 impl Default for TicketsConfig {
@@ -197,6 +201,7 @@ impl Default for TicketsConfig {
             owner_lease_ms: 30_000,
             claim_interval_ms: 5_000,
             watch_poll_ms: 1_000,
+            ping_fallback_secs: 30,
         }
     }
 }
@@ -216,6 +221,10 @@ impl TicketsConfig {
 
     pub fn watch_poll(&self) -> Duration {
         Duration::from_millis(self.watch_poll_ms)
+    }
+
+    pub fn ping_fallback(&self) -> Duration {
+        Duration::from_secs(self.ping_fallback_secs)
     }
 }
 
@@ -297,6 +306,12 @@ impl ServiceConfig for Config {
             return invalid(format!(
                 "tickets.keepalive_secs must be between 1 and 30, got {}",
                 t.keepalive_secs
+            ));
+        }
+        if !(1..=3_600).contains(&t.ping_fallback_secs) {
+            return invalid(format!(
+                "tickets.ping_fallback_secs must be between 1 and 3600, got {}",
+                t.ping_fallback_secs
             ));
         }
         if !(50..=30_000).contains(&t.watch_poll_ms) {

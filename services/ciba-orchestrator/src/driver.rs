@@ -195,6 +195,13 @@ impl Drivers {
         mut fetch_wanted: bool,
     ) {
         let ping_mode = self.inner.ciba.delivery_mode() == DeliveryMode::Ping;
+        // Ping mode: a ping can be lost (the IdP's delivery failed, or it
+        // raced the recording of the request); asking anyway after a while
+        // bounds how late the user's answer is seen then.
+        let every = self.inner.tickets.ping_fallback();
+        let fallback =
+            |pending: &PendingRequest| SystemTime::now() + every.max(pending.state.interval);
+        let mut fallback_at = fallback(&pending);
         let mut stop = self.inner.stop.clone();
         let mut recheck = false;
         loop {
@@ -231,7 +238,10 @@ impl Drivers {
                             self.finish(id, outcome).await;
                             return;
                         }
-                        Ok(None) => fetch_wanted = !ping_mode,
+                        Ok(None) => {
+                            fetch_wanted = !ping_mode;
+                            fallback_at = fallback(&pending);
+                        }
                         Err(e) => {
                             tracing::warn!(ticket = %id, error = %e, "CIBA token request failed; retrying at the interval");
                         }
@@ -251,11 +261,18 @@ impl Drivers {
             }
             let wake_at = match pending.state.due(now) {
                 Due::At(at) if fetch_wanted => at,
+                _ if ping_mode && !fetch_wanted => fallback_at.min(pending.state.deadline),
                 _ => pending.state.deadline,
             };
             let sleep = wake_at.duration_since(now).unwrap_or_default();
             tokio::select! {
-                () = tokio::time::sleep(sleep) => {}
+                () = tokio::time::sleep(sleep) => {
+                    if ping_mode && !fetch_wanted && SystemTime::now() >= fallback_at {
+                        // No ping for a while: ask once, in case it was lost.
+                        fetch_wanted = true;
+                        recheck = true;
+                    }
+                }
                 () = notify.notified() => {
                     // A ping (ping mode) asks for a fetch; a cancellation or a
                     // lost ownership shows in the re-read.

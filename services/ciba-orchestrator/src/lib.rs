@@ -26,6 +26,7 @@ mod service;
 mod store;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -63,6 +64,9 @@ pub struct Orchestrator {
     drivers: Drivers,
     ping_path: Option<String>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Set when shutdown starts: open WatchApproval streams end with
+    /// UNAVAILABLE at once instead of holding the drain.
+    draining: Arc<tokio::sync::watch::Sender<bool>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -95,6 +99,7 @@ impl Orchestrator {
             tracing::warn!(error = %e, issuer = %config.ciba.issuer, "the IdP's discovery document is not reachable at start-up; approvals fail UNAVAILABLE until it is");
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (draining, drained) = tokio::sync::watch::channel(false);
         let (sessions, revocation_sync) = tether_token::Sessions::start(
             &config.sessions,
             &config.server.tls,
@@ -125,7 +130,7 @@ impl Orchestrator {
             config.limits,
             config.tickets.keepalive(),
             config.tickets.watch_poll(),
-            stopped,
+            drained,
         );
         let ping_path = match config.ciba.mode()? {
             ciba::DeliveryMode::Ping => Some(config.ping_path()?),
@@ -137,6 +142,7 @@ impl Orchestrator {
             drivers,
             ping_path,
             stop,
+            draining: Arc::new(draining),
             tasks,
         })
     }
@@ -172,6 +178,12 @@ impl Orchestrator {
             Some(http) => Routes::from(http).add_service(grpc),
             None => Routes::new(grpc),
         }
+    }
+
+    /// Ends open WatchApproval streams (UNAVAILABLE: "watch again"); call
+    /// when shutdown starts, so they do not hold the drain.
+    pub fn start_draining(&self) {
+        let _ = self.draining.send(true);
     }
 
     /// Stops the drivers and background tasks; a PENDING ticket stays
@@ -256,6 +268,11 @@ pub async fn serve(
         _ => None,
     };
     let routes = orchestrator.routes(config.server.max_message_bytes, pings_here);
+    let draining = Arc::clone(&orchestrator.draining);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = draining.send(true);
+    };
     let served = tether_runtime::server::serve_with_http(
         listener,
         routes,

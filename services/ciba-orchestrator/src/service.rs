@@ -150,12 +150,14 @@ fn check_policy_ids(ids: &[String], version: &str) -> Result<(), ApprovalError> 
     Ok(())
 }
 
-/// A positive protobuf duration; `None` when unset.
+/// A protobuf duration of at least one second; `None` when unset.
 fn requested_expiry(d: Option<&prost_types::Duration>) -> Result<Option<Duration>, ApprovalError> {
     let Some(d) = d else { return Ok(None) };
-    if d.seconds < 0 || d.nanos < 0 || (d.seconds == 0 && d.nanos == 0) {
+    // CIBA counts whole seconds: under one is no time to answer, and would
+    // otherwise reach the store as a ticket that fails at once.
+    if d.seconds < 1 || d.nanos < 0 {
         return Err(ApprovalError::InvalidArgument(
-            "`requested_expiry` must be positive".into(),
+            "`requested_expiry` must be at least one second".into(),
         ));
     }
     let secs = u64::try_from(d.seconds).unwrap_or(0);
@@ -375,6 +377,13 @@ impl Inner {
         let expires_at = now
             .saturating_add(i64::try_from(max_expiry.as_millis()).unwrap_or(i64::MAX))
             .min(session_expires_at);
+        // Refused before anything is stored; `create` checks again after
+        // the reservation.
+        if expires_at.saturating_sub(now) < 1000 {
+            return Err(ApprovalError::FailedPrecondition(
+                "the session ends in less than a second; there is no time to ask the user".into(),
+            ));
+        }
         let ticket = NewTicket {
             id: format!("tkt_{}", uuid::Uuid::new_v4().simple()),
             session_id: req.session_id.clone(),
@@ -456,16 +465,26 @@ impl Inner {
                 "the session ends in less than a second; there is no time to ask the user".into(),
             ));
         }
+        // The IdP counts whole seconds: round up, or the user loses most of
+        // a second (2 s asked, 1 s given); the ticket's own deadline below
+        // still ends it at `expires_at`.
+        let requested = Duration::from_secs(
+            remaining
+                .as_millis()
+                .div_ceil(1000)
+                .try_into()
+                .unwrap_or(u64::MAX),
+        );
         let started = self
             .drivers
             .ciba()
             .start(&AuthenticationRequest {
                 user: &row.user_subject,
                 binding_message: &message,
-                requested_expiry: Some(remaining),
+                requested_expiry: Some(requested),
             })
             .await;
-        let started = match started {
+        let mut started = match started {
             Ok(started) => started,
             Err(e) => {
                 let error = ApprovalError::from(e);
@@ -487,6 +506,9 @@ impl Inner {
             }
         };
         let deadline = unix_ms(started.pending.state.deadline).min(row.expires_at);
+        // INVARIANT: the driver's deadline is the stored one, never later.
+        started.pending.state.deadline = std::time::SystemTime::UNIX_EPOCH
+            + Duration::from_millis(u64::try_from(deadline).unwrap_or(0));
         let hash = started
             .notification_token
             .as_ref()
@@ -800,6 +822,11 @@ mod tests {
             nanos: 0,
         };
         assert!(requested_expiry(Some(&negative)).is_err());
+        let half = prost_types::Duration {
+            seconds: 0,
+            nanos: 500_000_000,
+        };
+        assert!(requested_expiry(Some(&half)).is_err());
         assert_eq!(requested_expiry(None).unwrap(), None);
         let past = prost_types::Timestamp {
             seconds: 1,

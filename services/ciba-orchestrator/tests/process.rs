@@ -318,7 +318,11 @@ async fn a_ticket_pending_at_sigkill_is_resumed_and_its_approval_counts() {
         .unwrap()
         .into_inner();
     assert_eq!(again.outcome(), pb::RequestOutcome::GrantUsed);
-    let all = authority.idp().ciba_requests(&[("all", "1")]).await.unwrap();
+    let all = authority
+        .idp()
+        .ciba_requests(&[("all", "1")])
+        .await
+        .unwrap();
     assert_eq!(all.len(), 1, "the device was asked once");
 
     signal(&second, "-TERM");
@@ -326,7 +330,10 @@ async fn a_ticket_pending_at_sigkill_is_resumed_and_its_approval_counts() {
     let status = second.0.wait().unwrap();
     assert!(status.success(), "SIGTERM drains and exits 0: {status:?}");
     let text = std::fs::read_to_string(&second_log).unwrap();
-    assert!(text.contains("resuming a pending approval ticket"), "{text}");
+    assert!(
+        text.contains("resuming a pending approval ticket"),
+        "{text}"
+    );
     assert!(!text.contains("tether-ciba-secret"), "{text}");
     assert!(!text.contains(&session.token), "the delegated token leaked");
 }

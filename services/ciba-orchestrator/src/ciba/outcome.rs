@@ -79,10 +79,11 @@ impl Outcome {
     pub fn reason(&self) -> String {
         match self {
             Self::Approved(_) => "approved by the user".into(),
-            Self::ApprovedByOtherUser { approver } => format!(
-                "approved with another account (`{}`), not the requested user",
-                tether_runtime::clip(approver)
-            ),
+            // The other account is logged by the orchestrator, never shown
+            // to the agent.
+            Self::ApprovedByOtherUser { .. } => {
+                "failed: ID token `sub` mismatch: approved with another account, not the requested user".into()
+            }
             Self::Denied { description: None } => "denied by the user".into(),
             Self::Denied {
                 description: Some(d),
