@@ -155,6 +155,7 @@ cmd_bench() {
     cargo bench -p tether-integration-tests --bench identity
     cargo bench -p tether-integration-tests --bench issuer
     cargo bench -p tether-integration-tests --bench mtls
+    cargo bench -p tether-integration-tests --bench approvals
 }
 
 case "${1:-}" in

@@ -329,7 +329,7 @@ pub(crate) fn entities(text: &str, max: usize, types: &TypeNames) -> Option<Vec<
 /// "approval":{"granted":true}}` mean something other than what a component
 /// reading the first occurrence saw; Cedar's own parser refuses duplicates,
 /// and so does the general path, before anything is evaluated.
-pub(crate) fn reject_duplicate_keys(text: &str) -> Result<(), String> {
+pub fn reject_duplicate_keys(text: &str) -> Result<(), String> {
     #[derive(Clone, Copy)]
     struct NoDuplicates;
 

@@ -48,5 +48,6 @@ mod step_up;
 
 pub use cases::{CaseFile, CaseResult, Expected, TestCase, Uid};
 pub use eval::{Decision, EvalError, Limits, Outcome, Query, RequestError, StepUp};
+pub use fast::reject_duplicate_keys;
 pub use pack::{LoadError, PackSources, PackStats, PolicyPack, Problem};
 pub use step_up::sanitize_binding_message;

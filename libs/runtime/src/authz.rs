@@ -111,6 +111,11 @@ pub const SELF_AUTHENTICATING_PATHS: &[&str] = &[
 /// Open to every caller, certificate or not.
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 
+/// The agent-facing API: agents have no client certificate; every call
+/// authenticates with the agent's delegated token (StartSession with the
+/// user's token and the agent's signed assertion), checked by the handler.
+pub const TOKEN_AUTHENTICATED_SERVICES: &[&str] = &["/tether.facade.v1.AgentGateway/"];
+
 /// Checks `[server.authorization]` overrides: keys `pkg.Service/Method` or
 /// `pkg.Service/*`, values Tether service names or `spiffe://` URIs.
 pub fn validate_overrides(
@@ -283,6 +288,9 @@ impl Authorizer {
     pub fn check(&self, path: &str, peer: Option<&PeerInfo>) -> Result<(), AuthzError> {
         if path.starts_with(HEALTH_PREFIX)
             || SELF_AUTHENTICATING_PATHS.contains(&path)
+            || TOKEN_AUTHENTICATED_SERVICES
+                .iter()
+                .any(|prefix| path.starts_with(prefix))
             || !self.enforce
         {
             return Ok(());

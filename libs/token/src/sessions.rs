@@ -206,6 +206,31 @@ impl Sessions {
         Ok(Caller::from(claims))
     }
 
+    /// The verified claims of the call's bearer token, session not
+    /// revoked (what the agent facade builds a decision from).
+    pub async fn claims(&self, metadata: &MetadataMap) -> Result<DelegatedClaims, SessionError> {
+        Ok(self.verifier.verify(bearer(metadata)?).await?)
+    }
+
+    /// Verifies a delegated token given directly (e.g. one just minted):
+    /// signature, claims, and the session not revoked.
+    pub async fn verify(&self, token: &str) -> Result<DelegatedClaims, TokenError> {
+        self.verifier.verify(token).await
+    }
+
+    /// Like [`Sessions::claims`] for a session that may have ended already
+    /// (signature, `iss`, `aud`, `exp` and `typ` still checked): ending or
+    /// describing a session must work after it was revoked.
+    pub async fn claims_of_any_session(
+        &self,
+        metadata: &MetadataMap,
+    ) -> Result<DelegatedClaims, SessionError> {
+        Ok(self
+            .verifier
+            .verify_ignoring_revocation(bearer(metadata)?)
+            .await?)
+    }
+
     /// Whether `sid` is revoked by the identity exchange now; an error when
     /// the local copy of the list is stale (fail closed).
     pub async fn is_revoked(&self, sid: &str) -> Result<bool, TokenError> {

@@ -454,15 +454,17 @@ impl Inner {
         };
         let remaining =
             Duration::from_millis(u64::try_from(row.expires_at.saturating_sub(now)).unwrap_or(0));
-        if remaining < Duration::from_secs(1) {
+        // Requests and sessions under a second were refused before anything
+        // was stored; this only catches a clock that moved on meanwhile.
+        if remaining.is_zero() {
             self.not_sent(
                 &row.id,
                 Sent::Refused,
-                "failed: the session ends too soon to ask the user",
+                "failed: the session ended before the user could be asked",
             )
             .await;
             return Err(ApprovalError::FailedPrecondition(
-                "the session ends in less than a second; there is no time to ask the user".into(),
+                "the session ended before the user could be asked".into(),
             ));
         }
         // The IdP counts whole seconds: round up, or the user loses most of

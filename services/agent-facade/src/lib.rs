@@ -1,0 +1,133 @@
+//! Tether's agent facade: the one API an agent calls
+//! (`tether.facade.v1.AgentGateway`). It is the policy enforcement point:
+//! it verifies the agent's delegated token, builds the policy question from
+//! what Tether knows (never from what the agent claims), and composes the
+//! identity exchange, the policy decision point, the approval orchestrator
+//! and the credential issuer into the flows of the design. It holds no
+//! policy and no credential logic of its own; every failure is a deny.
+//!
+//! [`run`] is what both the binary and the tests call.
+
+mod config;
+mod decision;
+mod error;
+mod service;
+
+use std::future::Future;
+
+use anyhow::Context as _;
+use tether_proto::approval::v1::approval_orchestrator_client::ApprovalOrchestratorClient;
+use tether_proto::credentials::v1::credential_issuer_client::CredentialIssuerClient;
+use tether_proto::facade::v1::agent_gateway_server::{AgentGatewayServer, SERVICE_NAME};
+use tether_proto::identity::v1::identity_exchange_client::IdentityExchangeClient;
+use tether_proto::policy::v1::policy_decision_client::PolicyDecisionClient;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+pub use config::{
+    ApprovalsConfig, ClockConfig, Config, NetworkConfig, PolicyConfig, ProfileConfig, RiskConfig,
+    Upstreams as UpstreamsConfig, Zone,
+};
+pub use decision::RESERVED_CONTEXT_KEYS;
+pub use error::FacadeError;
+pub use service::FacadeService;
+
+/// Installs the process-wide rustls provider (aws-lc); a provider
+/// installed earlier is kept.
+fn install_crypto_provider() {
+    let _already_installed = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// A started facade: the service and its background task (the session
+/// revocation list sync).
+#[derive(Debug)]
+pub struct Facade {
+    service: FacadeService,
+    stop: tokio::sync::watch::Sender<bool>,
+    revocation_sync: tokio::task::JoinHandle<()>,
+}
+
+impl Facade {
+    /// Loads Tether's entity data, builds the clients of the four internal
+    /// services (mTLS by SPIFFE identity, deadlines, trace context), and
+    /// starts verifying delegated tokens (keys and revocation list from the
+    /// identity exchange; calls fail UNAVAILABLE until they are loaded).
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        install_crypto_provider();
+        let entities = match &config.policy.entities_file {
+            Some(path) => decision::EntityData::load(path)?,
+            None => decision::EntityData::default(),
+        };
+        tracing::info!(entities = entities.count(), "entity data loaded");
+        let clients = tether_runtime::client::Clients::new(&config.server.tls)
+            .context("building the internal clients")?
+            .with_timeouts(
+                std::time::Duration::from_secs(5),
+                config.upstreams.timeout(),
+            );
+        let u = &config.upstreams;
+        let upstreams = service::Upstreams {
+            identity: IdentityExchangeClient::new(
+                clients.grpc(&u.identity_exchange, "identity-exchange")?,
+            ),
+            policy: PolicyDecisionClient::new(clients.grpc(&u.policy_decision, "policy-decision")?),
+            credentials: CredentialIssuerClient::new(
+                clients.grpc(&u.credential_issuer, "credential-issuer")?,
+            ),
+            approvals: ApprovalOrchestratorClient::new(
+                clients.grpc(&u.ciba_orchestrator, "ciba-orchestrator")?,
+            ),
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (sessions, revocation_sync) =
+            tether_token::Sessions::start(&config.sessions, &config.server.tls, async move {
+                let mut stopped = stopped;
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+            .context("building the identity exchange clients")?;
+        let service = FacadeService::new(config, sessions, upstreams, entities);
+        Ok(Self {
+            service,
+            stop,
+            revocation_sync,
+        })
+    }
+
+    /// What is served: the agent gateway.
+    pub fn routes(&self, max_message_bytes: usize) -> Routes {
+        Routes::new(
+            AgentGatewayServer::new(self.service.clone())
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        )
+    }
+
+    /// Stops the revocation list sync.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let mut task = self.revocation_sync;
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the facade and serves on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let server = config.server.clone();
+    let facade = Facade::start(config).await?;
+    let routes = facade.routes(server.max_message_bytes);
+    let served =
+        tether_runtime::server::serve(listener, routes, &[SERVICE_NAME], &server, shutdown).await;
+    facade.stop().await;
+    served?;
+    Ok(())
+}

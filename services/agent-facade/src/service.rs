@@ -1,0 +1,1040 @@
+//! The gRPC handlers of `tether.facade.v1.AgentGateway`: the policy
+//! enforcement point. No policy or credential logic of its own: it asks the
+//! identity exchange, the policy decision point, the approval orchestrator
+//! and the credential issuer, and enforces their answers. Any failure on
+//! the way is a deny.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt as _};
+use tether_proto::approval::v1 as approval_pb;
+use tether_proto::approval::v1::approval_orchestrator_client::ApprovalOrchestratorClient;
+use tether_proto::credentials::v1 as credentials_pb;
+use tether_proto::credentials::v1::credential_issuer_client::CredentialIssuerClient;
+use tether_proto::facade::v1 as pb;
+use tether_proto::identity::v1 as identity_pb;
+use tether_proto::identity::v1::identity_exchange_client::IdentityExchangeClient;
+use tether_proto::policy::v1 as policy_pb;
+use tether_proto::policy::v1::policy_decision_client::PolicyDecisionClient;
+use tether_runtime::client::InternalChannel;
+use tether_runtime::tls::PeerInfo;
+use tether_runtime::{clip, into_status};
+use tether_token::{DelegatedClaims, Sessions};
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::{Code, Request, Response, Status};
+
+use crate::config::Config;
+use crate::decision::{self, EntityData, Question, Uid};
+use crate::error::{Dependency, FacadeError, downstream};
+
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+const MAX_INTENT_BYTES: usize = 8 * 1024;
+const MAX_SCOPE_BYTES: usize = 1024;
+const MAX_SCOPE_TOKENS: usize = 64;
+const MAX_PROFILE_BYTES: usize = 128;
+const MAX_REASON_BYTES: usize = 256;
+const MAX_TICKET_ID_BYTES: usize = 128;
+const MAX_BINDING_CHARS: usize = 128;
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// The four internal services, over the one client builder (mTLS,
+/// deadlines, trace context).
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    pub identity: IdentityExchangeClient<InternalChannel>,
+    pub policy: PolicyDecisionClient<InternalChannel>,
+    pub credentials: CredentialIssuerClient<InternalChannel>,
+    pub approvals: ApprovalOrchestratorClient<InternalChannel>,
+}
+
+/// `tether.facade.v1.AgentGateway`.
+#[derive(Debug, Clone)]
+pub struct FacadeService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    sessions: Sessions,
+    upstreams: Upstreams,
+    entities: EntityData,
+}
+
+impl FacadeService {
+    pub(crate) fn new(
+        config: Config,
+        sessions: Sessions,
+        upstreams: Upstreams,
+        entities: EntityData,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                sessions,
+                upstreams,
+                entities,
+            }),
+        }
+    }
+}
+
+/// The caller's bearer metadata value, forwarded unchanged to the services
+/// that act for the session (they verify it themselves).
+fn bearer_value(metadata: &MetadataMap) -> Option<AsciiMetadataValue> {
+    metadata.get("authorization").cloned()
+}
+
+fn forward<T>(message: T, bearer: &AsciiMetadataValue) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
+    request
+}
+
+fn to_ts(seconds: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds, nanos: 0 }
+}
+
+fn check_len(field: &str, value: &str, limit: usize) -> Result<(), FacadeError> {
+    if value.is_empty() {
+        return Err(FacadeError::InvalidRequest(format!("missing `{field}`")));
+    }
+    if value.len() > limit {
+        return Err(FacadeError::InvalidRequest(format!(
+            "`{field}` is {} bytes, the limit is {limit}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `intent`: a JSON array of objects, each with a string `type`.
+fn check_intent(intent: &str) -> Result<(), FacadeError> {
+    check_len("intent", intent, MAX_INTENT_BYTES)?;
+    tether_policy::reject_duplicate_keys(intent)
+        .map_err(|e| FacadeError::InvalidRequest(format!("`intent`: {e}")))?;
+    let valid = match serde_json::from_str::<serde_json::Value>(intent) {
+        Ok(serde_json::Value::Array(items)) => {
+            !items.is_empty()
+                && items.iter().all(|item| {
+                    item.get("type")
+                        .and_then(serde_json::Value::as_str)
+                        .is_some_and(|t| !t.is_empty())
+                })
+        }
+        _ => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(FacadeError::InvalidRequest(
+            "`intent` must be RFC 9396 `authorization_details`: a JSON array of objects, each with a string `type`".into(),
+        ))
+    }
+}
+
+fn check_scope(scope: &str) -> Result<(), FacadeError> {
+    if scope.len() > MAX_SCOPE_BYTES || scope.split_ascii_whitespace().count() > MAX_SCOPE_TOKENS {
+        return Err(FacadeError::InvalidRequest(format!(
+            "`scope` is limited to {MAX_SCOPE_TOKENS} values and {MAX_SCOPE_BYTES} bytes"
+        )));
+    }
+    if scope
+        .chars()
+        .any(|c| c.is_control() || (!c.is_ascii_graphic() && c != ' '))
+    {
+        return Err(FacadeError::InvalidRequest(
+            "`scope` must be space-separated printable ASCII (RFC 6749 §3.3)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// How a decision came out, with what produced it.
+#[derive(Debug)]
+enum Decided {
+    Allow {
+        check: policy_pb::CheckResponse,
+        grant: Option<Box<approval_pb::Grant>>,
+    },
+    Deny(policy_pb::CheckResponse),
+    ApprovalRequired {
+        check: policy_pb::CheckResponse,
+        ticket: Box<approval_pb::Ticket>,
+    },
+}
+
+/// One agent call that acts for a session.
+struct Call {
+    claims: DelegatedClaims,
+    bearer: AsciiMetadataValue,
+    caller: Option<IpAddr>,
+}
+
+fn approval_state(state: approval_pb::TicketState) -> pb::ApprovalState {
+    match state {
+        approval_pb::TicketState::Pending => pb::ApprovalState::Pending,
+        approval_pb::TicketState::Approved => pb::ApprovalState::Approved,
+        approval_pb::TicketState::Denied => pb::ApprovalState::Denied,
+        approval_pb::TicketState::Expired => pb::ApprovalState::Expired,
+        approval_pb::TicketState::Cancelled => pb::ApprovalState::Cancelled,
+        approval_pb::TicketState::Failed => pb::ApprovalState::Failed,
+        approval_pb::TicketState::Unspecified => pb::ApprovalState::Unspecified,
+    }
+}
+
+/// `Type::"id"` back into an entity uid (for tickets, which store the
+/// Cedar form).
+fn parse_cedar_uid(text: &str) -> Option<pb::EntityUid> {
+    let at = text.find("::\"")?;
+    let id: String = serde_json::from_str(&text[at + 2..]).ok()?;
+    Some(pb::EntityUid {
+        r#type: text[..at].to_owned(),
+        id,
+    })
+}
+
+fn ticket_pb(ticket: &approval_pb::Ticket) -> pb::ApprovalTicket {
+    let mut message = ticket.binding_message.clone();
+    if !ticket.confirmation_code.is_empty() && !message.contains(&ticket.confirmation_code) {
+        message = format!("{message} Code: {}", ticket.confirmation_code);
+    }
+    pb::ApprovalTicket {
+        ticket_id: ticket.ticket_id.clone(),
+        state: approval_state(ticket.state()).into(),
+        action: parse_cedar_uid(&ticket.action),
+        resource: parse_cedar_uid(&ticket.resource),
+        binding_message: message,
+        created_at: ticket.created_at,
+        expires_at: ticket.expires_at,
+        decided_at: ticket.decided_at,
+        state_reason: ticket.state_reason.clone(),
+    }
+}
+
+fn grant_pb(grant: &approval_pb::Grant) -> pb::ApprovalGrant {
+    pb::ApprovalGrant {
+        grant_id: grant.grant_id.clone(),
+        ticket_id: grant.ticket_id.clone(),
+        expires_at: grant.expires_at,
+        remaining_uses: grant.remaining_uses,
+    }
+}
+
+fn lease_status(status: credentials_pb::LeaseStatus) -> pb::LeaseStatus {
+    use credentials_pb::LeaseStatus as S;
+    match status {
+        S::Issuing => pb::LeaseStatus::Issuing,
+        S::Active => pb::LeaseStatus::Active,
+        S::Revoking => pb::LeaseStatus::Revoking,
+        S::Revoked => pb::LeaseStatus::Revoked,
+        S::Expired => pb::LeaseStatus::Expired,
+        S::RevocationFailed => pb::LeaseStatus::RevocationFailed,
+        S::Unspecified => pb::LeaseStatus::Unspecified,
+    }
+}
+
+fn lease_pb(lease: &credentials_pb::Lease) -> pb::Lease {
+    pb::Lease {
+        lease_id: lease.lease_id.clone(),
+        profile: lease.profile.clone(),
+        granted_ttl: lease.granted_ttl,
+        issued_at: lease.issued_at,
+        expires_at: lease.expires_at,
+        status: lease_status(lease.status()).into(),
+        revoked_at: lease.revoked_at,
+    }
+}
+
+fn credential_pb(credential: credentials_pb::Credential) -> pb::Credential {
+    use credentials_pb::credential::Kind;
+    pb::Credential {
+        kind: credential.kind.map(|kind| match kind {
+            Kind::Database(db) => pb::credential::Kind::Database(pb::DatabaseCredential {
+                username: db.username,
+                password: db.password,
+            }),
+            Kind::Generic(generic) => {
+                pb::credential::Kind::Generic(pb::GenericCredential { data: generic.data })
+            }
+        }),
+    }
+}
+
+impl Inner {
+    /// The verified claims of the call's bearer token (session live).
+    async fn call(
+        &self,
+        metadata: &MetadataMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Call, FacadeError> {
+        let claims = self.sessions.claims(metadata).await?;
+        let bearer = bearer_value(metadata).ok_or(FacadeError::TokenMissing(
+            "missing `authorization` metadata",
+        ))?;
+        let span = tracing::Span::current();
+        span.record("session_id", claims.sid.as_str());
+        span.record("agent", claims.act.sub.as_str());
+        span.record("user", claims.sub.as_str());
+        Ok(Call {
+            caller: decision::caller_address(&self.config.network, peer, metadata),
+            claims,
+            bearer,
+        })
+    }
+
+    async fn check(
+        &self,
+        question: &Question<'_>,
+        decision_id: &str,
+    ) -> Result<policy_pb::CheckResponse, FacadeError> {
+        let request = question.check_request(
+            &self.config.policy,
+            &self.config.network,
+            self.config.clock,
+            &self.entities,
+            decision_id,
+        );
+        self.upstreams
+            .policy
+            .clone()
+            .check(request)
+            .await
+            .map(Response::into_inner)
+            .map_err(|status| downstream(Dependency::Policy, &status))
+    }
+
+    /// Decides `action` on `resource` for the session, asking the user when
+    /// a step-up policy says so, and re-deciding with the approval in
+    /// context before anything is allowed on it.
+    async fn decide(
+        &self,
+        call: &Call,
+        action: &Uid,
+        resource: &Uid,
+        agent_context: &serde_json::Map<String, serde_json::Value>,
+        decision_id: &str,
+    ) -> Result<Decided, FacadeError> {
+        let question = Question {
+            claims: &call.claims,
+            action,
+            resource,
+            agent_context,
+            caller: call.caller,
+            risk_score: self.config.risk.baseline_score,
+            approval: None,
+        };
+        let check = self.check(&question, decision_id).await?;
+        match check.decision() {
+            policy_pb::Decision::Allow => {
+                return Ok(Decided::Allow { check, grant: None });
+            }
+            policy_pb::Decision::ApprovalRequired => {}
+            // DENY, and anything unknown, is a deny.
+            _ => return Ok(Decided::Deny(check)),
+        }
+        let step_up = check.step_up.clone().unwrap_or_default();
+        let message = if step_up.binding_message.trim().is_empty() {
+            format!(
+                "Allow {} to {} {} {}?",
+                call.claims.act.sub, action.id, resource.r#type, resource.id
+            )
+        } else {
+            step_up.binding_message.clone()
+        };
+        let message: String = tether_policy::sanitize_binding_message(&message)
+            .chars()
+            .take(MAX_BINDING_CHARS)
+            .collect();
+        let approval = self
+            .upstreams
+            .approvals
+            .clone()
+            .request_approval(forward(
+                approval_pb::RequestApprovalRequest {
+                    session_id: call.claims.sid.clone(),
+                    user_subject: call.claims.sub.clone(),
+                    agent_id: call.claims.act.sub.clone(),
+                    action: action.cedar(),
+                    resource: resource.cedar(),
+                    intent: call
+                        .claims
+                        .authorization_details
+                        .as_ref()
+                        .map(serde_json::Value::to_string)
+                        .unwrap_or_default(),
+                    binding_message: message,
+                    delivery_mode: approval_pb::DeliveryMode::Unspecified.into(),
+                    requested_expiry: None,
+                    session_expires_at: Some(to_ts(call.claims.exp)),
+                    policy_ids: step_up.policy_ids.clone(),
+                    policy_version: check.policy_version.clone(),
+                },
+                &call.bearer,
+            ))
+            .await
+            .map_err(|status| match status.code() {
+                Code::PermissionDenied => FacadeError::Dependency {
+                    dependency: Dependency::Approval,
+                    detail: "the IdP refused to ask the user".into(),
+                },
+                _ => downstream(Dependency::Approval, &status),
+            })?
+            .into_inner();
+        match approval.outcome() {
+            approval_pb::RequestOutcome::GrantUsed => {
+                let grant = approval
+                    .grant
+                    .ok_or_else(|| FacadeError::Internal("GRANT_USED without a grant".into()))?;
+                // INVARIANT: an approval never bypasses the policy: decide
+                // again with it in context; only a step-up forbid yields.
+                let approved = Question {
+                    approval: Some((&grant.ticket_id, &grant.approver)),
+                    ..question
+                };
+                let again = self.check(&approved, decision_id).await?;
+                if again.decision() == policy_pb::Decision::Allow {
+                    Ok(Decided::Allow {
+                        check: again,
+                        grant: Some(Box::new(grant)),
+                    })
+                } else {
+                    Ok(Decided::Deny(again))
+                }
+            }
+            approval_pb::RequestOutcome::TicketCreated
+            | approval_pb::RequestOutcome::TicketReused => {
+                let ticket = approval.ticket.ok_or_else(|| {
+                    FacadeError::Internal("a ticket outcome without a ticket".into())
+                })?;
+                Ok(Decided::ApprovalRequired {
+                    check,
+                    ticket: Box::new(ticket),
+                })
+            }
+            approval_pb::RequestOutcome::Unspecified => Err(FacadeError::Dependency {
+                dependency: Dependency::Approval,
+                detail: "the approval service gave no outcome".into(),
+            }),
+        }
+    }
+
+    fn retry_after(&self) -> prost_types::Duration {
+        prost_types::Duration {
+            seconds: i64::try_from(self.config.approvals.retry_after_secs).unwrap_or(2),
+            nanos: 0,
+        }
+    }
+
+    async fn start_session(
+        &self,
+        req: pb::StartSessionRequest,
+    ) -> Result<pb::StartSessionResponse, FacadeError> {
+        check_len("user_token", &req.user_token, MAX_TOKEN_BYTES)?;
+        if req.user_token_type != ACCESS_TOKEN_TYPE && req.user_token_type != ID_TOKEN_TYPE {
+            return Err(FacadeError::InvalidRequest(format!(
+                "`user_token_type` must be `{ACCESS_TOKEN_TYPE}` or `{ID_TOKEN_TYPE}`"
+            )));
+        }
+        check_len("agent_assertion", &req.agent_assertion, MAX_TOKEN_BYTES)?;
+        if !req.agent_assertion_type.is_empty() && req.agent_assertion_type != JWT_TYPE {
+            return Err(FacadeError::InvalidRequest(format!(
+                "`agent_assertion_type` must be empty or `{JWT_TYPE}`"
+            )));
+        }
+        check_intent(&req.intent)?;
+        check_scope(&req.scope)?;
+        let exchanged = self
+            .upstreams
+            .identity
+            .clone()
+            .exchange(identity_pb::ExchangeRequest {
+                subject_token: req.user_token,
+                subject_token_type: req.user_token_type,
+                actor_token: req.agent_assertion,
+                actor_token_type: JWT_TYPE.into(),
+                audience: self.config.sessions.audience.clone(),
+                scope: req.scope,
+                requested_token_type: String::new(),
+                authorization_details: req.intent,
+            })
+            .await
+            .map_err(|status| exchange_error(&status))?
+            .into_inner();
+        // The token is checked like every later call will check it, so a
+        // session that cannot be used is never handed out.
+        let claims = self
+            .sessions
+            .verify(&exchanged.access_token)
+            .await
+            .map_err(|e| {
+                FacadeError::Internal(format!(
+                    "the identity exchange minted a token this facade refuses: {e}"
+                ))
+            })?;
+        tracing::Span::current().record("session_id", claims.sid.as_str());
+        tracing::info!(agent = %claims.act.sub, user = %claims.sub, "session started");
+        Ok(pb::StartSessionResponse {
+            session_id: claims.sid.clone(),
+            delegated_token: exchanged.access_token,
+            token_type: "Bearer".into(),
+            expires_at: Some(to_ts(claims.exp)),
+            session_expires_at: exchanged.session_expires_at.or(Some(to_ts(claims.exp))),
+            scope: claims.scope.clone(),
+            user_subject: claims.sub.clone(),
+            agent_id: claims.act.sub.clone(),
+        })
+    }
+
+    async fn authorize(
+        &self,
+        call: &Call,
+        req: pb::AuthorizeRequest,
+    ) -> Result<pb::AuthorizeResponse, FacadeError> {
+        let action = decision::uid("action", req.action.as_ref())?;
+        let resource = decision::uid("resource", req.resource.as_ref())?;
+        let context = decision::agent_context(&req.context_json)?;
+        let decision_id = format!("dec_{}", uuid::Uuid::new_v4().simple());
+        let decided = self
+            .decide(call, &action, &resource, &context, &decision_id)
+            .await?;
+        let (decision, check, approval_required, grant) = match decided {
+            Decided::Allow { check, grant } => (pb::Decision::Allow, check, None, grant),
+            Decided::Deny(check) => (pb::Decision::Deny, check, None, None),
+            Decided::ApprovalRequired { check, ticket } => (
+                pb::Decision::ApprovalRequired,
+                check,
+                Some(pb::ApprovalRequired {
+                    ticket: Some(ticket_pb(&ticket)),
+                    retry_after: Some(self.retry_after()),
+                }),
+                None,
+            ),
+        };
+        record_decision(decision, &check);
+        Ok(pb::AuthorizeResponse {
+            decision: decision.into(),
+            policy_ids: check.policy_ids,
+            reasons: check.reasons,
+            policy_version: check.policy_version,
+            decision_id,
+            approval_required,
+            approval_grant: grant.as_deref().map(grant_pb),
+        })
+    }
+
+    async fn acquire_credential(
+        &self,
+        call: &Call,
+        req: pb::AcquireCredentialRequest,
+    ) -> Result<pb::AcquireCredentialResponse, FacadeError> {
+        let action = decision::uid("action", req.action.as_ref())?;
+        let resource = decision::uid("resource", req.resource.as_ref())?;
+        let context = decision::agent_context(&req.context_json)?;
+        check_len("profile", &req.profile, MAX_PROFILE_BYTES)?;
+        let requested_ttl = match req.requested_ttl {
+            Some(d) if d.seconds < 0 || d.nanos < 0 || (d.seconds == 0 && d.nanos == 0) => {
+                return Err(FacadeError::InvalidRequest(
+                    "`requested_ttl` must be positive".into(),
+                ));
+            }
+            other => other,
+        };
+        let profile = self
+            .config
+            .profiles
+            .get(&req.profile)
+            .ok_or_else(|| FacadeError::UnknownProfile(clip(&req.profile)))?;
+        if !profile.actions.contains(&action.cedar())
+            || !profile.resource_types.contains(&resource.r#type)
+        {
+            return Err(FacadeError::ProfileNotAllowed {
+                profile: req.profile.clone(),
+                action: action.cedar(),
+                resource_type: resource.r#type.clone(),
+            });
+        }
+        let decision_id = format!("dec_{}", uuid::Uuid::new_v4().simple());
+        let decided = self
+            .decide(call, &action, &resource, &context, &decision_id)
+            .await?;
+        let (check, grant) = match decided {
+            Decided::Allow { check, grant } => (check, grant),
+            Decided::Deny(check) => {
+                record_decision(pb::Decision::Deny, &check);
+                return Err(FacadeError::PolicyDenied {
+                    policy_ids: check.policy_ids,
+                    policy_version: check.policy_version,
+                    decision_id,
+                    reasons: check.reasons,
+                });
+            }
+            Decided::ApprovalRequired { check, ticket } => {
+                record_decision(pb::Decision::ApprovalRequired, &check);
+                return Ok(pb::AcquireCredentialResponse {
+                    decision: pb::Decision::ApprovalRequired.into(),
+                    outcome: Some(pb::acquire_credential_response::Outcome::ApprovalRequired(
+                        pb::ApprovalRequired {
+                            ticket: Some(ticket_pb(&ticket)),
+                            retry_after: Some(self.retry_after()),
+                        },
+                    )),
+                    policy_ids: check.policy_ids,
+                    reasons: check.reasons,
+                    policy_version: check.policy_version,
+                    decision_id,
+                    approval_grant: None,
+                });
+            }
+        };
+        record_decision(pb::Decision::Allow, &check);
+        let issued = self
+            .upstreams
+            .credentials
+            .clone()
+            .issue(forward(
+                credentials_pb::IssueRequest {
+                    profile: req.profile.clone(),
+                    requested_ttl,
+                    intent: call
+                        .claims
+                        .authorization_details
+                        .as_ref()
+                        .map(serde_json::Value::to_string)
+                        .unwrap_or_default(),
+                    action: action.cedar(),
+                    resource: resource.cedar(),
+                    policy_version: check.policy_version.clone(),
+                    decision_id: decision_id.clone(),
+                    policy_ids: check.policy_ids.clone(),
+                    approval_ticket_id: grant
+                        .as_ref()
+                        .map(|g| g.ticket_id.clone())
+                        .unwrap_or_default(),
+                    ..Default::default()
+                },
+                &call.bearer,
+            ))
+            .await
+            .map_err(|status| downstream(Dependency::Credentials, &status))?
+            .into_inner();
+        let lease = issued
+            .lease
+            .ok_or_else(|| FacadeError::Internal("the issuer returned no lease".into()))?;
+        let credential = issued
+            .credential
+            .ok_or_else(|| FacadeError::Internal("the issuer returned no credential".into()))?;
+        let span = tracing::Span::current();
+        span.record("lease_id", lease.lease_id.as_str());
+        if let Some(ttl) = &lease.granted_ttl {
+            span.record("granted_ttl_secs", ttl.seconds);
+        }
+        Ok(pb::AcquireCredentialResponse {
+            decision: pb::Decision::Allow.into(),
+            outcome: Some(pb::acquire_credential_response::Outcome::Issued(
+                pb::IssuedCredential {
+                    credential: Some(credential_pb(credential)),
+                    lease: Some(lease_pb(&lease)),
+                },
+            )),
+            policy_ids: check.policy_ids,
+            reasons: check.reasons,
+            policy_version: check.policy_version,
+            decision_id,
+            approval_grant: grant.as_deref().map(grant_pb),
+        })
+    }
+
+    async fn end_session(
+        &self,
+        metadata: &MetadataMap,
+        req: pb::EndSessionRequest,
+    ) -> Result<pb::EndSessionResponse, FacadeError> {
+        if req.reason.len() > MAX_REASON_BYTES {
+            return Err(FacadeError::InvalidRequest(format!(
+                "`reason` is {} bytes, the limit is {MAX_REASON_BYTES}",
+                req.reason.len()
+            )));
+        }
+        let claims = self.sessions.claims_of_any_session(metadata).await?;
+        let sid = claims.sid.clone();
+        tracing::Span::current().record("session_id", sid.as_str());
+        let reason = if req.reason.is_empty() {
+            "session ended by the agent".to_owned()
+        } else {
+            clip(&req.reason)
+        };
+        // 1. The session: from here on no service accepts its tokens.
+        let revoked = self
+            .upstreams
+            .identity
+            .clone()
+            .revoke_session(identity_pb::RevokeSessionRequest {
+                sid: sid.clone(),
+                reason: reason.clone(),
+            })
+            .await
+            .map_err(|status| downstream(Dependency::Identity, &status))?
+            .into_inner();
+        // 2. Approvals: pending tickets cancelled, grants revoked.
+        let cancelled = self
+            .upstreams
+            .approvals
+            .clone()
+            .cancel_session(approval_pb::CancelSessionRequest {
+                session_id: sid.clone(),
+                reason: reason.clone(),
+            })
+            .await
+            .map_err(|status| downstream(Dependency::Approval, &status))?
+            .into_inner();
+        // 3. Credentials: every lease revoked at Vault (or retried).
+        let leases = self
+            .upstreams
+            .credentials
+            .clone()
+            .revoke_session(credentials_pb::RevokeSessionRequest {
+                session_id: sid.clone(),
+                reason: reason.clone(),
+            })
+            .await
+            .map_err(|status| downstream(Dependency::Credentials, &status))?
+            .into_inner();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        tracing::info!(
+            revoked_leases = leases.revoked.len(),
+            pending_leases = leases.pending.len(),
+            cancelled_tickets = cancelled.cancelled_ticket_ids.len(),
+            already_ended = revoked.already_revoked,
+            "session ended"
+        );
+        Ok(pb::EndSessionResponse {
+            receipt: Some(pb::SessionReceipt {
+                session_id: sid,
+                ended_at: Some(to_ts(now)),
+                session_revoked_at: revoked.revoked_at,
+                already_ended: revoked.already_revoked,
+                revoked_leases: leases.revoked.iter().map(lease_pb).collect(),
+                pending_leases: leases.pending.iter().map(lease_pb).collect(),
+                cancelled_ticket_ids: cancelled.cancelled_ticket_ids,
+                revoked_grant_ids: cancelled.revoked_grant_ids,
+                receipt_id: format!("rcpt_{}", uuid::Uuid::new_v4().simple()),
+            }),
+        })
+    }
+
+    async fn get_session(
+        &self,
+        metadata: &MetadataMap,
+    ) -> Result<pb::GetSessionResponse, FacadeError> {
+        let claims = self.sessions.claims_of_any_session(metadata).await?;
+        tracing::Span::current().record("session_id", claims.sid.as_str());
+        let ended = self
+            .sessions
+            .is_revoked(&claims.sid)
+            .await
+            .map_err(FacadeError::Token)?;
+        let leases = self
+            .upstreams
+            .credentials
+            .clone()
+            .list_leases(credentials_pb::ListLeasesRequest {
+                session_id: claims.sid.clone(),
+                page_size: 1000,
+                page_token: String::new(),
+            })
+            .await
+            .map_err(|status| downstream(Dependency::Credentials, &status))?
+            .into_inner();
+        Ok(pb::GetSessionResponse {
+            session: Some(pb::Session {
+                session_id: claims.sid.clone(),
+                state: if ended {
+                    pb::SessionState::Ended
+                } else {
+                    pb::SessionState::Active
+                }
+                .into(),
+                user_subject: claims.sub.clone(),
+                actor_chain: claims.act.chain().into_iter().map(str::to_owned).collect(),
+                scope: claims.scope.clone(),
+                intent: claims
+                    .authorization_details
+                    .as_ref()
+                    .map(serde_json::Value::to_string)
+                    .unwrap_or_default(),
+                token_issued_at: Some(to_ts(claims.iat)),
+                token_expires_at: Some(to_ts(claims.exp)),
+                session_expires_at: Some(to_ts(claims.exp)),
+                ended_at: None,
+                leases: leases.leases.iter().map(lease_pb).collect(),
+            }),
+        })
+    }
+}
+
+/// Exchange's refusals in the facade's terms.
+fn exchange_error(status: &Status) -> FacadeError {
+    use tonic_types::StatusExt as _;
+    let reason = status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default();
+    let message = clip(status.message());
+    match (status.code(), reason.as_str()) {
+        (Code::InvalidArgument, _) => FacadeError::InvalidRequest(message),
+        (Code::Unauthenticated, "INVALID_CLIENT") => FacadeError::AgentAssertionInvalid(message),
+        (Code::Unauthenticated, _) => FacadeError::UserTokenInvalid(message),
+        (Code::PermissionDenied, _) => FacadeError::DelegationNotAllowed(message),
+        _ => downstream(Dependency::Identity, status),
+    }
+}
+
+/// The decision, its policies and version on the request's span.
+fn record_decision(decision: pb::Decision, check: &policy_pb::CheckResponse) {
+    let span = tracing::Span::current();
+    span.record("decision", decision.as_str_name());
+    span.record("policy_ids", check.policy_ids.join(",").as_str());
+    span.record("policy_version", check.policy_version.as_str());
+    tracing::info!(
+        decision = decision.as_str_name(),
+        policy_ids = ?check.policy_ids,
+        policy_version = %check.policy_version,
+        "decided"
+    );
+}
+
+fn peer_ip<T>(request: &Request<T>) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|p| p.remote_addr)
+        .or_else(|| request.remote_addr())
+        .map(|a| a.ip())
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchApprovalResponse, Status>> + Send>>;
+
+macro_rules! request_span {
+    ($name:literal) => {
+        tracing::info_span!(
+            $name,
+            session_id = tracing::field::Empty,
+            agent = tracing::field::Empty,
+            user = tracing::field::Empty,
+            action = tracing::field::Empty,
+            resource = tracing::field::Empty,
+            decision = tracing::field::Empty,
+            policy_ids = tracing::field::Empty,
+            policy_version = tracing::field::Empty,
+            lease_id = tracing::field::Empty,
+            granted_ttl_secs = tracing::field::Empty,
+        )
+    };
+}
+
+fn record_target(action: Option<&pb::EntityUid>, resource: Option<&pb::EntityUid>) {
+    let span = tracing::Span::current();
+    if let Some(a) = action {
+        span.record("action", clip(&format!("{}::{}", a.r#type, a.id)).as_str());
+    }
+    if let Some(r) = resource {
+        span.record(
+            "resource",
+            clip(&format!("{}::{}", r.r#type, r.id)).as_str(),
+        );
+    }
+}
+
+#[tonic::async_trait]
+impl pb::agent_gateway_server::AgentGateway for FacadeService {
+    async fn start_session(
+        &self,
+        request: Request<pb::StartSessionRequest>,
+    ) -> Result<Response<pb::StartSessionResponse>, Status> {
+        let span = request_span!("facade.start_session");
+        let inner = Arc::clone(&self.inner);
+        let req = request.into_inner();
+        tracing::Instrument::instrument(async move { inner.start_session(req).await }, span.clone())
+            .await
+            .map(Response::new)
+            .map_err(|e| span.in_scope(|| into_status(e)))
+    }
+
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let span = request_span!("facade.authorize");
+        let peer = peer_ip(&request);
+        let (metadata, _, req) = request.into_parts();
+        let inner = Arc::clone(&self.inner);
+        tracing::Instrument::instrument(
+            async move {
+                record_target(req.action.as_ref(), req.resource.as_ref());
+                let call = inner.call(&metadata, peer).await?;
+                inner.authorize(&call, req).await
+            },
+            span.clone(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(|e| span.in_scope(|| into_status(e)))
+    }
+
+    async fn acquire_credential(
+        &self,
+        request: Request<pb::AcquireCredentialRequest>,
+    ) -> Result<Response<pb::AcquireCredentialResponse>, Status> {
+        let span = request_span!("facade.acquire_credential");
+        let peer = peer_ip(&request);
+        let (metadata, _, req) = request.into_parts();
+        let inner = Arc::clone(&self.inner);
+        tracing::Instrument::instrument(
+            async move {
+                record_target(req.action.as_ref(), req.resource.as_ref());
+                let call = inner.call(&metadata, peer).await?;
+                inner.acquire_credential(&call, req).await
+            },
+            span.clone(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(|e| span.in_scope(|| into_status(e)))
+    }
+
+    type WatchApprovalStream = WatchStream;
+
+    async fn watch_approval(
+        &self,
+        request: Request<pb::WatchApprovalRequest>,
+    ) -> Result<Response<Self::WatchApprovalStream>, Status> {
+        let span = request_span!("facade.watch_approval");
+        let peer = peer_ip(&request);
+        let (metadata, _, req) = request.into_parts();
+        let inner = Arc::clone(&self.inner);
+        let stream = tracing::Instrument::instrument(
+            async move {
+                if req.ticket_id.is_empty()
+                    || req.ticket_id.len() > MAX_TICKET_ID_BYTES
+                    || req.ticket_id.chars().any(char::is_control)
+                {
+                    return Err(FacadeError::InvalidRequest(format!(
+                        "`ticket_id` must be 1 to {MAX_TICKET_ID_BYTES} bytes without control characters"
+                    )));
+                }
+                let call = inner.call(&metadata, peer).await?;
+                let ticket_id = req.ticket_id.clone();
+                inner
+                    .upstreams
+                    .approvals
+                    .clone()
+                    .watch_approval(forward(
+                        approval_pb::WatchApprovalRequest {
+                            ticket_id: req.ticket_id,
+                            session_id: call.claims.sid.clone(),
+                        },
+                        &call.bearer,
+                    ))
+                    .await
+                    .map(Response::into_inner)
+                    .map_err(|status| match status.code() {
+                        Code::NotFound => FacadeError::TicketNotFound(clip(&ticket_id)),
+                        _ => downstream(Dependency::Approval, &status),
+                    })
+            },
+            span.clone(),
+        )
+        .await
+        .map_err(|e| span.in_scope(|| into_status(e)))?;
+        let mapped = stream.map(|item| match item {
+            Ok(message) => Ok(pb::WatchApprovalResponse {
+                ticket: message.ticket.as_ref().map(ticket_pb),
+            }),
+            Err(status) => Err(into_status(match status.code() {
+                Code::NotFound => FacadeError::TicketNotFound(String::new()),
+                _ => downstream(Dependency::Approval, &status),
+            })),
+        });
+        Ok(Response::new(Box::pin(mapped)))
+    }
+
+    async fn end_session(
+        &self,
+        request: Request<pb::EndSessionRequest>,
+    ) -> Result<Response<pb::EndSessionResponse>, Status> {
+        let span = request_span!("facade.end_session");
+        let (metadata, _, req) = request.into_parts();
+        let inner = Arc::clone(&self.inner);
+        tracing::Instrument::instrument(
+            async move { inner.end_session(&metadata, req).await },
+            span.clone(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(|e| span.in_scope(|| into_status(e)))
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let span = request_span!("facade.get_session");
+        let (metadata, _, _) = request.into_parts();
+        let inner = Arc::clone(&self.inner);
+        tracing::Instrument::instrument(
+            async move { inner.get_session(&metadata).await },
+            span.clone(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(|e| span.in_scope(|| into_status(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intents_must_be_authorization_details() {
+        assert!(check_intent(r#"[{"type":"hr_lookup","actions":["read"]}]"#).is_ok());
+        for bad in [
+            "",
+            "[]",
+            "{}",
+            r#"[{"actions":[]}]"#,
+            r#"[{"type":""}]"#,
+            r#"[{"type":"a","type":"b"}]"#,
+        ] {
+            assert!(check_intent(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scopes_are_bounded() {
+        assert!(check_scope("").is_ok());
+        assert!(check_scope("hr:read hr:write").is_ok());
+        assert!(check_scope(&"a ".repeat(65)).is_err());
+        assert!(check_scope("hr:read\nhr:write").is_err());
+    }
+
+    #[test]
+    fn cedar_uids_round_trip() {
+        let uid = parse_cedar_uid(r#"Hr::Employee::"10\"42""#).unwrap();
+        assert_eq!(
+            (uid.r#type.as_str(), uid.id.as_str()),
+            ("Hr::Employee", "10\"42")
+        );
+        assert!(parse_cedar_uid("garbage").is_none());
+    }
+}
