@@ -628,14 +628,14 @@ fn env_or(name: &str, default: u64) -> anyhow::Result<u64> {
     }
 }
 
-/// The release binary: `$TETHER_CIBA_ORCHESTRATOR_BIN`, or built now with
-/// the cargo that builds this bench, next to this bench's own profile
-/// directory.
+/// The release binary: `$TETHER_CIBA_ORCHESTRATOR_BIN`, or built now (by
+/// the cargo running this bench, else `cargo` on the `PATH`) into this
+/// bench's own profile directory.
 fn orchestrator_binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("TETHER_CIBA_ORCHESTRATOR_BIN") {
         return Ok(PathBuf::from(path));
     }
-    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("building tether-ciba-orchestrator (release) …");
     let status = Command::new(cargo)
         .args([

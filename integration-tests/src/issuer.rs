@@ -204,6 +204,17 @@ impl SessionAuthority {
         &self.idp
     }
 
+    /// alice's access token from the IdP (a secret: never print it).
+    pub fn user_token(&self) -> &str {
+        &self.user_token
+    }
+
+    /// A fresh RFC 7523 assertion of the agent `hr-assistant` for the
+    /// identity exchange's token endpoint (single-use).
+    pub fn agent_assertion(&self) -> anyhow::Result<String> {
+        self.agent.assertion(&self.identity.token_endpoint())
+    }
+
     /// The IdP, to stop it (an unreachable IdP).
     pub fn idp_mut(&mut self) -> &mut Idp {
         &mut self.idp

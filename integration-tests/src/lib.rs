@@ -8,6 +8,7 @@
 pub mod approvals;
 pub mod bench;
 pub mod cerbos;
+pub mod facade;
 pub mod identity;
 pub mod idp;
 pub mod issuer;

@@ -1,0 +1,290 @@
+//! The whole stack on loopback, for the agent facade's tests: the test IdP
+//! (CIBA included), a real identity exchange, the policy decision point
+//! with the HR pack, OpenBao with PostgreSQL behind a real credential
+//! issuer, the approval orchestrator, and the facade itself — every hop
+//! mTLS, every service started through its own `run`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tempfile::TempDir;
+use tether_agent_facade::{
+    Config, NetworkConfig, PolicyConfig, ProfileConfig, UpstreamsConfig, Zone,
+};
+use tether_proto::facade::v1 as pb;
+use tether_proto::facade::v1::agent_gateway_client::AgentGatewayClient;
+use tether_runtime::ServerConfig;
+use tether_runtime::client::InternalChannel;
+
+use crate::Running;
+use crate::approvals::{ApprovalsSandbox, ApprovalsSandboxBuilder};
+use crate::issuer::{CredentialDeps, IssuerSandbox, SessionAuthority, hr_profiles};
+use crate::pdp::PdpSandbox;
+use crate::pki::TestPki;
+
+/// The facade's service name (its certificate's SPIFFE ID path).
+pub const SERVICE: &str = "agent-facade";
+
+/// The intent every facade test session declares.
+pub const INTENT: &str = crate::issuer::INTENT;
+
+/// Tether's entity data for the HR pack: employee 1042 in sales.
+pub const HR_ENTITIES: &str =
+    r#"[{"uid":{"type":"Employee","id":"1042"},"attrs":{"department":"sales"},"parents":[]}]"#;
+
+/// The HR pack with the office-hours condition removed from the read
+/// permit, so that the tests do not depend on the time of day they run at
+/// (the condition itself is covered by the PDP's tests and `cases.yaml`).
+pub fn hr_pack_any_hour(into: &Path) -> anyhow::Result<PathBuf> {
+    let pack = into.join("hr-any-hour");
+    std::fs::create_dir_all(&pack)?;
+    crate::copy_dir(&crate::workspace_root().join("examples/hr"), &pack)?;
+    let policies = pack.join("hr.cedar");
+    let text = std::fs::read_to_string(&policies)?;
+    let relaxed = text.replace(
+        "  context.now.weekday >= 1 && context.now.weekday <= 5 &&\n  context.now.hour >= 9 && context.now.hour < 18\n",
+        "  true\n",
+    );
+    anyhow::ensure!(relaxed != text, "the HR pack's read permit changed shape");
+    std::fs::write(&policies, relaxed)?;
+    let _ = std::fs::remove_file(pack.join("cases.yaml"));
+    Ok(pack)
+}
+
+/// Builds a [`FacadeStack`].
+pub struct FacadeStackBuilder {
+    pack: Option<PathBuf>,
+    approvals: Box<dyn FnOnce(ApprovalsSandboxBuilder) -> ApprovalsSandboxBuilder + Send>,
+    configure: Box<dyn FnOnce(&mut Config) + Send>,
+    default_ttl_secs: u64,
+}
+
+impl std::fmt::Debug for FacadeStackBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FacadeStackBuilder")
+            .field("pack", &self.pack)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for FacadeStackBuilder {
+    fn default() -> Self {
+        Self {
+            pack: None,
+            approvals: Box::new(|b| b),
+            configure: Box::new(|_| {}),
+            default_ttl_secs: 600,
+        }
+    }
+}
+
+impl FacadeStackBuilder {
+    /// The policy pack (default: the HR pack without office hours).
+    pub fn pack(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.pack = Some(dir.into());
+        self
+    }
+
+    /// Adjusts the approval orchestrator (limits, grants, delivery).
+    pub fn approvals(
+        mut self,
+        f: impl FnOnce(ApprovalsSandboxBuilder) -> ApprovalsSandboxBuilder + Send + 'static,
+    ) -> Self {
+        self.approvals = Box::new(f);
+        self
+    }
+
+    /// Adjusts the facade's configuration before it starts.
+    pub fn configure(mut self, f: impl FnOnce(&mut Config) + Send + 'static) -> Self {
+        self.configure = Box::new(f);
+        self
+    }
+
+    pub async fn start(self) -> anyhow::Result<FacadeStack> {
+        let dir = tempfile::tempdir().context("creating the stack directory")?;
+        let (deps, authority) = tokio::join!(
+            CredentialDeps::start(self.default_ttl_secs),
+            crate::approvals::authority()
+        );
+        let deps = deps.context("starting OpenBao and PostgreSQL")?;
+        let authority = authority.context("starting the IdP and the identity exchange")?;
+        let pki = Arc::clone(authority.identity().pki());
+        let pack = match self.pack {
+            Some(pack) => pack,
+            None => hr_pack_any_hour(dir.path())?,
+        };
+        let pdp = PdpSandbox::builder()
+            .pack(pack)
+            .pki(Arc::clone(&pki))
+            .start()
+            .await
+            .context("starting the policy decision point")?;
+        let issuer = IssuerSandbox::builder(deps.bao.addr(), authority.identity())
+            .sessions(authority.sessions_config())
+            .profiles(hr_profiles(600))
+            .start()
+            .await
+            .context("starting the credential issuer")?;
+        let approvals = (self.approvals)(ApprovalsSandbox::builder(&authority)?)
+            .start(authority.idp())
+            .await
+            .context("starting the approval orchestrator")?;
+
+        let entities = dir.path().join("entities.json");
+        std::fs::write(&entities, HR_ENTITIES)?;
+        let mut config = Config {
+            server: ServerConfig {
+                tls: pki.tls(SERVICE)?,
+                ..ServerConfig::default()
+            },
+            upstreams: UpstreamsConfig {
+                identity_exchange: authority.identity().issuer().to_owned(),
+                policy_decision: format!("https://{}", pdp.addr()),
+                credential_issuer: format!("https://{}", issuer.addr()),
+                ciba_orchestrator: format!("https://{}", approvals.addr()),
+                timeout_ms: 5_000,
+            },
+            sessions: authority.sessions_config(),
+            policy: PolicyConfig {
+                entities_file: Some(entities),
+                ..PolicyConfig::default()
+            },
+            network: NetworkConfig {
+                zones: vec![Zone {
+                    name: "corp".into(),
+                    cidrs: vec!["127.0.0.0/8".parse()?],
+                    trusted: true,
+                }],
+                ..NetworkConfig::default()
+            },
+            clock: tether_agent_facade::ClockConfig::default(),
+            risk: tether_agent_facade::RiskConfig::default(),
+            approvals: tether_agent_facade::ApprovalsConfig::default(),
+            profiles: BTreeMap::from([
+                (
+                    "hr-read".to_owned(),
+                    ProfileConfig {
+                        actions: vec![r#"Action::"read""#.into()],
+                        resource_types: vec!["Employee".into()],
+                    },
+                ),
+                (
+                    "hr-write".to_owned(),
+                    ProfileConfig {
+                        actions: vec![
+                            r#"Action::"offboard""#.into(),
+                            r#"Action::"update_salary""#.into(),
+                        ],
+                        resource_types: vec!["Employee".into()],
+                    },
+                ),
+            ]),
+        };
+        (self.configure)(&mut config);
+        tether_runtime::ServiceConfig::validate(&config).context("facade configuration")?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let run_config = config.clone();
+        let mut running =
+            Running::spawn(|shutdown| tether_agent_facade::run(run_config, listener, shutdown));
+        // Health is open to callers without a certificate, like agents.
+        let channel = pki.anonymous_channel(addr)?;
+        running.wait_serving(channel.clone()).await?;
+        Ok(FacadeStack {
+            running,
+            addr,
+            channel,
+            config,
+            approvals,
+            issuer,
+            pdp,
+            authority,
+            deps,
+            pki,
+            _dir: dir,
+        })
+    }
+}
+
+/// The running stack. Field order is drop order: the facade stops first.
+#[derive(Debug)]
+pub struct FacadeStack {
+    running: Running,
+    addr: SocketAddr,
+    channel: InternalChannel,
+    config: Config,
+    pub approvals: ApprovalsSandbox,
+    pub issuer: IssuerSandbox,
+    pub pdp: PdpSandbox,
+    pub authority: SessionAuthority,
+    pub deps: CredentialDeps,
+    pki: Arc<TestPki>,
+    _dir: TempDir,
+}
+
+impl FacadeStack {
+    pub fn builder() -> FacadeStackBuilder {
+        FacadeStackBuilder::default()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The facade's configuration as started.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn pki(&self) -> &Arc<TestPki> {
+        &self.pki
+    }
+
+    /// An agent's client: TLS that trusts the CA, no client certificate.
+    pub fn client(&self) -> AgentGatewayClient<InternalChannel> {
+        AgentGatewayClient::new(self.channel.clone())
+    }
+
+    /// StartSession for alice and `hr-assistant`, declaring [`INTENT`].
+    pub fn start_request(&self) -> anyhow::Result<pb::StartSessionRequest> {
+        Ok(pb::StartSessionRequest {
+            user_token: self.authority.user_token().to_owned(),
+            user_token_type: "urn:ietf:params:oauth:token-type:access_token".into(),
+            agent_assertion: self.authority.agent_assertion()?,
+            agent_assertion_type: String::new(),
+            intent: INTENT.into(),
+            scope: "hr:read".into(),
+        })
+    }
+
+    /// A new session through the facade.
+    pub async fn session(&self) -> anyhow::Result<pb::StartSessionResponse> {
+        Ok(self
+            .client()
+            .start_session(self.start_request()?)
+            .await
+            .context("StartSession")?
+            .into_inner())
+    }
+
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.running.stop().await
+    }
+}
+
+/// `message` with `token` as `authorization: Bearer` metadata, as an agent
+/// sends it.
+pub fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    crate::issuer::bearer(message, token)
+}
+
+/// An entity uid of the HR pack.
+pub fn uid(r#type: &str, id: &str) -> Option<pb::EntityUid> {
+    Some(pb::EntityUid {
+        r#type: r#type.into(),
+        id: id.into(),
+    })
+}
