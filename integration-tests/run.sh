@@ -156,6 +156,8 @@ cmd_bench() {
     cargo bench -p tether-integration-tests --bench issuer
     cargo bench -p tether-integration-tests --bench mtls
     cargo bench -p tether-integration-tests --bench approvals
+    cargo bench -p tether-integration-tests --bench facade_audit
+    cargo bench -p tether-integration-tests --bench facade
 }
 
 case "${1:-}" in

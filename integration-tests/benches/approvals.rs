@@ -27,7 +27,7 @@
 //! `cargo bench -p tether-integration-tests --bench approvals`; `-- ping`
 //! or `-- poll` runs one part). The poll part builds the binary with
 //! `cargo build --release -p tether-ciba-orchestrator` first, or runs
-//! `$TETHER_CIBA_ORCHESTRATOR_BIN`. `APPROVALS_HOLD_SECS` and
+//! `$APPROVALS_ORCHESTRATOR_BIN`. `APPROVALS_HOLD_SECS` and
 //! `APPROVALS_TICKETS` shorten it for a quick look.
 
 #![allow(
@@ -435,7 +435,7 @@ async fn ping(marks: &Marks) -> anyhow::Result<()> {
         ms(&stats.total)
     );
     println!(
-        "| approve answered → WatchApproval delivers ({} of {n} delivered before the answer: 0) | {} |",
+        "| approve answered → WatchApproval delivers (delivered before the answer, counted as 0: {} of {n}) | {} |",
         stats.before_answer,
         ms(&stats.after_answer)
     );
@@ -628,11 +628,11 @@ fn env_or(name: &str, default: u64) -> anyhow::Result<u64> {
     }
 }
 
-/// The release binary: `$TETHER_CIBA_ORCHESTRATOR_BIN`, or built now (by
+/// The release binary: `$APPROVALS_ORCHESTRATOR_BIN`, or built now (by
 /// the cargo running this bench, else `cargo` on the `PATH`) into this
 /// bench's own profile directory.
 fn orchestrator_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("TETHER_CIBA_ORCHESTRATOR_BIN") {
+    if let Some(path) = std::env::var_os("APPROVALS_ORCHESTRATOR_BIN") {
         return Ok(PathBuf::from(path));
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -827,16 +827,12 @@ prompts_per_user = 1000000
     Ok(path)
 }
 
+/// Waits until the orchestrator answers health on `channel`.
 async fn connect(
-    authority: &SessionAuthority,
-    addr: std::net::SocketAddr,
+    channel: InternalChannel,
     proc: &mut Proc,
     log: &Path,
 ) -> anyhow::Result<ApprovalOrchestratorClient<InternalChannel>> {
-    let channel = authority
-        .identity()
-        .pki()
-        .channel("agent-facade", addr, SERVICE)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
@@ -967,6 +963,17 @@ async fn poll() -> anyhow::Result<()> {
     let port = free_port()?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let config = poll_config(dir.path(), &authority, port)?;
+    // Every client certificate is written before the orchestrator starts
+    // (writing one rewrites the CA bundle the orchestrator watches).
+    let mut channels = Vec::new();
+    for _ in 0..=WATCH_CHANNELS {
+        channels.push(
+            authority
+                .identity()
+                .pki()
+                .channel("agent-facade", addr, SERVICE)?,
+        );
+    }
     let log = dir.path().join("orchestrator.log");
     let mut proc = Proc(
         Command::new(&bin)
@@ -979,7 +986,7 @@ async fn poll() -> anyhow::Result<()> {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?,
     );
-    let client = connect(&authority, addr, &mut proc, &log).await?;
+    let client = connect(channels[WATCH_CHANNELS].clone(), &mut proc, &log).await?;
     let stat = ProcStat::new(proc.0.id());
 
     let mut sessions = Vec::new();
@@ -1018,15 +1025,11 @@ async fn poll() -> anyhow::Result<()> {
     let held = measure(&stat, hold).await?;
 
     // The facade's view: a WatchApproval stream per ticket, drained.
-    let mut channels = Vec::new();
-    for _ in 0..WATCH_CHANNELS {
-        channels.push(ApprovalOrchestratorClient::new(
-            authority
-                .identity()
-                .pki()
-                .channel("agent-facade", addr, SERVICE)?,
-        ));
-    }
+    let mut channels: Vec<_> = channels[..WATCH_CHANNELS]
+        .iter()
+        .cloned()
+        .map(ApprovalOrchestratorClient::new)
+        .collect();
     let snapshots = Arc::new(AtomicUsize::new(0));
     let ended = Arc::new(AtomicUsize::new(0));
     let mut watchers = Vec::new();

@@ -210,7 +210,9 @@ impl ApprovalsSandboxBuilder {
             )
             .await?;
         }
-        let store_url = config.store.effective_url();
+        let store_url = config
+            .store
+            .effective_url(tether_ciba_orchestrator::STORE_FILE);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let run_config = config.clone();
@@ -351,5 +353,14 @@ pub fn approval_request(
         }),
         policy_ids: vec!["offboard-needs-approval".into()],
         policy_version: "sha256:test".into(),
+    }
+}
+
+impl ApprovalsSandbox {
+    /// Stops serving (an unreachable approval service) while the stack that
+    /// owns the sandbox keeps running; the store stays readable
+    /// ([`ApprovalsSandbox::counts`]).
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.running.stop().await
     }
 }

@@ -60,6 +60,8 @@ pub struct FacadeStackBuilder {
     approvals: Box<dyn FnOnce(ApprovalsSandboxBuilder) -> ApprovalsSandboxBuilder + Send>,
     configure: Box<dyn FnOnce(&mut Config) + Send>,
     default_ttl_secs: u64,
+    issuer_hooks: tether_credential_issuer::TestHooks,
+    issuer_limits: tether_credential_issuer::Limits,
 }
 
 impl std::fmt::Debug for FacadeStackBuilder {
@@ -77,6 +79,8 @@ impl Default for FacadeStackBuilder {
             approvals: Box::new(|b| b),
             configure: Box::new(|_| {}),
             default_ttl_secs: 600,
+            issuer_hooks: tether_credential_issuer::TestHooks::default(),
+            issuer_limits: tether_credential_issuer::Limits::default(),
         }
     }
 }
@@ -103,6 +107,19 @@ impl FacadeStackBuilder {
         self
     }
 
+    /// The credential issuer's test-only fail points (e.g. a pause between
+    /// Vault's issuance and the reply).
+    pub fn issuer_hooks(mut self, hooks: tether_credential_issuer::TestHooks) -> Self {
+        self.issuer_hooks = hooks;
+        self
+    }
+
+    /// The credential issuer's limits (e.g. live leases per session).
+    pub fn issuer_limits(mut self, limits: tether_credential_issuer::Limits) -> Self {
+        self.issuer_limits = limits;
+        self
+    }
+
     pub async fn start(self) -> anyhow::Result<FacadeStack> {
         let dir = tempfile::tempdir().context("creating the stack directory")?;
         let (deps, authority) = tokio::join!(
@@ -125,6 +142,8 @@ impl FacadeStackBuilder {
         let issuer = IssuerSandbox::builder(deps.bao.addr(), authority.identity())
             .sessions(authority.sessions_config())
             .profiles(hr_profiles(600))
+            .test_hooks(self.issuer_hooks)
+            .limits(self.issuer_limits)
             .start()
             .await
             .context("starting the credential issuer")?;
@@ -163,6 +182,13 @@ impl FacadeStackBuilder {
             clock: tether_agent_facade::ClockConfig::default(),
             risk: tether_agent_facade::RiskConfig::default(),
             approvals: tether_agent_facade::ApprovalsConfig::default(),
+            // The audit log in the stack's directory (SQLite, key generated
+            // on start); checkpoints every second so tests need not wait.
+            audit: tether_agent_facade::AuditConfig {
+                data_dir: dir.path().join("audit"),
+                checkpoint_interval_secs: 1,
+                ..tether_agent_facade::AuditConfig::default()
+            },
             profiles: BTreeMap::from([
                 (
                     "hr-read".to_owned(),
@@ -287,4 +313,76 @@ pub fn uid(r#type: &str, id: &str) -> Option<pb::EntityUid> {
         r#type: r#type.into(),
         id: id.into(),
     })
+}
+
+/// What the stack has minted, issued and asked so far: taken before and
+/// after a refused call, the two must be equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Footprint {
+    /// Sessions the identity exchange minted.
+    pub sessions: i64,
+    /// Lease rows in the issuer's registry.
+    pub leases: i64,
+    /// PostgreSQL roles Vault created (`v-…`).
+    pub roles: Vec<String>,
+    /// Vault's leases under the HR roles (`None` when OpenBao is stopped).
+    pub vault_leases: Option<Vec<String>>,
+    /// Approval tickets and grants the orchestrator wrote.
+    pub tickets: i64,
+    pub grants: i64,
+    /// CIBA requests the user's device received (`None` when the IdP is
+    /// stopped).
+    pub prompts: Option<usize>,
+}
+
+impl FacadeStack {
+    /// The stack's [`Footprint`] now. Reads the services' stores directly,
+    /// so it works with any of them stopped.
+    pub async fn footprint(&self) -> anyhow::Result<Footprint> {
+        let identity = tether_store::open(
+            &tether_store::sqlite_url(&self.authority.identity().store_path()),
+            "identity_exchange",
+            &tether_store::PoolSettings::default(),
+        )
+        .await
+        .context("opening the identity exchange's store")?;
+        let (sessions,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM sessions")
+            .fetch_one(&identity)
+            .await?;
+        identity.close().await;
+        let registry = self
+            .issuer
+            .registry()
+            .context("the issuer's registry is gone")?;
+        let (leases,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM credential_leases")
+            .fetch_one(registry.pool())
+            .await?;
+        let vault_leases = match (
+            self.deps.bao.leases("database/creds/hr-readonly").await,
+            self.deps.bao.leases("database/creds/hr-writer").await,
+        ) {
+            (Ok(mut read), Ok(write)) => {
+                read.extend(write);
+                Some(read)
+            }
+            _ => None,
+        };
+        let (tickets, grants) = self.approvals.counts().await?;
+        let prompts = self
+            .authority
+            .idp()
+            .ciba_requests(&[("all", "1")])
+            .await
+            .ok()
+            .map(|list| list.len());
+        Ok(Footprint {
+            sessions,
+            leases,
+            roles: self.deps.pg.roles_like("v-").await?,
+            vault_leases,
+            tickets,
+            grants,
+            prompts,
+        })
+    }
 }

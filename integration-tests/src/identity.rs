@@ -365,3 +365,11 @@ impl IdentitySandbox {
         self.running.stop().await
     }
 }
+
+impl IdentitySandbox {
+    /// Stops serving (an unreachable identity exchange) while the stack that
+    /// owns the sandbox keeps running; the store stays readable.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.running.stop().await
+    }
+}

@@ -337,6 +337,7 @@ pub struct IssuerSandboxBuilder {
     limits: Limits,
     server: ServerConfig,
     vault_timeout_ms: u64,
+    test_hooks: TestHooks,
     pki: std::sync::Arc<crate::pki::TestPki>,
 }
 
@@ -360,6 +361,7 @@ impl IssuerSandboxBuilder {
             limits: Limits::default(),
             server: ServerConfig::default(),
             vault_timeout_ms: 2_000,
+            test_hooks: TestHooks::default(),
             // One CA for the whole stack: the issuer calls the identity
             // exchange with a certificate it trusts, and vice versa.
             pki: std::sync::Arc::clone(identity.pki()),
@@ -406,6 +408,13 @@ impl IssuerSandboxBuilder {
         self
     }
 
+    /// Test-only fail points (they act only where the issuer is built with
+    /// its `test-hooks` feature, as the test harness builds it).
+    pub fn test_hooks(mut self, hooks: TestHooks) -> Self {
+        self.test_hooks = hooks;
+        self
+    }
+
     pub fn vault_timeout_ms(mut self, ms: u64) -> Self {
         self.vault_timeout_ms = ms;
         self
@@ -434,7 +443,7 @@ impl IssuerSandboxBuilder {
             profiles: self.profiles.clone(),
             revocation: self.revocation.clone(),
             limits: self.limits,
-            test_hooks: TestHooks::default(),
+            test_hooks: self.test_hooks,
         })
     }
 
@@ -547,5 +556,21 @@ impl IssuerSandbox {
             issuer.stop().await;
         }
         self.dir.take().context("data directory already taken")
+    }
+}
+
+impl IssuerSandbox {
+    /// Stops serving gRPC (an unreachable credential issuer) while the stack
+    /// that owns the sandbox keeps running; the registry stays readable and
+    /// the background revocation goes on.
+    pub async fn stop_serving(&mut self) -> anyhow::Result<()> {
+        self.running.stop().await
+    }
+}
+
+impl SessionAuthority {
+    /// The identity exchange, to stop it (an unreachable identity exchange).
+    pub fn identity_mut(&mut self) -> &mut IdentitySandbox {
+        &mut self.identity
     }
 }

@@ -311,3 +311,13 @@ impl Drop for OpenBao {
         let _ = self.child.wait();
     }
 }
+
+impl OpenBao {
+    /// Kills the server (an unreachable Vault): every call is refused from
+    /// now on.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}

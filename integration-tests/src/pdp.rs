@@ -212,3 +212,11 @@ pub fn hr_request(action: &str, ctx: &serde_json::Value) -> CheckRequest {
         request_id: "req-1".into(),
     }
 }
+
+impl PdpSandbox {
+    /// Stops serving (an unreachable PDP) while the stack that owns the
+    /// sandbox keeps running.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.running.stop().await
+    }
+}

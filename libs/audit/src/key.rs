@@ -3,14 +3,18 @@
 use std::path::Path;
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
-use ed25519_dalek::{Signer as _, SigningKey};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _,
+};
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 
 /// Why a key could not be created, loaded or saved.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("not a PKCS#8 Ed25519 private key in PEM form")]
     Invalid,
+    #[error("not an Ed25519 public key in PEM form (`-----BEGIN PUBLIC KEY-----`)")]
+    InvalidPublic,
     #[error("`{path}` is not a PKCS#8 Ed25519 private key in PEM form")]
     InvalidFile { path: String },
     #[error("key file `{path}`: {source}")]
@@ -90,6 +94,16 @@ impl AuditKey {
         signed_note::new_ed25519_verifier_key(name, &self.key.verifying_key())
     }
 
+    /// The public half as a PEM public key (`-----BEGIN PUBLIC KEY-----`);
+    /// with the log's origin it gives the verifier key
+    /// ([`verifier_key_from_public_pem`]).
+    pub fn public_key_pem(&self) -> String {
+        self.key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap_or_default()
+    }
+
     pub(crate) fn note_signer(&self, name: &str) -> NoteSigner {
         // The signed-note key id covers the algorithm byte and public key.
         let mut public = vec![ALG_ED25519];
@@ -100,6 +114,14 @@ impl AuditKey {
             key: self.key.clone(),
         }
     }
+}
+
+/// The signed-note verifier key (`<name>+<key id>+<base64 key>`) of the
+/// log named `name` whose public key is `pem` (`-----BEGIN PUBLIC KEY-----`,
+/// as [`AuditKey::public_key_pem`] writes it).
+pub fn verifier_key_from_public_pem(pem: &str, name: &str) -> Result<String, KeyError> {
+    let key = VerifyingKey::from_public_key_pem(pem.trim()).map_err(|_| KeyError::InvalidPublic)?;
+    Ok(signed_note::new_ed25519_verifier_key(name, &key))
 }
 
 /// The signed-note algorithm identifier for Ed25519.
@@ -164,6 +186,17 @@ mod tests {
         let vkey = key.verifier_key("audit.example");
         assert!(vkey.starts_with("audit.example+"), "{vkey}");
         signed_note::StandardVerifier::new(&vkey).unwrap();
+        // The PEM public key gives the same verifier key.
+        let pem = key.public_key_pem();
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
+        assert_eq!(
+            verifier_key_from_public_pem(&pem, "audit.example").unwrap(),
+            vkey
+        );
+        assert!(matches!(
+            verifier_key_from_public_pem(&text, "audit.example"),
+            Err(KeyError::InvalidPublic)
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use sqlx::{AnyConnection, AnyPool, Connection as _, Row as _};
 use tether_store::{Backend, PoolSettings, StoreError};
 
 pub use checkpoint::{SignError, SignedCheckpoint};
-pub use key::{AuditKey, KeyError};
+pub use key::{AuditKey, KeyError, verifier_key_from_public_pem};
 pub use record::{AuditRecord, MAX_LEAF_BYTES, RecordKind};
 /// An RFC 6962 hash (SHA-256); `Display` is base64.
 pub use tlog_tiles::Hash;
@@ -94,11 +94,25 @@ pub struct ConsistencyProof {
     pub path: Vec<Hash>,
 }
 
+/// Read access to a log's store, needing no key and writing nothing (it
+/// does not migrate): what an auditor and `tether audit` use.
+#[derive(Clone)]
+pub struct AuditReader {
+    pool: AnyPool,
+}
+
+impl std::fmt::Debug for AuditReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditReader").finish_non_exhaustive()
+    }
+}
+
 /// The audit log: records appended as leaves of an RFC 6962 Merkle tree
 /// in SQLite or PostgreSQL, checkpoints signed with the log's own key.
+/// Reading goes through [`AuditReader`] (also [`AuditLog::reader`]).
 #[derive(Clone)]
 pub struct AuditLog {
-    pool: AnyPool,
+    reader: AuditReader,
     sqlite: bool,
     origin: String,
     signer: NoteSigner,
@@ -115,6 +129,12 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+/// Whether `origin` can name a log: non-empty, printable, without spaces
+/// or `+` (a signed-note key name).
+pub fn is_valid_origin(origin: &str) -> bool {
+    signed_note::is_key_name_valid(origin)
+}
+
 impl AuditLog {
     /// Opens (and migrates) the log stored at `url` (`sqlite://…` or
     /// `postgres://…`, tables in the schema [`NAMESPACE`]). `origin` names
@@ -127,7 +147,7 @@ impl AuditLog {
         let pool = tether_store::open(url, NAMESPACE, &PoolSettings::default()).await?;
         tether_store::migrate(&pool, &MIGRATOR).await?;
         Ok(Self {
-            pool,
+            reader: AuditReader { pool },
             sqlite: Backend::of(url) == Some(Backend::Sqlite),
             origin: origin.to_owned(),
             signer: key.note_signer(origin),
@@ -140,17 +160,41 @@ impl AuditLog {
         &self.origin
     }
 
+    /// Read access to the same store.
+    pub fn reader(&self) -> &AuditReader {
+        &self.reader
+    }
+
     /// Appends `record` and returns its index once the row is committed
     /// (durable before the caller answers the agent). Indexes are dense,
     /// `0..n`, in one total order across every process writing the store:
     /// each append first increments the single head row, which holds a row
     /// lock (PostgreSQL) or the write lock (SQLite) until it commits.
     pub async fn append(&self, record: &AuditRecord) -> Result<u64, AuditError> {
-        let leaf = record.to_leaf()?;
-        let leaf_hash = tlog_tiles::record_hash(leaf.as_bytes());
+        let appended = self.append_all(std::slice::from_ref(record)).await?;
+        Ok(appended.start)
+    }
+
+    /// Appends `records`, in order, in one transaction (one commit, one
+    /// flush to disk: a writer with many records in flight groups them
+    /// here). Returns their indexes once committed; all or none are
+    /// appended.
+    pub async fn append_all(&self, records: &[AuditRecord]) -> Result<Range<u64>, AuditError> {
+        if records.is_empty() {
+            return Err(AuditError::InvalidRecord("nothing to append"));
+        }
+        let leaves = records
+            .iter()
+            .map(|record| {
+                let leaf = record.to_leaf()?;
+                let hash = tlog_tiles::record_hash(leaf.as_bytes());
+                Ok((leaf, hash))
+            })
+            .collect::<Result<Vec<_>, AuditError>>()?;
+        let count = db_int(leaves.len() as u64)?;
         let _queued = self.append_lock.lock().await;
 
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.reader.pool.acquire().await?;
         if self.sqlite {
             // tether-store opens SQLite with `synchronous = NORMAL` (a
             // commit survives a process crash); a record must also survive
@@ -160,48 +204,167 @@ impl AuditLog {
                 .await?;
         }
         let mut tx = conn.begin().await?;
-        let size: i64 =
-            sqlx::query_scalar("UPDATE audit_head SET size = size + 1 WHERE id = 0 RETURNING size")
-                .fetch_one(&mut *tx)
-                .await?;
-        let index = u64::try_from(size - 1)
+        let size: i64 = sqlx::query_scalar(
+            "UPDATE audit_head SET size = size + $1 WHERE id = 0 RETURNING size",
+        )
+        .bind(count)
+        .fetch_one(&mut *tx)
+        .await?;
+        let first = u64::try_from(size - count)
             .map_err(|_| AuditError::Corrupt(format!("head size {size}")))?;
-        // INVARIANT: every append before this one has committed (it held
-        // the head row), so the hashes this leaf completes are readable.
-        let new_hashes = with_stored_hashes(&mut tx, |r| {
-            tlog_tiles::stored_hashes_for_record_hash(index, leaf_hash, r)
+        // The hashes this batch writes, visible to the next leaf's
+        // computation before they are committed.
+        let t0 = std::time::Instant::now();
+        let mut known = Prefetch::default();
+        let mut hashes: Vec<(u64, Hash)> = Vec::with_capacity(2 * leaves.len());
+        for (index, (_, leaf_hash)) in (first..).zip(&leaves) {
+            // INVARIANT: every append before this batch has committed (it
+            // held the head row), so the hashes this leaf completes are
+            // readable, or were computed earlier in this batch.
+            let new_hashes = with_stored_hashes(&mut tx, &mut known, |r| {
+                tlog_tiles::stored_hashes_for_record_hash(index, *leaf_hash, r)
+            })
+            .await?;
+            let start = tlog_tiles::stored_hash_index(0, index);
+            let numbered: Vec<(u64, Hash)> = (start..).zip(new_hashes).collect();
+            known.add(numbered.iter().copied());
+            hashes.extend(numbered);
+        }
+
+        let t1 = std::time::Instant::now();
+        // Multi-row inserts: a batch costs a few statements, not a few per
+        // record.
+        let rows: Vec<(u64, &AuditRecord, &(String, Hash))> = (first..)
+            .zip(records)
+            .zip(&leaves)
+            .map(|((index, record), leaf)| (index, record, leaf))
+            .collect();
+        for chunk in rows.chunks(LEAF_ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO audit_leaves \
+                 (idx, time_ms, kind, session_id, request_id, leaf, leaf_hash) VALUES {}",
+                placeholders(chunk.len(), 7)
+            );
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (index, record, (leaf, leaf_hash)) in chunk {
+                insert = insert
+                    .bind(db_int(*index)?)
+                    .bind(record.time_ms)
+                    .bind(kind_name(record.kind))
+                    .bind(record.session_id.as_str())
+                    .bind(record.request_id.as_str())
+                    .bind(leaf.as_str())
+                    .bind(leaf_hash.to_string());
+            }
+            insert.execute(&mut *tx).await?;
+        }
+        for chunk in hashes.chunks(HASH_ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO audit_hashes (idx, hash) VALUES {}",
+                placeholders(chunk.len(), 2)
+            );
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (index, hash) in chunk {
+                insert = insert.bind(db_int(*index)?).bind(hash.to_string());
+            }
+            insert.execute(&mut *tx).await?;
+        }
+
+        let t2 = std::time::Instant::now();
+        tx.commit().await?;
+        if leaves.len() >= 64 {
+            eprintln!(
+                "TIMING n={} hashes={:?} inserts={:?} commit={:?}",
+                leaves.len(),
+                t1 - t0,
+                t2 - t1,
+                t2.elapsed()
+            );
+        }
+        Ok(first..first + leaves.len() as u64)
+    }
+
+    /// Signs a checkpoint of the log as it is now.
+    pub async fn checkpoint(&self) -> Result<SignedCheckpoint, AuditError> {
+        let mut conn = self.reader.pool.acquire().await?;
+        // Appends commit in index order, so every hash of the first `size`
+        // leaves is committed once `size` is.
+        let size = head_size(&mut conn).await?;
+        let root = with_stored_hashes(&mut conn, &mut Prefetch::default(), |r| {
+            tlog_tiles::tree_hash(size, r)
         })
         .await?;
+        Ok(checkpoint::sign(&self.signer, &self.origin, size, root)?)
+    }
 
+    /// Signs a checkpoint of the log as it is now and stores it as the
+    /// published one ([`AuditReader::published_checkpoint`]) unless one of
+    /// a larger tree is there already (another writer's).
+    pub async fn publish_checkpoint(&self) -> Result<SignedCheckpoint, AuditError> {
+        let signed = self.checkpoint().await?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
         sqlx::query(
-            "INSERT INTO audit_leaves (idx, time_ms, kind, session_id, leaf, leaf_hash) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO audit_checkpoint (id, size, time_ms, note) VALUES (0, $1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE \
+             SET size = excluded.size, time_ms = excluded.time_ms, note = excluded.note \
+             WHERE excluded.size > audit_checkpoint.size",
         )
-        .bind(db_int(index)?)
-        .bind(record.time_ms)
-        .bind(kind_name(record.kind))
-        .bind(&record.session_id)
-        .bind(&leaf)
-        .bind(leaf_hash.to_string())
-        .execute(&mut *tx)
+        .bind(db_int(signed.size())?)
+        .bind(now_ms)
+        .bind(signed.text())
+        .execute(&self.reader.pool)
         .await?;
+        Ok(signed)
+    }
 
-        let first = tlog_tiles::stored_hash_index(0, index);
-        let mut sql = String::from("INSERT INTO audit_hashes (idx, hash) VALUES ");
-        for i in 0..new_hashes.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
-        }
-        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (offset, hash) in (0_u64..).zip(&new_hashes) {
-            insert = insert.bind(db_int(first + offset)?).bind(hash.to_string());
-        }
-        insert.execute(&mut *tx).await?;
+    /// How many records the log holds.
+    pub async fn size(&self) -> Result<u64, AuditError> {
+        self.reader.size().await
+    }
 
-        tx.commit().await?;
-        Ok(index)
+    /// See [`AuditReader::inclusion_proof`].
+    pub async fn inclusion_proof(
+        &self,
+        index: u64,
+        tree_size: u64,
+    ) -> Result<InclusionProof, AuditError> {
+        self.reader.inclusion_proof(index, tree_size).await
+    }
+
+    /// See [`AuditReader::consistency_proof`].
+    pub async fn consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<ConsistencyProof, AuditError> {
+        self.reader.consistency_proof(old_size, new_size).await
+    }
+
+    /// See [`AuditReader::leaves`].
+    pub async fn leaves(&self, range: Range<u64>) -> Result<Vec<Leaf>, AuditError> {
+        self.reader.leaves(range).await
+    }
+
+    /// See [`AuditReader::tail`].
+    pub async fn tail(&self, session_id: &str) -> Result<Vec<Entry>, AuditError> {
+        self.reader.tail(session_id).await
+    }
+}
+
+impl AuditReader {
+    /// Opens the log stored at `url` for reading. Nothing is created or
+    /// migrated (a PostgreSQL connection still sets its search path to the
+    /// schema [`NAMESPACE`]).
+    pub async fn open(url: &str) -> Result<Self, AuditError> {
+        let settings = PoolSettings {
+            max_connections: 2,
+            ..PoolSettings::default()
+        };
+        let pool = tether_store::open(url, NAMESPACE, &settings).await?;
+        Ok(Self { pool })
     }
 
     /// How many records the log holds.
@@ -210,14 +373,14 @@ impl AuditLog {
         head_size(&mut conn).await
     }
 
-    /// Signs a checkpoint of the log as it is now.
-    pub async fn checkpoint(&self) -> Result<SignedCheckpoint, AuditError> {
-        let mut conn = self.pool.acquire().await?;
-        // Appends commit in index order, so every hash of the first `size`
-        // leaves is committed once `size` is.
-        let size = head_size(&mut conn).await?;
-        let root = with_stored_hashes(&mut conn, |r| tlog_tiles::tree_hash(size, r)).await?;
-        Ok(checkpoint::sign(&self.signer, &self.origin, size, root)?)
+    /// The checkpoint a writer published last ([`AuditLog::publish_checkpoint`]),
+    /// as stored: not verified here (see [`verify::checkpoint`]).
+    pub async fn published_checkpoint(&self) -> Result<Option<String>, AuditError> {
+        Ok(
+            sqlx::query_scalar("SELECT note FROM audit_checkpoint WHERE id = 0")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Proof that record `index` is in the tree of the first `tree_size`
@@ -241,8 +404,10 @@ impl AuditLog {
                 size: tree_size,
             });
         }
-        let path = with_stored_hashes(&mut conn, |r| tlog_tiles::prove_record(tree_size, index, r))
-            .await?;
+        let path = with_stored_hashes(&mut conn, &mut Prefetch::default(), |r| {
+            tlog_tiles::prove_record(tree_size, index, r)
+        })
+        .await?;
         Ok(InclusionProof {
             index,
             tree_size,
@@ -274,7 +439,10 @@ impl AuditLog {
         let path = if old_size == 0 {
             Vec::new()
         } else {
-            with_stored_hashes(&mut conn, |r| tlog_tiles::prove_tree(new_size, old_size, r)).await?
+            with_stored_hashes(&mut conn, &mut Prefetch::default(), |r| {
+                tlog_tiles::prove_tree(new_size, old_size, r)
+            })
+            .await?
         };
         Ok(ConsistencyProof {
             old_size,
@@ -316,16 +484,59 @@ impl AuditLog {
         .bind(session_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let index = stored_index(row.try_get("idx")?)?;
-                let leaf: String = row.try_get("leaf")?;
-                let record = AuditRecord::from_leaf(&leaf)
-                    .map_err(|source| AuditError::Decode { index, source })?;
-                Ok(Entry { index, record })
-            })
-            .collect()
+        entries(&rows)
     }
+
+    /// The records of one request (its `request_id`, e.g. a decision id
+    /// `dec_…`), in log order.
+    pub async fn request(&self, request_id: &str) -> Result<Vec<Entry>, AuditError> {
+        let rows =
+            sqlx::query("SELECT idx, leaf FROM audit_leaves WHERE request_id = $1 ORDER BY idx")
+                .bind(request_id)
+                .fetch_all(&self.pool)
+                .await?;
+        // The column is an index for lookup; the leaf is what counts.
+        Ok(entries(&rows)?
+            .into_iter()
+            .filter(|e| e.record.request_id == request_id)
+            .collect())
+    }
+}
+
+fn entries(rows: &[sqlx::any::AnyRow]) -> Result<Vec<Entry>, AuditError> {
+    rows.iter()
+        .map(|row| {
+            let index = stored_index(row.try_get("idx")?)?;
+            let leaf: String = row.try_get("leaf")?;
+            let record = AuditRecord::from_leaf(&leaf)
+                .map_err(|source| AuditError::Decode { index, source })?;
+            Ok(Entry { index, record })
+        })
+        .collect()
+}
+
+/// Rows per multi-row insert, well under SQLite's and PostgreSQL's limits
+/// on bound parameters.
+const LEAF_ROWS_PER_INSERT: usize = 64;
+const HASH_ROWS_PER_INSERT: usize = 256;
+
+/// `($1, $2), ($3, $4), …`: `rows` groups of `columns` placeholders.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * columns + column + 1));
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 fn kind_name(kind: RecordKind) -> &'static str {
@@ -359,14 +570,14 @@ async fn head_size(conn: &mut AnyConnection) -> Result<u64, AuditError> {
 /// store. The hashes a `tlog_tiles` function reads depend only on the sizes
 /// and indexes it is given, so a dry run with placeholders learns them all,
 /// one query fetches them (at most ~2·log₂ n), and a second run computes
-/// the answer.
+/// the answer. `reader` may already know some hashes (a batch's own).
 async fn with_stored_hashes<T>(
     conn: &mut AnyConnection,
+    reader: &mut Prefetch,
     f: impl Fn(&Prefetch) -> Result<T, tlog_tiles::Error>,
 ) -> Result<T, AuditError> {
-    let mut reader = Prefetch::default();
     for _ in 0..2 {
-        let out = f(&reader)?;
+        let out = f(reader)?;
         let missing = reader.take_missing();
         if missing.is_empty() {
             return Ok(out);

@@ -57,7 +57,7 @@ async fn all_leaves(log: &AuditLog) -> Vec<Leaf> {
 }
 
 async fn exec(log: &AuditLog, sql: &'static str) {
-    sqlx::query(sql).execute(&log.pool).await.unwrap();
+    sqlx::query(sql).execute(&log.reader.pool).await.unwrap();
 }
 
 #[tokio::test]
@@ -233,7 +233,7 @@ async fn an_inserted_record_is_detected() {
     )
     .bind(&forged)
     .bind(tlog_tiles::record_hash(forged.as_bytes()).to_string())
-    .execute(&f.log.pool)
+    .execute(&f.log.reader.pool)
     .await
     .unwrap();
     let leaves = all_leaves(&f.log).await;
@@ -259,7 +259,7 @@ async fn a_truncated_tail_is_detected_against_an_earlier_checkpoint() {
     exec(&f.log, "DELETE FROM audit_leaves WHERE idx >= 7").await;
     sqlx::query("DELETE FROM audit_hashes WHERE idx >= $1")
         .bind(cut)
-        .execute(&f.log.pool)
+        .execute(&f.log.reader.pool)
         .await
         .unwrap();
     exec(&f.log, "UPDATE audit_head SET size = 7 WHERE id = 0").await;
@@ -453,6 +453,101 @@ fn the_log_can_be_shared_across_tasks() {
     };
 }
 
+#[tokio::test]
+async fn a_batch_is_the_same_tree_as_single_appends() {
+    let single = fixture().await;
+    append_n(&single.log, 0..11).await;
+    let batched = fixture().await;
+    assert_eq!(batched.log.append(&record(0)).await.unwrap(), 0);
+    let records: Vec<AuditRecord> = (1..11).map(record).collect();
+    assert_eq!(batched.log.append_all(&records).await.unwrap(), 1..11);
+    assert!(matches!(
+        batched.log.append_all(&[]).await,
+        Err(AuditError::InvalidRecord(_))
+    ));
+    let a = single.log.checkpoint().await.unwrap();
+    let b = batched.log.checkpoint().await.unwrap();
+    assert_eq!((a.size(), a.root()), (b.size(), b.root()));
+    verify::log(
+        &all_leaves(&batched.log).await,
+        &batched.vkey,
+        b.text(),
+        None,
+    )
+    .unwrap();
+    for i in 0..11 {
+        let proof = batched.log.inclusion_proof(i, 11).await.unwrap();
+        let leaf = &all_leaves(&batched.log).await[i as usize];
+        verify::inclusion(&proof, &leaf.data, &b).unwrap();
+    }
+
+    // A batch larger than one multi-row insert.
+    let many: Vec<AuditRecord> = (11..311).map(record).collect();
+    assert_eq!(batched.log.append_all(&many).await.unwrap(), 11..311);
+    let big = batched.log.checkpoint().await.unwrap();
+    let leaves = all_leaves(&batched.log).await;
+    verify::log(&leaves, &batched.vkey, big.text(), Some(b.text())).unwrap();
+    let proof = batched.log.inclusion_proof(200, 311).await.unwrap();
+    verify::inclusion(&proof, &leaves[200].data, &big).unwrap();
+
+    // A batch with one bad record writes nothing.
+    let mut bad = record(311);
+    bad.risk = Some(f64::INFINITY);
+    assert!(batched.log.append_all(&[record(311), bad]).await.is_err());
+    assert_eq!(batched.log.size().await.unwrap(), 311);
+}
+
+#[tokio::test]
+async fn the_published_checkpoint_only_moves_forward() {
+    let f = fixture().await;
+    let reader = AuditReader::open(&f.url).await.unwrap();
+    assert_eq!(reader.published_checkpoint().await.unwrap(), None);
+    append_n(&f.log, 0..3).await;
+    let first = f.log.publish_checkpoint().await.unwrap();
+    assert_eq!(
+        reader.published_checkpoint().await.unwrap().as_deref(),
+        Some(first.text())
+    );
+    append_n(&f.log, 3..5).await;
+    let second = f.log.publish_checkpoint().await.unwrap();
+    assert_eq!(second.size(), 5);
+    let stored = reader.published_checkpoint().await.unwrap().unwrap();
+    assert_eq!(verify::checkpoint(&stored, &f.vkey).unwrap(), second);
+
+    // A writer that has fallen behind (here: a stale size written back)
+    // does not replace a larger published tree.
+    exec(&f.log, "UPDATE audit_head SET size = 3 WHERE id = 0").await;
+    f.log.publish_checkpoint().await.unwrap();
+    let stored = reader.published_checkpoint().await.unwrap().unwrap();
+    assert_eq!(verify::checkpoint(&stored, &f.vkey).unwrap().size(), 5);
+}
+
+#[tokio::test]
+async fn records_are_found_by_request_id_through_a_reader() {
+    let f = fixture().await;
+    let mut records: Vec<AuditRecord> = (0..4).map(record).collect();
+    records[1].request_id = "dec_a".into();
+    records[2].request_id = "dec_a".into();
+    records[3].request_id = "rcpt_b".into();
+    f.log.append_all(&records).await.unwrap();
+    let reader = AuditReader::open(&f.url).await.unwrap();
+    assert_eq!(reader.size().await.unwrap(), 4);
+    let found: Vec<u64> = reader
+        .request("dec_a")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.index)
+        .collect();
+    assert_eq!(found, [1, 2]);
+    assert_eq!(
+        reader.request("rcpt_b").await.unwrap()[0].record,
+        records[3]
+    );
+    assert!(reader.request("").await.unwrap().len() == 1);
+    assert!(reader.request("dec_none").await.unwrap().is_empty());
+}
+
 fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(s).unwrap()
@@ -461,4 +556,27 @@ fn base64_decode(s: &str) -> Vec<u8> {
 fn base64_encode(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+#[tokio::test]
+#[ignore = "timing experiment"]
+async fn zz_time_batches() {
+    let f = fixture().await;
+    for batch in [1usize, 16, 64, 256] {
+        let records: Vec<AuditRecord> = (0..batch as u64).map(record).collect();
+        let start = std::time::Instant::now();
+        let rounds = 4000 / batch;
+        for _ in 0..rounds {
+            f.log.append_all(&records).await.unwrap();
+        }
+        let per = start.elapsed() / (rounds * batch) as u32;
+        let t0 = std::time::Instant::now();
+        for r in &records {
+            let _ = r.to_leaf().unwrap();
+        }
+        println!(
+            "batch {batch}: {per:?} per record; to_leaf {:?}",
+            t0.elapsed() / batch as u32
+        );
+    }
 }

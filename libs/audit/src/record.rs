@@ -15,9 +15,11 @@ pub enum RecordKind {
     Decision,
     /// A credential was issued.
     Issuance,
-    /// A step-up approval was granted.
+    /// A step-up approval: a ticket now asks the user, or an approval
+    /// grant was used (`decision` says which).
     Approval,
-    /// A step-up approval was denied, or a request was refused.
+    /// A step-up approval was denied, or a request was refused for a
+    /// reason other than the policy decision.
     Denial,
     /// A credential or grant was revoked.
     Revocation,
@@ -71,6 +73,10 @@ pub struct AuditRecord {
     pub risk: Option<f64>,
     /// The W3C trace id of the request.
     pub trace_id: String,
+    /// The id the caller was given for the request this record belongs to
+    /// (a facade decision id `dec_…` or receipt id `rcpt_…`); the records
+    /// one request produced share it.
+    pub request_id: String,
     /// Free text (e.g. which dependency failed), clipped with
     /// [`tether_runtime::clip`] when the record is encoded.
     pub detail: String,
@@ -95,6 +101,7 @@ impl AuditRecord {
             ticket_id: String::new(),
             risk: None,
             trace_id: String::new(),
+            request_id: String::new(),
             detail: String::new(),
         }
     }

@@ -59,6 +59,10 @@ pub const DEFAULTS: &[(&str, &[&str])] = &[
         &["agent-facade"],
     ),
     (
+        "tether.credentials.v1.CredentialIssuer/RevokeLease",
+        &["agent-facade"],
+    ),
+    (
         "tether.credentials.v1.CredentialIssuer/ListLeases",
         &["agent-facade", "admin"],
     ),

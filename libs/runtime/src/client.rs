@@ -15,11 +15,21 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::config::TlsConfig;
+use crate::propagation::TracedClient;
 use crate::tls::{TlsError, TlsSource, resolve_identity};
 
-/// A channel to an internal service with Tether's interceptor; every
-/// generated client takes it (`FooClient::new(channel)`).
-pub type InternalChannel = InterceptedService<Channel, ClientInterceptor>;
+/// A channel to an internal service with Tether's interceptor and a client
+/// span per call; every generated client takes it
+/// (`FooClient::new(channel)`).
+pub type InternalChannel = TracedClient<InterceptedService<Channel, ClientInterceptor>>;
+
+impl InternalChannel {
+    /// `channel` with the trace context and deadline interceptor, for a
+    /// channel built elsewhere (a test's own TLS client, say).
+    pub fn new(channel: Channel, interceptor: ClientInterceptor) -> Self {
+        TracedClient::wrap(InterceptedService::new(channel, interceptor))
+    }
+}
 
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +124,7 @@ impl Clients {
                 })
             }
         };
-        Ok(InterceptedService::new(
+        Ok(InternalChannel::new(
             channel,
             ClientInterceptor {
                 request_timeout: self.request_timeout,
@@ -203,6 +213,13 @@ impl tonic::service::Interceptor for ClientInterceptor {
             Some(left) => left.min(self.request_timeout),
             None => self.request_timeout,
         };
+        // A caller that set a shorter deadline on this request keeps it.
+        let asked = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::authz::parse_grpc_timeout);
+        let timeout = asked.map_or(timeout, |asked| asked.min(timeout));
         request.set_timeout(timeout);
         Ok(request)
     }
@@ -222,6 +239,19 @@ mod tests {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
             .unwrap()
+    }
+
+    #[test]
+    fn a_shorter_deadline_set_by_the_caller_is_kept() {
+        let mut interceptor = ClientInterceptor::new(Duration::from_secs(10));
+        let mut request = tonic::Request::new(());
+        request.set_timeout(Duration::from_millis(300));
+        let out = interceptor.call(request).unwrap();
+        assert_eq!(timeout_of(&out), Duration::from_millis(300));
+        let mut request = tonic::Request::new(());
+        request.set_timeout(Duration::from_secs(60));
+        let out = interceptor.call(request).unwrap();
+        assert_eq!(timeout_of(&out), Duration::from_secs(10));
     }
 
     #[tokio::test]

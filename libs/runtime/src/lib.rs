@@ -10,6 +10,8 @@
 //! - [`error`]: the one mapping from domain errors to `tonic::Status`.
 //! - [`process`]: the `main` every service binary shares (exit code 64 on
 //!   invalid configuration, `--validate-only`).
+//! - [`tasks`]: the one way to stop background tasks (signal, then join
+//!   each with a deadline).
 
 pub mod authz;
 pub mod client;
@@ -20,6 +22,7 @@ pub mod error;
 pub mod process;
 pub mod propagation;
 pub mod server;
+pub mod tasks;
 pub mod telemetry;
 pub mod tls;
 

@@ -10,7 +10,7 @@ use tonic_health::ServingStatus;
 
 use crate::authz::{Authorizer, AuthzLayer};
 use crate::config::{ConfigError, ServerConfig};
-use crate::propagation::server_span;
+use crate::propagation::ServerTraceLayer;
 use crate::tls::TlsSource;
 
 /// Why serving stopped with an error.
@@ -117,9 +117,10 @@ async fn serve_inner(
     tracing::info!(addr = ?local, "serving");
     let incoming = crate::tls::incoming(listener, tls);
     let server = tonic::transport::Server::builder()
-        .trace_fn(server_span)
         .timeout(config.request_timeout())
         .accept_http1(http1)
+        // Outermost: a refusal by the caller table is traced too.
+        .layer(ServerTraceLayer)
         .layer(AuthzLayer::new(
             Arc::new(authorizer),
             config.request_timeout(),

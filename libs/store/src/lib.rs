@@ -90,6 +90,63 @@ impl Default for PoolSettings {
     }
 }
 
+/// A service's store (`[store]`): one URL, or the default SQLite file under
+/// `data_dir` (one replica only).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite:…` or `postgres://…` (each service uses its own schema).
+    /// Unset: SQLite at `<data_dir>/<service file>`.
+    pub url: Option<String>,
+    /// Directory of the default SQLite file.
+    pub data_dir: std::path::PathBuf,
+    pub max_connections: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            data_dir: std::path::PathBuf::from("data"),
+            max_connections: 8,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The store URL actually used: `url`, or SQLite at
+    /// `<data_dir>/<default_file>`.
+    pub fn effective_url(&self, default_file: &str) -> String {
+        self.url
+            .clone()
+            .unwrap_or_else(|| sqlite_url(&self.data_dir.join(default_file)))
+    }
+
+    /// The settings `open` takes.
+    pub fn pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.max_connections,
+            ..PoolSettings::default()
+        }
+    }
+
+    /// Checks the `[store]` table; the message never shows a password.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(url) = &self.url
+            && Backend::of(url).is_none()
+        {
+            return Err(format!(
+                "store.url `{}` must be sqlite:… or postgres://…",
+                redact_url(url)
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err("store.max_connections must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// `sqlite://<path>?mode=rwc` for a database file.
 pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}?mode=rwc", path.display())

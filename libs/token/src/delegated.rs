@@ -80,8 +80,9 @@ pub struct RevocationList {
 
 #[derive(Debug, Default)]
 struct RevocationState {
-    /// sid → session expiry (Unix ms); entries are dropped after expiry.
-    revoked: std::collections::HashMap<String, i64>,
+    /// sid → (session expiry, revocation time) in Unix ms; entries are
+    /// dropped after expiry.
+    revoked: std::collections::HashMap<String, (i64, i64)>,
     synced_at: Option<std::time::Instant>,
     /// Server time of the last sync (Unix ms), the next `since`.
     cursor_ms: i64,
@@ -160,10 +161,12 @@ impl RevocationList {
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 for entry in page.entries {
-                    state.revoked.insert(entry.sid, entry.expires_at_ms);
+                    state
+                        .revoked
+                        .insert(entry.sid, (entry.expires_at_ms, entry.revoked_at_ms));
                 }
                 if !page.more {
-                    state.revoked.retain(|_, expires| {
+                    state.revoked.retain(|_, (expires, _)| {
                         expires.saturating_add(REVOKED_MARGIN_MS) > started_at
                     });
                     state.cursor_ms = started_at;
@@ -186,6 +189,20 @@ impl RevocationList {
         Err(TokenError::KeysUnavailable(format!(
             "revocation list did not fit in {MAX_SYNC_PAGES} pages; not current"
         )))
+    }
+
+    /// When `sid` was revoked (Unix ms), `None` when it is not; an error
+    /// when the copy is stale.
+    pub fn revoked_at(&self, sid: &str) -> Result<Option<i64>, TokenError> {
+        let state = self.read();
+        match state.synced_at {
+            Some(at) if at.elapsed() <= self.max_staleness => {
+                Ok(state.revoked.get(sid).map(|(_, revoked_at)| *revoked_at))
+            }
+            _ => Err(TokenError::KeysUnavailable(
+                "the session revocation list is stale; denying until it syncs".into(),
+            )),
+        }
     }
 
     /// Number of revoked, unexpired sessions known.

@@ -231,6 +231,12 @@ impl Sessions {
             .await?)
     }
 
+    /// When the identity exchange revoked `sid` (Unix ms), `None` while it
+    /// is live; an error when the local copy of the list is stale.
+    pub fn revoked_at(&self, sid: &str) -> Result<Option<i64>, TokenError> {
+        self.revocations.revoked_at(sid)
+    }
+
     /// Whether `sid` is revoked by the identity exchange now; an error when
     /// the local copy of the list is stale (fail closed).
     pub async fn is_revoked(&self, sid: &str) -> Result<bool, TokenError> {

@@ -38,6 +38,13 @@ use tether_token::SessionsConfig;
 /// [profiles.hr-read]
 /// actions = ['Action::"read"']
 /// resource_types = ["Employee"]
+///
+/// [audit]                                    # the transparency log of every decision
+/// url = "postgres://tether@db/tether"        # default: SQLite <data_dir>/audit.db (one replica)
+/// data_dir = "/var/lib/tether/facade"
+/// key_file = "/etc/tether/audit-key.pem"     # default <data_dir>/audit-key.pem, generated when missing
+/// origin = "audit.tether.example"            # the log's name in its checkpoints
+/// checkpoint_interval_secs = 60
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +69,9 @@ pub struct Config {
     /// actions and resource types each may serve.
     #[serde(default)]
     pub profiles: BTreeMap<String, ProfileConfig>,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// The four internal services.
@@ -202,6 +212,104 @@ pub struct ProfileConfig {
     pub resource_types: Vec<String>,
 }
 
+/// The audit log (`[audit]`): every decision, issuance, approval, denial,
+/// failure, revocation and session end, as leaves of a transparency log
+/// (`tether-audit`). Checkpoints signed with `key_file` are published in the
+/// store every `checkpoint_interval_secs` (and when the facade stops);
+/// `tether audit verify` checks them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Record anything at all. `false` is for benchmarks and experiments
+    /// only and is logged at WARN on every start.
+    pub enabled: bool,
+    /// `sqlite://…` or `postgres://…` (schema `audit`; one log shared by
+    /// every replica, in one total order). Unset: SQLite at
+    /// `<data_dir>/audit.db` (one replica only).
+    pub url: Option<String>,
+    /// Directory of the default SQLite file and key file.
+    pub data_dir: PathBuf,
+    /// The log's own Ed25519 checkpoint key (PKCS#8 PEM, never a
+    /// token-signing key). Unset: `<data_dir>/audit-key.pem`. Generated on
+    /// first start when missing; replicas sharing a store must share the
+    /// key (generate it once, then distribute it). Its verifier key, what
+    /// auditors keep, is written next to it with the extension `.vkey`.
+    pub key_file: Option<PathBuf>,
+    /// The log's name in checkpoints and in its verifier key.
+    pub origin: String,
+    /// How often a signed checkpoint of the log is published in the store.
+    pub checkpoint_interval_secs: u64,
+    /// Records waiting to be written behind the answer (decisions that
+    /// neither issue nor involve an approval). When it is full, requests
+    /// are denied.
+    pub queue_capacity: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: None,
+            data_dir: PathBuf::from("data"),
+            key_file: None,
+            origin: "audit.tether.local".into(),
+            checkpoint_interval_secs: 60,
+            queue_capacity: 4096,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The store URL actually used.
+    pub fn effective_url(&self) -> String {
+        self.url
+            .clone()
+            .unwrap_or_else(|| tether_store::sqlite_url(&self.data_dir.join("audit.db")))
+    }
+
+    /// The key file actually used.
+    pub fn effective_key_file(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-key.pem"))
+    }
+
+    pub fn checkpoint_interval(&self) -> Duration {
+        Duration::from_secs(self.checkpoint_interval_secs)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(url) = &self.url
+            && tether_store::Backend::of(url).is_none()
+        {
+            return invalid(format!(
+                "audit.url `{}` must be sqlite:… or postgres://…",
+                tether_store::redact_url(url)
+            ));
+        }
+        if !tether_audit::is_valid_origin(&self.origin) {
+            return invalid(format!(
+                "audit.origin `{}` must be non-empty, printable, without spaces or `+`",
+                tether_runtime::clip(&self.origin)
+            ));
+        }
+        if !(1..=3600).contains(&self.checkpoint_interval_secs) {
+            return invalid(format!(
+                "audit.checkpoint_interval_secs must be between 1 and 3600, got {}",
+                self.checkpoint_interval_secs
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.queue_capacity) {
+            return invalid(format!(
+                "audit.queue_capacity must be between 1 and 1000000, got {}",
+                self.queue_capacity
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl ServiceConfig for Config {
     fn server(&self) -> &ServerConfig {
         &self.server
@@ -275,6 +383,7 @@ impl ServiceConfig for Config {
                 ));
             }
         }
+        self.audit.validate()?;
         for (name, profile) in &self.profiles {
             if name.is_empty() || name.len() > 128 {
                 return invalid(format!("profiles: `{name}` is not a profile name"));
@@ -333,6 +442,21 @@ identity_exchange = "http://127.0.0.1:7001"
     }
 
     #[test]
+    fn audit_defaults_live_under_data_dir() {
+        let config = parse("[audit]\ndata_dir = \"/var/lib/tether\"").unwrap();
+        assert!(config.audit.enabled);
+        assert_eq!(
+            config.audit.effective_url(),
+            "sqlite:///var/lib/tether/audit.db?mode=rwc"
+        );
+        assert_eq!(
+            config.audit.effective_key_file(),
+            PathBuf::from("/var/lib/tether/audit-key.pem")
+        );
+        assert_eq!(config.audit.checkpoint_interval(), Duration::from_secs(60));
+    }
+
+    #[test]
     fn bad_settings_are_refused() {
         for (extra, what) in [
             (
@@ -349,6 +473,13 @@ identity_exchange = "http://127.0.0.1:7001"
                 "[network]\nzones = [{ name = \"x\", cidrs = [\"10.0.0.0/33\"] }]",
                 "invalid",
             ),
+            ("[audit]\nurl = \"mysql://u:pw@h/d\"", "audit.url"),
+            ("[audit]\norigin = \"a b\"", "audit.origin"),
+            (
+                "[audit]\ncheckpoint_interval_secs = 0",
+                "checkpoint_interval_secs",
+            ),
+            ("[audit]\nqueue_capacity = 0", "queue_capacity"),
         ] {
             let e = parse(extra).unwrap_err();
             assert!(e.contains(what), "{extra}: {e}");

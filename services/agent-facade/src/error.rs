@@ -19,6 +19,12 @@ pub enum Dependency {
     Policy,
     Credentials,
     Approval,
+    /// The audit log's store.
+    Audit,
+    /// The user's IdP (behind the approval service).
+    Idp,
+    /// Vault/OpenBao (behind the credential issuer).
+    Vault,
 }
 
 impl Dependency {
@@ -28,6 +34,22 @@ impl Dependency {
             Self::Policy => "policy",
             Self::Credentials => "credentials",
             Self::Approval => "approval",
+            Self::Audit => "audit",
+            Self::Idp => "idp",
+            Self::Vault => "vault",
+        }
+    }
+
+    /// The dependency a downstream service's own DEPENDENCY_UNAVAILABLE
+    /// names, in the contract's terms: the IdP behind the approval service,
+    /// Vault behind the issuer, the identity exchange behind either (it
+    /// could not check the token); anything else is the service itself.
+    fn behind(self, named: Option<&str>) -> Self {
+        match named {
+            Some("idp") => Self::Idp,
+            Some("vault") => Self::Vault,
+            Some("identity-exchange") => Self::Identity,
+            _ => self,
         }
     }
 }
@@ -123,10 +145,12 @@ pub fn downstream(dependency: Dependency, status: &tonic::Status) -> FacadeError
     match status.code() {
         Code::DeadlineExceeded => FacadeError::DeadlineExceeded(dependency.as_str()),
         Code::ResourceExhausted => FacadeError::Limited {
-            reason: if reason.is_empty() {
-                "DEPENDENCY_UNAVAILABLE".into()
-            } else {
-                reason
+            reason: match (reason.is_empty(), dependency) {
+                (false, _) => reason,
+                // The issuer's only RESOURCE_EXHAUSTED: the session's lease
+                // limit.
+                (true, Dependency::Credentials) => "LEASE_LIMIT".into(),
+                (true, _) => "DEPENDENCY_UNAVAILABLE".into(),
             },
             message: tether_runtime::clip(status.message()),
             retry_after: status.get_details_retry_info().and_then(|r| r.retry_delay),
@@ -139,7 +163,15 @@ pub fn downstream(dependency: Dependency, status: &tonic::Status) -> FacadeError
         }
         Code::FailedPrecondition => FacadeError::SessionEnded,
         _ => FacadeError::Dependency {
-            dependency,
+            dependency: if reason == "DEPENDENCY_UNAVAILABLE" {
+                dependency.behind(
+                    info.as_ref()
+                        .and_then(|i| i.metadata.get("dependency"))
+                        .map(String::as_str),
+                )
+            } else {
+                dependency
+            },
             detail: format!(
                 "{:?}: {}",
                 status.code(),

@@ -8,6 +8,7 @@
 //!
 //! [`run`] is what both the binary and the tests call.
 
+mod audit;
 mod config;
 mod decision;
 mod error;
@@ -25,8 +26,8 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 pub use config::{
-    ApprovalsConfig, ClockConfig, Config, NetworkConfig, PolicyConfig, ProfileConfig, RiskConfig,
-    Upstreams as UpstreamsConfig, Zone,
+    ApprovalsConfig, AuditConfig, ClockConfig, Config, NetworkConfig, PolicyConfig, ProfileConfig,
+    RiskConfig, Upstreams as UpstreamsConfig, Zone,
 };
 pub use decision::RESERVED_CONTEXT_KEYS;
 pub use error::FacadeError;
@@ -38,13 +39,14 @@ fn install_crypto_provider() {
     let _already_installed = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-/// A started facade: the service and its background task (the session
-/// revocation list sync).
+/// A started facade: the service and its background tasks (the session
+/// revocation list sync, the audit log's writer).
 #[derive(Debug)]
 pub struct Facade {
     service: FacadeService,
     stop: tokio::sync::watch::Sender<bool>,
     revocation_sync: tokio::task::JoinHandle<()>,
+    audit_writer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Facade {
@@ -79,6 +81,9 @@ impl Facade {
             ),
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (audit, audit_writer) = audit::Audit::start(&config.audit, stopped.clone())
+            .await
+            .context("starting the audit log")?;
         let (sessions, revocation_sync) =
             tether_token::Sessions::start(&config.sessions, &config.server.tls, async move {
                 let mut stopped = stopped;
@@ -86,11 +91,12 @@ impl Facade {
             })
             .await
             .context("building the identity exchange clients")?;
-        let service = FacadeService::new(config, sessions, upstreams, entities);
+        let service = FacadeService::new(config, sessions, upstreams, entities, audit);
         Ok(Self {
             service,
             stop,
             revocation_sync,
+            audit_writer,
         })
     }
 
@@ -103,16 +109,15 @@ impl Facade {
         )
     }
 
-    /// Stops the revocation list sync.
+    /// Stops the revocation list sync and the audit writer (which writes
+    /// what is queued and publishes a last checkpoint first).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let mut task = self.revocation_sync;
-        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
-        }
+        tether_runtime::tasks::join_all(
+            std::iter::once(self.revocation_sync).chain(self.audit_writer),
+            std::time::Duration::from_secs(5),
+        )
+        .await;
     }
 }
 

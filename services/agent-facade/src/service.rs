@@ -25,6 +25,7 @@ use tether_token::{DelegatedClaims, Sessions};
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::{Code, Request, Response, Status};
 
+use crate::audit::{Audit, Story};
 use crate::config::Config;
 use crate::decision::{self, EntityData, Question, Uid};
 use crate::error::{Dependency, FacadeError, downstream};
@@ -63,6 +64,8 @@ struct Inner {
     sessions: Sessions,
     upstreams: Upstreams,
     entities: EntityData,
+    audit: Audit,
+    ended: EndedSessions,
 }
 
 impl FacadeService {
@@ -71,6 +74,7 @@ impl FacadeService {
         sessions: Sessions,
         upstreams: Upstreams,
         entities: EntityData,
+        audit: Audit,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -78,6 +82,8 @@ impl FacadeService {
                 sessions,
                 upstreams,
                 entities,
+                audit,
+                ended: EndedSessions::default(),
             }),
         }
     }
@@ -95,6 +101,13 @@ fn forward<T>(message: T, bearer: &AsciiMetadataValue) -> Request<T> {
         .metadata_mut()
         .insert("authorization", bearer.clone());
     request
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 fn to_ts(seconds: i64) -> prost_types::Timestamp {
@@ -168,6 +181,40 @@ enum Decided {
         check: policy_pb::CheckResponse,
         ticket: Box<approval_pb::Ticket>,
     },
+}
+
+/// Sessions this facade ended, refused at once rather than after the next
+/// sync of the session revocation list (which then knows them: an entry is
+/// kept for the list's staleness limit, after which the list either has
+/// synced past the revocation or refuses every token).
+#[derive(Debug, Default)]
+struct EndedSessions(
+    std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, i64)>>,
+);
+
+impl EndedSessions {
+    fn insert(&self, sid: &str, keep: std::time::Duration) {
+        let mut ended = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ended.retain(|_, (at, _)| at.elapsed() <= keep);
+        ended.insert(sid.to_owned(), (std::time::Instant::now(), unix_now()));
+    }
+
+    fn contains(&self, sid: &str, keep: std::time::Duration) -> bool {
+        self.ended_at(sid, keep).is_some()
+    }
+
+    /// When this facade ended `sid` (Unix seconds), while remembered.
+    fn ended_at(&self, sid: &str, keep: std::time::Duration) -> Option<i64> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(sid)
+            .filter(|(at, _)| at.elapsed() <= keep)
+            .map(|(_, unix)| *unix)
+    }
 }
 
 /// One agent call that acts for a session.
@@ -275,6 +322,12 @@ impl Inner {
         peer: Option<IpAddr>,
     ) -> Result<Call, FacadeError> {
         let claims = self.sessions.claims(metadata).await?;
+        if self
+            .ended
+            .contains(&claims.sid, self.config.sessions.revocation_max_staleness())
+        {
+            return Err(FacadeError::SessionEnded);
+        }
         let bearer = bearer_value(metadata).ok_or(FacadeError::TokenMissing(
             "missing `authorization` metadata",
         ))?;
@@ -392,6 +445,7 @@ impl Inner {
                 let grant = approval
                     .grant
                     .ok_or_else(|| FacadeError::Internal("GRANT_USED without a grant".into()))?;
+                record_approval(pb::ApprovalState::Approved, &grant.ticket_id);
                 // INVARIANT: an approval never bypasses the policy: decide
                 // again with it in context; only a step-up forbid yields.
                 let approved = Question {
@@ -413,6 +467,7 @@ impl Inner {
                 let ticket = approval.ticket.ok_or_else(|| {
                     FacadeError::Internal("a ticket outcome without a ticket".into())
                 })?;
+                record_approval(approval_state(ticket.state()), &ticket.ticket_id);
                 Ok(Decided::ApprovalRequired {
                     check,
                     ticket: Box::new(ticket),
@@ -518,6 +573,20 @@ impl Inner {
             ),
         };
         record_decision(decision, &check);
+        let story = Story::decision(
+            &call.claims,
+            &decision_id,
+            &action,
+            &resource,
+            self.config.risk.baseline_score,
+        );
+        let ticket_id = approval_required
+            .as_ref()
+            .and_then(|a| a.ticket.as_ref())
+            .map(|t| t.ticket_id.as_str());
+        self.audit
+            .decided(&story, decision, &check, ticket_id, grant.as_deref(), false)
+            .await?;
         Ok(pb::AuthorizeResponse {
             decision: decision.into(),
             policy_ids: check.policy_ids,
@@ -564,10 +633,20 @@ impl Inner {
         let decided = self
             .decide(call, &action, &resource, &context, &decision_id)
             .await?;
+        let story = Story::decision(
+            &call.claims,
+            &decision_id,
+            &action,
+            &resource,
+            self.config.risk.baseline_score,
+        );
         let (check, grant) = match decided {
             Decided::Allow { check, grant } => (check, grant),
             Decided::Deny(check) => {
                 record_decision(pb::Decision::Deny, &check);
+                self.audit
+                    .decided(&story, pb::Decision::Deny, &check, None, None, false)
+                    .await?;
                 return Err(FacadeError::PolicyDenied {
                     policy_ids: check.policy_ids,
                     policy_version: check.policy_version,
@@ -577,6 +656,17 @@ impl Inner {
             }
             Decided::ApprovalRequired { check, ticket } => {
                 record_decision(pb::Decision::ApprovalRequired, &check);
+                let ticket_id = Some(ticket.ticket_id.as_str());
+                self.audit
+                    .decided(
+                        &story,
+                        pb::Decision::ApprovalRequired,
+                        &check,
+                        ticket_id,
+                        None,
+                        false,
+                    )
+                    .await?;
                 return Ok(pb::AcquireCredentialResponse {
                     decision: pb::Decision::ApprovalRequired.into(),
                     outcome: Some(pb::acquire_credential_response::Outcome::ApprovalRequired(
@@ -594,36 +684,44 @@ impl Inner {
             }
         };
         record_decision(pb::Decision::Allow, &check);
+        // INVARIANT: nothing is issued unless its decision is on record.
+        self.audit
+            .decided(
+                &story,
+                pb::Decision::Allow,
+                &check,
+                None,
+                grant.as_deref(),
+                true,
+            )
+            .await?;
+        let issue = forward(
+            credentials_pb::IssueRequest {
+                profile: req.profile.clone(),
+                requested_ttl,
+                intent: call
+                    .claims
+                    .authorization_details
+                    .as_ref()
+                    .map(serde_json::Value::to_string)
+                    .unwrap_or_default(),
+                action: action.cedar(),
+                resource: resource.cedar(),
+                policy_version: check.policy_version.clone(),
+                decision_id: decision_id.clone(),
+                policy_ids: check.policy_ids.clone(),
+                approval_ticket_id: grant
+                    .as_ref()
+                    .map(|g| g.ticket_id.clone())
+                    .unwrap_or_default(),
+                ..Default::default()
+            },
+            &call.bearer,
+        );
         let issued = self
-            .upstreams
-            .credentials
-            .clone()
-            .issue(forward(
-                credentials_pb::IssueRequest {
-                    profile: req.profile.clone(),
-                    requested_ttl,
-                    intent: call
-                        .claims
-                        .authorization_details
-                        .as_ref()
-                        .map(serde_json::Value::to_string)
-                        .unwrap_or_default(),
-                    action: action.cedar(),
-                    resource: resource.cedar(),
-                    policy_version: check.policy_version.clone(),
-                    decision_id: decision_id.clone(),
-                    policy_ids: check.policy_ids.clone(),
-                    approval_ticket_id: grant
-                        .as_ref()
-                        .map(|g| g.ticket_id.clone())
-                        .unwrap_or_default(),
-                    ..Default::default()
-                },
-                &call.bearer,
-            ))
+            .issue_or_revoke(issue, call.bearer.clone())
             .await
-            .map_err(|status| downstream(Dependency::Credentials, &status))?
-            .into_inner();
+            .map_err(|status| downstream(Dependency::Credentials, &status))?;
         let lease = issued
             .lease
             .ok_or_else(|| FacadeError::Internal("the issuer returned no lease".into()))?;
@@ -635,6 +733,19 @@ impl Inner {
         if let Some(ttl) = &lease.granted_ttl {
             span.record("granted_ttl_secs", ttl.seconds);
         }
+        // The issuance is on record before the credential leaves, or the
+        // lease is revoked and the credential never delivered.
+        self.audit
+            .issued(
+                &story,
+                &check,
+                &lease,
+                &req.profile,
+                grant.as_ref().map(|g| g.ticket_id.as_str()),
+                self.upstreams.credentials.clone(),
+                call.bearer.clone(),
+            )
+            .await?;
         Ok(pb::AcquireCredentialResponse {
             decision: pb::Decision::Allow.into(),
             outcome: Some(pb::acquire_credential_response::Outcome::Issued(
@@ -649,6 +760,59 @@ impl Inner {
             decision_id,
             approval_grant: grant.as_deref().map(grant_pb),
         })
+    }
+
+    /// Issues on a task of its own. If the agent is gone by the time the
+    /// credential arrives (its deadline passed or it disconnected, and this
+    /// handler was dropped), the lease is revoked at once instead of being
+    /// left to its TTL.
+    async fn issue_or_revoke(
+        &self,
+        issue: Request<credentials_pb::IssueRequest>,
+        bearer: AsciiMetadataValue,
+    ) -> Result<credentials_pb::IssueResponse, Status> {
+        let (deliver, delivered) = tokio::sync::oneshot::channel();
+        let mut credentials = self.upstreams.credentials.clone();
+        let task = async move {
+            let result = credentials.issue(issue).await.map(Response::into_inner);
+            let Err(Ok(undelivered)) = deliver.send(result) else {
+                return;
+            };
+            let Some(lease) = undelivered.lease else {
+                return;
+            };
+            tracing::warn!(lease_id = %lease.lease_id, "credential issued after the agent went away; revoking it now");
+            let revoked = credentials
+                .revoke_lease(forward(
+                    credentials_pb::RevokeLeaseRequest {
+                        lease_id: lease.lease_id.clone(),
+                        reason: "not delivered: the agent went away".into(),
+                    },
+                    &bearer,
+                ))
+                .await;
+            match revoked {
+                Ok(response) => {
+                    let status = response
+                        .into_inner()
+                        .lease
+                        .map(|l| l.status().as_str_name())
+                        .unwrap_or_default();
+                    tracing::info!(lease_id = %lease.lease_id, status, "undelivered credential revoked");
+                }
+                // The issuer's sweeper still ends it with the session.
+                Err(e) => {
+                    tracing::warn!(lease_id = %lease.lease_id, code = ?e.code(), "revoking an undelivered credential failed; it ends with its session")
+                }
+            }
+        };
+        tokio::spawn(tracing::Instrument::instrument(
+            task,
+            tracing::Span::current(),
+        ));
+        delivered
+            .await
+            .unwrap_or_else(|_| Err(Status::unavailable("the issuance task stopped")))
     }
 
     async fn end_session(
@@ -670,6 +834,9 @@ impl Inner {
         } else {
             clip(&req.reason)
         };
+        // INVARIANT: a step whose service is unreachable does not stop the
+        // others (the contract: "the others were done"); the first failure
+        // is returned once all three were tried, and the call is repeated.
         // 1. The session: from here on no service accepts its tokens.
         let revoked = self
             .upstreams
@@ -680,8 +847,12 @@ impl Inner {
                 reason: reason.clone(),
             })
             .await
-            .map_err(|status| downstream(Dependency::Identity, &status))?
-            .into_inner();
+            .map(Response::into_inner)
+            .map_err(|status| downstream(Dependency::Identity, &status));
+        if revoked.is_ok() {
+            self.ended
+                .insert(&sid, self.config.sessions.revocation_max_staleness());
+        }
         // 2. Approvals: pending tickets cancelled, grants revoked.
         let cancelled = self
             .upstreams
@@ -692,8 +863,8 @@ impl Inner {
                 reason: reason.clone(),
             })
             .await
-            .map_err(|status| downstream(Dependency::Approval, &status))?
-            .into_inner();
+            .map(Response::into_inner)
+            .map_err(|status| downstream(Dependency::Approval, &status));
         // 3. Credentials: every lease revoked at Vault (or retried).
         let leases = self
             .upstreams
@@ -704,8 +875,9 @@ impl Inner {
                 reason: reason.clone(),
             })
             .await
-            .map_err(|status| downstream(Dependency::Credentials, &status))?
-            .into_inner();
+            .map(Response::into_inner)
+            .map_err(|status| downstream(Dependency::Credentials, &status));
+        let (revoked, cancelled, leases) = (revoked?, cancelled?, leases?);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -717,18 +889,21 @@ impl Inner {
             already_ended = revoked.already_revoked,
             "session ended"
         );
+        let receipt = pb::SessionReceipt {
+            session_id: sid,
+            ended_at: Some(to_ts(now)),
+            session_revoked_at: revoked.revoked_at,
+            already_ended: revoked.already_revoked,
+            revoked_leases: leases.revoked.iter().map(lease_pb).collect(),
+            pending_leases: leases.pending.iter().map(lease_pb).collect(),
+            cancelled_ticket_ids: cancelled.cancelled_ticket_ids,
+            revoked_grant_ids: cancelled.revoked_grant_ids,
+            receipt_id: format!("rcpt_{}", uuid::Uuid::new_v4().simple()),
+        };
+        // The receipt is on record before it is handed out.
+        self.audit.session_ended(&claims, &receipt, &reason).await?;
         Ok(pb::EndSessionResponse {
-            receipt: Some(pb::SessionReceipt {
-                session_id: sid,
-                ended_at: Some(to_ts(now)),
-                session_revoked_at: revoked.revoked_at,
-                already_ended: revoked.already_revoked,
-                revoked_leases: leases.revoked.iter().map(lease_pb).collect(),
-                pending_leases: leases.pending.iter().map(lease_pb).collect(),
-                cancelled_ticket_ids: cancelled.cancelled_ticket_ids,
-                revoked_grant_ids: cancelled.revoked_grant_ids,
-                receipt_id: format!("rcpt_{}", uuid::Uuid::new_v4().simple()),
-            }),
+            receipt: Some(receipt),
         })
     }
 
@@ -738,11 +913,20 @@ impl Inner {
     ) -> Result<pb::GetSessionResponse, FacadeError> {
         let claims = self.sessions.claims_of_any_session(metadata).await?;
         tracing::Span::current().record("session_id", claims.sid.as_str());
-        let ended = self
+        // When it ended: the identity exchange's revocation time, or (right
+        // after this facade ended it, before the list has synced) this
+        // facade's own record.
+        let ended_at = match self
             .sessions
-            .is_revoked(&claims.sid)
-            .await
-            .map_err(FacadeError::Token)?;
+            .revoked_at(&claims.sid)
+            .map_err(FacadeError::Token)?
+        {
+            Some(ms) => Some(ms.div_euclid(1000)),
+            None => self
+                .ended
+                .ended_at(&claims.sid, self.config.sessions.revocation_max_staleness()),
+        };
+        let ended = ended_at.is_some();
         let leases = self
             .upstreams
             .credentials
@@ -775,7 +959,7 @@ impl Inner {
                 token_issued_at: Some(to_ts(claims.iat)),
                 token_expires_at: Some(to_ts(claims.exp)),
                 session_expires_at: Some(to_ts(claims.exp)),
-                ended_at: None,
+                ended_at: ended_at.map(to_ts),
                 leases: leases.leases.iter().map(lease_pb).collect(),
             }),
         })
@@ -813,6 +997,13 @@ fn record_decision(decision: pb::Decision, check: &policy_pb::CheckResponse) {
     );
 }
 
+/// The approval a decision waits on or used, on the request's span.
+fn record_approval(state: pb::ApprovalState, ticket_id: &str) {
+    let span = tracing::Span::current();
+    span.record("approval_state", state.as_str_name());
+    span.record("approval_ticket", ticket_id);
+}
+
 fn peer_ip<T>(request: &Request<T>) -> Option<IpAddr> {
     request
         .extensions()
@@ -838,6 +1029,8 @@ macro_rules! request_span {
             policy_version = tracing::field::Empty,
             lease_id = tracing::field::Empty,
             granted_ttl_secs = tracing::field::Empty,
+            approval_state = tracing::field::Empty,
+            approval_ticket = tracing::field::Empty,
         )
     };
 }
@@ -864,10 +1057,18 @@ impl pb::agent_gateway_server::AgentGateway for FacadeService {
         let span = request_span!("facade.start_session");
         let inner = Arc::clone(&self.inner);
         let req = request.into_inner();
-        tracing::Instrument::instrument(async move { inner.start_session(req).await }, span.clone())
-            .await
-            .map(Response::new)
-            .map_err(|e| span.in_scope(|| into_status(e)))
+        tracing::Instrument::instrument(
+            async move {
+                inner
+                    .start_session(req)
+                    .await
+                    .inspect_err(|e| inner.audit.refused(None, None, None, e))
+            },
+            span.clone(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(|e| span.in_scope(|| into_status(e)))
     }
 
     async fn authorize(
@@ -881,8 +1082,21 @@ impl pb::agent_gateway_server::AgentGateway for FacadeService {
         tracing::Instrument::instrument(
             async move {
                 record_target(req.action.as_ref(), req.resource.as_ref());
-                let call = inner.call(&metadata, peer).await?;
-                inner.authorize(&call, req).await
+                let (action, resource) = (req.action.clone(), req.resource.clone());
+                let refused = |claims, e: &FacadeError| {
+                    inner
+                        .audit
+                        .refused(claims, action.as_ref(), resource.as_ref(), e);
+                };
+                let call = inner
+                    .call(&metadata, peer)
+                    .await
+                    .inspect_err(|e| refused(None, e))?;
+                inner.audit.ready()?;
+                inner
+                    .authorize(&call, req)
+                    .await
+                    .inspect_err(|e| refused(Some(&call.claims), e))
             },
             span.clone(),
         )
@@ -902,8 +1116,21 @@ impl pb::agent_gateway_server::AgentGateway for FacadeService {
         tracing::Instrument::instrument(
             async move {
                 record_target(req.action.as_ref(), req.resource.as_ref());
-                let call = inner.call(&metadata, peer).await?;
-                inner.acquire_credential(&call, req).await
+                let (action, resource) = (req.action.clone(), req.resource.clone());
+                let refused = |claims, e: &FacadeError| {
+                    inner
+                        .audit
+                        .refused(claims, action.as_ref(), resource.as_ref(), e);
+                };
+                let call = inner
+                    .call(&metadata, peer)
+                    .await
+                    .inspect_err(|e| refused(None, e))?;
+                inner.audit.ready()?;
+                inner
+                    .acquire_credential(&call, req)
+                    .await
+                    .inspect_err(|e| refused(Some(&call.claims), e))
             },
             span.clone(),
         )

@@ -1,7 +1,6 @@
 //! Configuration of the approval orchestrator (`ciba-orchestrator.toml`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -83,36 +82,13 @@ pub struct PingConfig {
     pub listen: Option<SocketAddr>,
 }
 
-/// The ticket store (`[store]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StoreConfig {
-    /// `sqlite://…` or `postgres://…` (schema `ciba_orchestrator`). Unset:
-    /// SQLite at `<data_dir>/ciba-orchestrator.db` (one replica only).
-    pub url: Option<String>,
-    /// Directory of the default SQLite file.
-    pub data_dir: PathBuf,
-    pub max_connections: u32,
-}
+/// The ticket store (`[store]`): SQLite at
+/// `<data_dir>/ciba-orchestrator.db` (one replica) unless `url` names a
+/// PostgreSQL database (schema `ciba_orchestrator`).
+pub use tether_store::StoreConfig;
 
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self {
-            url: None,
-            data_dir: PathBuf::from("data"),
-            max_connections: 8,
-        }
-    }
-}
-
-impl StoreConfig {
-    /// The store URL actually used.
-    pub fn effective_url(&self) -> String {
-        self.url.clone().unwrap_or_else(|| {
-            tether_store::sqlite_url(&self.data_dir.join("ciba-orchestrator.db"))
-        })
-    }
-}
+/// The default SQLite file of the ticket store.
+pub const STORE_FILE: &str = "ciba-orchestrator.db";
 
 /// What an approval buys (`[grants]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -186,7 +162,9 @@ pub struct TicketsConfig {
     pub claim_interval_ms: u64,
     /// How often a WatchApproval stream re-reads its ticket from the store
     /// (changes made on this replica arrive at once; this bounds how late
-    /// a change made by another replica is seen).
+    /// a change made by another replica is seen). PostgreSQL only: with
+    /// SQLite there is no other replica, and a stream re-reads only at the
+    /// keepalive.
     pub watch_poll_ms: u64,
     /// Ping mode: ask the token endpoint this long after the last fetch
     /// even without a ping, in case one was lost (never more often than
@@ -261,17 +239,7 @@ impl ServiceConfig for Config {
             }
             _ => {}
         }
-        if let Some(url) = &self.store.url
-            && tether_store::Backend::of(url).is_none()
-        {
-            return invalid(format!(
-                "store.url `{}` must be sqlite:… or postgres://…",
-                tether_store::redact_url(url)
-            ));
-        }
-        if self.store.max_connections == 0 {
-            return invalid("store.max_connections must be at least 1".into());
-        }
+        self.store.validate().map_err(ConfigError::Invalid)?;
         if self.grants.uses == 0 || self.grants.uses > 100 {
             return invalid(format!(
                 "grants.uses must be between 1 and 100, got {}",
@@ -396,7 +364,7 @@ identity_exchange = "https://identity:7001"
         assert!(
             config
                 .store
-                .effective_url()
+                .effective_url(STORE_FILE)
                 .ends_with("ciba-orchestrator.db?mode=rwc")
         );
     }

@@ -8,6 +8,7 @@
 //! `auth_req_id` is never fetched twice at once (the IdP consumes it).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -55,6 +56,10 @@ struct Inner {
     tickets: TicketsConfig,
     /// This replica's owner id (random per process).
     owner: String,
+    /// Unix ms until which every ticket this replica drives is its own:
+    /// the `owner_until` of the last claim round that renewed all of them
+    /// (0 before the first).
+    lease_until: AtomicI64,
     /// Tickets changed by this replica (ids), for watchers.
     changes: broadcast::Sender<String>,
     /// The local driver of each ticket, woken by pings and cancellations.
@@ -79,6 +84,7 @@ impl Drivers {
                 grants,
                 tickets,
                 owner: format!("orchestrator-{}", uuid::Uuid::new_v4().simple()),
+                lease_until: AtomicI64::new(0),
                 changes,
                 wakers: Mutex::new(HashMap::new()),
                 tasks: Mutex::new(JoinSet::new()),
@@ -95,6 +101,17 @@ impl Drivers {
     pub fn owner_until(&self) -> i64 {
         now_ms()
             .saturating_add(i64::try_from(self.inner.tickets.owner_lease_ms).unwrap_or(i64::MAX))
+    }
+
+    /// Whether this replica's lease on the tickets it drives holds for at
+    /// least half a lease more: then no other replica can have taken one
+    /// over, and a due token request needs no store read first. (A ticket
+    /// that ended elsewhere meanwhile is let go at the next claim round; an
+    /// answer fetched for it changes nothing, the terminal write is
+    /// conditional.)
+    fn lease_holds(&self) -> bool {
+        let margin = i64::try_from(self.inner.tickets.owner_lease_ms / 2).unwrap_or(i64::MAX);
+        now_ms().saturating_add(margin) < self.inner.lease_until.load(Ordering::Acquire)
     }
 
     pub fn ciba(&self) -> &CibaClient {
@@ -208,7 +225,14 @@ impl Drivers {
             if *stop.borrow() {
                 return;
             }
-            if recheck || fetch_wanted && pending.state.due(SystemTime::now()) == Due::Now {
+            // A due token request re-reads the ticket first unless the
+            // lease holds (one store read per poll was most of the cost of
+            // a pending ticket).
+            if recheck
+                || fetch_wanted
+                    && pending.state.due(SystemTime::now()) == Due::Now
+                    && !self.lease_holds()
+            {
                 recheck = false;
                 match self.inner.store.ticket(id).await {
                     // INVARIANT: only the owning replica asks the token
@@ -342,14 +366,23 @@ impl Drivers {
     /// start-up with SQLite, where only one replica may run).
     pub async fn claim(&self, all: bool) -> Result<(), sqlx::Error> {
         let store = &self.inner.store;
+        let until = self.owner_until();
         let owned: HashSet<String> = store
-            .renew(&self.inner.owner, self.owner_until())
+            .renew(&self.inner.owner, until)
             .await?
             .into_iter()
             .collect();
         let local: Vec<String> = self.lock_wakers().keys().cloned().collect();
+        let mut all_renewed = true;
         for id in local.iter().filter(|id| !owned.contains(*id)) {
+            all_renewed = false;
             self.wake(id);
+        }
+        // INVARIANT: the lease is extended only when every local driver's
+        // ticket was renewed, so a driver whose ticket moved elsewhere
+        // re-reads the store (and lets go) before any further token request.
+        if all_renewed {
+            self.inner.lease_until.store(until, Ordering::Release);
         }
         for id in store.take_pings(&self.inner.owner).await? {
             self.wake(&id);

@@ -37,7 +37,7 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 pub use config::{
-    Config, FatigueLimits, GRPC_PORT_PING_PATH, GrantsConfig, PingConfig, StoreConfig,
+    Config, FatigueLimits, GRPC_PORT_PING_PATH, GrantsConfig, PingConfig, STORE_FILE, StoreConfig,
     TicketsConfig,
 };
 pub use driver::Drivers;
@@ -77,17 +77,10 @@ impl Orchestrator {
     /// and starts the claim loop.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
         install_crypto_provider();
-        let url = config.store.effective_url();
-        let pool = tether_store::open(
-            &url,
-            "ciba_orchestrator",
-            &tether_store::PoolSettings {
-                max_connections: config.store.max_connections,
-                ..tether_store::PoolSettings::default()
-            },
-        )
-        .await
-        .context("opening the ticket store")?;
+        let url = config.store.effective_url(config::STORE_FILE);
+        let pool = tether_store::open(&url, "ciba_orchestrator", &config.store.pool_settings())
+            .await
+            .context("opening the ticket store")?;
         tether_store::migrate(&pool, &store::MIGRATOR)
             .await
             .context("migrating the ticket store")?;
@@ -129,7 +122,14 @@ impl Orchestrator {
             drivers.clone(),
             config.limits,
             config.tickets.keepalive(),
-            config.tickets.watch_poll(),
+            // With SQLite every change is made by this replica and announced
+            // to its watchers at once: re-reading on a timer as well would
+            // only cost a store read per watcher per `watch_poll`.
+            if single_replica {
+                config.tickets.keepalive()
+            } else {
+                config.tickets.watch_poll()
+            },
             drained,
         );
         let ping_path = match config.ciba.mode()? {
@@ -191,18 +191,7 @@ impl Orchestrator {
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         self.drivers.join(STOP_DEADLINE).await;
-        for mut task in self.tasks.drain(..) {
-            if tokio::time::timeout(STOP_DEADLINE, &mut task)
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    deadline_ms = STOP_DEADLINE.as_millis(),
-                    "a background task did not stop in time; aborting it"
-                );
-                task.abort();
-            }
-        }
+        tether_runtime::tasks::join_all(self.tasks.drain(..), STOP_DEADLINE).await;
     }
 }
 

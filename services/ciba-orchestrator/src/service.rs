@@ -691,6 +691,7 @@ impl pb::approval_orchestrator_server::ApprovalOrchestrator for ApprovalService 
             resource = %clip(&req.resource),
             outcome = tracing::field::Empty,
             ticket = tracing::field::Empty,
+            approval_state = tracing::field::Empty,
         );
         let inner = Arc::clone(&self.inner);
         let result = tracing::Instrument::instrument(
@@ -706,6 +707,11 @@ impl pb::approval_orchestrator_server::ApprovalOrchestrator for ApprovalService 
                 span.record("outcome", resp.outcome().as_str_name());
                 if let Some(ticket) = &resp.ticket {
                     span.record("ticket", ticket.ticket_id.as_str());
+                    span.record("approval_state", ticket.state().as_str_name());
+                }
+                if let Some(grant) = &resp.grant {
+                    span.record("ticket", grant.ticket_id.as_str());
+                    span.record("approval_state", pb::TicketState::Approved.as_str_name());
                 }
                 Ok(Response::new(resp))
             }

@@ -1,4 +1,5 @@
 //! The `tether` command's building blocks, usable from tests and tools.
 
+pub mod audit;
 pub mod login;
 pub mod policy;

@@ -8,6 +8,13 @@
 //!                                     the same cases against a running PDP
 //! tether dev-certs --out DIR NAME...  a throwaway CA and SPIFFE certificates
 //!                                     for a local stack (never production)
+//! tether audit verify --store URL --key-file VKEY [--checkpoint FILE]
+//!                                     recompute the audit log, check its signed
+//!                                     checkpoint and consistency with a saved one
+//! tether audit checkpoint --store URL [--out FILE]
+//!                                     save the latest signed checkpoint
+//! tether audit proof --store URL --record ID    an inclusion proof
+//! tether audit tail --store URL --session SID   one session's story
 //! ```
 
 use std::path::PathBuf;
@@ -15,7 +22,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use tether_cli::{login, policy};
+use tether_cli::{audit, login, policy};
 
 #[derive(Debug, Parser)]
 #[command(name = "tether", version, about = "Runtime security for AI agents")]
@@ -46,6 +53,10 @@ enum Command {
     /// Work with Cedar policy packs.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Audit the agent facade's audit log (a transparency log) from its
+    /// store, with the log's verifier key only.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Write a throwaway CA (`ca.pem`) and, for each NAME, a certificate
     /// `NAME.crt` + `NAME.key` whose SPIFFE ID is
     /// `spiffe://<trust-domain>/tether/<NAME>`. For local stacks and
@@ -103,6 +114,62 @@ impl TlsArgs {
             ..tether_runtime::TlsConfig::default()
         })
     }
+}
+
+/// `--store`: the audit log's store.
+#[derive(Debug, clap::Args)]
+struct StoreArg {
+    /// `sqlite://…`, `postgres://…` (schema `audit`) or a SQLite file path.
+    #[arg(long)]
+    store: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the tree from every stored record, check the latest
+    /// signed checkpoint and, with --checkpoint, prove the log consistent
+    /// with a checkpoint saved earlier. Exits 1 on any failure.
+    Verify {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The log's verifier key (the facade's `audit-key.vkey`) or its PEM
+        /// public key.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// A checkpoint saved earlier with `tether audit checkpoint --out`.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Print or save (--out) the latest signed checkpoint, to verify
+    /// against later.
+    Checkpoint {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Check its signature before saving it.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// Print a record's inclusion proof against the latest checkpoint.
+    Proof {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The record's index, or the `decision_id` / `receipt_id` the
+        /// agent was given (every record of that request).
+        #[arg(long)]
+        record: String,
+        /// Check the checkpoint and the proof with this verifier key.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// Print one session's records in time order.
+    Tail {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        session: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,6 +232,7 @@ fn main() -> ExitCode {
             trust_domain,
             names,
         } => dev_certs(&out, &trust_domain, &names),
+        Command::Audit(command) => run_audit(command),
     };
     match result {
         Ok(code) => code,
@@ -192,6 +260,32 @@ fn dev_certs(
     }
     println!("CA bundle: {}", out.join("ca.pem").display());
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match command {
+            AuditCommand::Verify {
+                store,
+                key_file,
+                checkpoint,
+            } => audit::verify(&store.store, &key_file, checkpoint.as_deref()).await,
+            AuditCommand::Checkpoint {
+                store,
+                out,
+                key_file,
+            } => audit::checkpoint(&store.store, out.as_deref(), key_file.as_deref()).await,
+            AuditCommand::Proof {
+                store,
+                record,
+                key_file,
+            } => audit::proof(&store.store, &record, key_file.as_deref()).await,
+            AuditCommand::Tail { store, session } => audit::tail(&store.store, &session).await,
+        }
+    })
 }
 
 fn run_login(options: login::LoginOptions) -> anyhow::Result<ExitCode> {

@@ -163,36 +163,12 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// The durable lease registry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StoreConfig {
-    /// `sqlite://…` or `postgres://…`. Unset: SQLite at
-    /// `<data_dir>/credential-issuer.db`.
-    pub url: Option<String>,
-    /// Directory for the default SQLite file.
-    pub data_dir: PathBuf,
-    pub max_connections: u32,
-}
+/// The durable lease registry (`[store]`): SQLite at
+/// `<data_dir>/credential-issuer.db` unless `url` says otherwise.
+pub use tether_store::StoreConfig;
 
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self {
-            url: None,
-            data_dir: PathBuf::from("data"),
-            max_connections: 8,
-        }
-    }
-}
-
-impl StoreConfig {
-    /// The store URL actually used.
-    pub fn effective_url(&self) -> String {
-        self.url.clone().unwrap_or_else(|| {
-            tether_store::sqlite_url(&self.data_dir.join("credential-issuer.db"))
-        })
-    }
-}
+/// The default SQLite file of the lease registry.
+pub const STORE_FILE: &str = "credential-issuer.db";
 
 /// Sweeper, reconciler and retry settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -350,14 +326,7 @@ impl ServiceConfig for Config {
                 return invalid(format!("profiles.{name}.max_ttl_secs must be positive"));
             }
         }
-        if let Some(url) = &self.store.url
-            && tether_store::Backend::of(url).is_none()
-        {
-            return invalid(format!(
-                "store.url `{}` must start with sqlite: or postgres://",
-                tether_store::redact_url(url)
-            ));
-        }
+        self.store.validate().map_err(ConfigError::Invalid)?;
         let r = &self.revocation;
         if r.sweep_interval_ms == 0
             || r.orphan_sweep_interval_ms == 0

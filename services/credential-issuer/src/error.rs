@@ -91,6 +91,35 @@ impl ServiceError for IssuerError {
             other => other.to_string(),
         }
     }
+
+    /// The reasons the facade acts on: a revoked session, the session's
+    /// lease limit, and which dependency is unavailable (the approval
+    /// orchestrator's convention).
+    fn reason(&self) -> Option<String> {
+        Some(
+            match self {
+                Self::Token(TokenError::SessionRevoked) => "SESSION_REVOKED",
+                Self::Token(e) if e.is_unavailable() => "DEPENDENCY_UNAVAILABLE",
+                Self::Vault(_)
+                | Self::VaultNoAnswer(_)
+                | Self::VaultRenew(_)
+                | Self::Registry(_) => "DEPENDENCY_UNAVAILABLE",
+                Self::TooManyLeases { .. } => "LEASE_LIMIT",
+                _ => return None,
+            }
+            .to_owned(),
+        )
+    }
+
+    fn error_metadata(&self) -> std::collections::HashMap<String, String> {
+        let dependency = match self {
+            Self::Token(e) if e.is_unavailable() => "identity-exchange",
+            Self::Vault(_) | Self::VaultNoAnswer(_) | Self::VaultRenew(_) => "vault",
+            Self::Registry(_) => "lease-registry",
+            _ => return std::collections::HashMap::new(),
+        };
+        std::collections::HashMap::from([("dependency".to_owned(), dependency.to_owned())])
+    }
 }
 
 fn vault_kind(e: &VaultError) -> &'static str {

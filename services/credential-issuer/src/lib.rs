@@ -76,17 +76,10 @@ impl Issuer {
     /// keeping the list current.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
         install_crypto_provider();
-        let url = config.store.effective_url();
-        let pool = tether_store::open(
-            &url,
-            "credential_issuer",
-            &tether_store::PoolSettings {
-                max_connections: config.store.max_connections,
-                ..tether_store::PoolSettings::default()
-            },
-        )
-        .await
-        .context("opening the lease registry")?;
+        let url = config.store.effective_url(config::STORE_FILE);
+        let pool = tether_store::open(&url, "credential_issuer", &config.store.pool_settings())
+            .await
+            .context("opening the lease registry")?;
         tether_store::migrate(&pool, &registry::MIGRATOR)
             .await
             .context("migrating the lease registry")?;
@@ -196,18 +189,7 @@ impl Issuer {
     /// [`STOP_DEADLINE`] before aborting it.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        for mut task in self.tasks.drain(..) {
-            if tokio::time::timeout(STOP_DEADLINE, &mut task)
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    deadline_ms = STOP_DEADLINE.as_millis(),
-                    "a background task did not stop in time; aborting it"
-                );
-                task.abort();
-            }
-        }
+        tether_runtime::tasks::join_all(self.tasks.drain(..), STOP_DEADLINE).await;
     }
 }
 

@@ -418,6 +418,20 @@ impl Registry {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Marks one live lease REVOKING (due now). `false` when it is not
+    /// live (already being revoked, or ended).
+    pub async fn mark_revoking(&self, id: &str, now: i64) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE credential_leases SET status = 'REVOKING', next_attempt_at = $1 \
+             WHERE id = $2 AND status IN ('ACTIVE', 'ISSUING')",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Marks the session ended (once) and every live lease of it REVOKING.
     /// Returns when it was first ended and whether it already was.
     pub async fn end_session(

@@ -600,6 +600,52 @@ impl Inner {
         })
     }
 
+    async fn revoke_lease(
+        &self,
+        caller: Caller,
+        req: pb::RevokeLeaseRequest,
+    ) -> Result<pb::RevokeLeaseResponse, IssuerError> {
+        check_id("lease_id", &req.lease_id)?;
+        if req.reason.len() > MAX_REASON_BYTES {
+            return Err(IssuerError::InvalidArgument(format!(
+                "`reason` is {} bytes, the limit is {MAX_REASON_BYTES}",
+                req.reason.len()
+            )));
+        }
+        // A lease of another session is NOT_FOUND, like one that does not
+        // exist.
+        let row = self
+            .registry
+            .get(&req.lease_id)
+            .await?
+            .filter(|r| r.session_id == caller.sid)
+            .ok_or_else(|| IssuerError::NotFound(req.lease_id.clone()))?;
+        if self.registry.mark_revoking(&row.id, now_ms()).await? {
+            tracing::info!(lease_id = %row.id, reason = %tether_runtime::clip(&req.reason), "lease revocation requested");
+        }
+        if let Some(row) = self.registry.get(&row.id).await?
+            && row.vault_lease_id.is_some()
+            && matches!(
+                row.status,
+                LeaseStatus::Revoking | LeaseStatus::RevocationFailed
+            )
+            && tokio::time::timeout(self.revoke_budget, self.revoker.revoke_one(&row))
+                .await
+                .is_err()
+        {
+            tracing::warn!(lease_id = %row.id, "revocation still running after the call budget; it goes on in the background");
+        }
+        self.revoker.wake();
+        let row = self
+            .registry
+            .get(&req.lease_id)
+            .await?
+            .ok_or_else(|| IssuerError::NotFound(req.lease_id.clone()))?;
+        Ok(pb::RevokeLeaseResponse {
+            lease: Some(to_pb(&row)),
+        })
+    }
+
     async fn all_leases(&self, session_id: &str) -> Result<Vec<LeaseRow>, IssuerError> {
         let mut out = Vec::new();
         loop {
@@ -665,7 +711,7 @@ impl pb::credential_issuer_server::CredentialIssuer for CredentialIssuerService 
             session_id = tracing::field::Empty,
             profile = %truncate(&req.profile),
             lease_id = tracing::field::Empty,
-            ttl_secs = tracing::field::Empty,
+            granted_ttl_secs = tracing::field::Empty,
         );
         let inner = Arc::clone(&self.inner);
         let result = tracing::Instrument::instrument(
@@ -679,7 +725,7 @@ impl pb::credential_issuer_server::CredentialIssuer for CredentialIssuerService 
         match result {
             Ok(resp) => {
                 if let Some(ttl) = resp.lease.as_ref().and_then(|l| l.granted_ttl.as_ref()) {
-                    span.record("ttl_secs", ttl.seconds);
+                    span.record("granted_ttl_secs", ttl.seconds);
                 }
                 Ok(Response::new(resp))
             }
@@ -719,6 +765,29 @@ impl pb::credential_issuer_server::CredentialIssuer for CredentialIssuerService 
         let inner = Arc::clone(&self.inner);
         tracing::Instrument::instrument(
             async move { inner.revoke_session(req).await },
+            span.clone(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(|e| span.in_scope(|| into_status(e)))
+    }
+
+    async fn revoke_lease(
+        &self,
+        request: Request<pb::RevokeLeaseRequest>,
+    ) -> Result<Response<pb::RevokeLeaseResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        let span = tracing::info_span!(
+            "credentials.revoke_lease",
+            lease_id = %truncate(&req.lease_id),
+            session_id = tracing::field::Empty,
+        );
+        let inner = Arc::clone(&self.inner);
+        tracing::Instrument::instrument(
+            async move {
+                let caller = inner.caller(&metadata).await?;
+                inner.revoke_lease(caller, req).await
+            },
             span.clone(),
         )
         .await

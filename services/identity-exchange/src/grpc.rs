@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tether_proto::identity::v1 as pb;
 use tether_token::Actor;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::error::{ExchangeError, OAuthCode};
 use crate::exchange::{ExchangeInput, Exchanger, Introspection, TOKEN_TYPE_ACCESS, unix_now_ms};
@@ -100,19 +101,27 @@ impl pb::identity_exchange_server::IdentityExchange for IdentityService {
         };
         let span = tracing::info_span!(
             "identity.exchange",
-            session.id = tracing::field::Empty,
+            session_id = tracing::field::Empty,
+            agent = tracing::field::Empty,
+            user = tracing::field::Empty,
             outcome = tracing::field::Empty
         );
-        let _guard = span.enter();
-        let minted = match self.exchanger.exchange(&input).await {
+        let exchanged = self
+            .exchanger
+            .exchange(&input)
+            .instrument(span.clone())
+            .await;
+        let minted = match exchanged {
             Ok(m) => m,
             Err(e) => {
                 span.record("outcome", e.rfc_code());
-                tracing::info!(error = %e, "exchange refused");
+                span.in_scope(|| tracing::info!(error = %e, "exchange refused"));
                 return Err(e.into_status());
             }
         };
-        span.record("session.id", minted.claims.sid.as_str());
+        span.record("session_id", minted.claims.sid.as_str());
+        span.record("agent", minted.claims.act.sub.as_str());
+        span.record("user", minted.claims.sub.as_str());
         span.record("outcome", "minted");
         let c = &minted.claims;
         Ok(Response::new(pb::ExchangeResponse {

@@ -1,0 +1,232 @@
+//! What the audit log costs `Authorize`: the whole stack on loopback
+//! (`FacadeStack`), two facades side by side on it, the stack's own with
+//! the audit log on (SQLite in a temporary directory on the machine's
+//! disk, every record flushed) and a second one, same configuration, with
+//! `[audit] enabled = false`. The same session's token calls both;
+//! measured in the same run, alternating in rounds (this machine is
+//! shared; absolute times drift, ratios within a run do not).
+//!
+//! `cargo bench -p tether-integration-tests --bench facade_audit`
+//!
+//! 1. Sequential `Authorize` (an allowed read: its decision record is
+//!    written behind the answer, grouped with others).
+//! 2. `Authorize` at concurrency 32: latency and throughput.
+//! 3. For scale, what one durable record costs on the same disk
+//!    (`AuditLog::append`, one commit with `synchronous = FULL`): the
+//!    price an issuance, an approval or a session end pays on its path.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use tether_audit::{AuditKey, AuditLog, AuditRecord, RecordKind};
+use tether_integration_tests::Running;
+use tether_integration_tests::bench::{Caller, Stats, Throughput, sequential, throughput};
+use tether_integration_tests::facade::{FacadeStack, bearer, uid};
+use tether_proto::facade::v1 as pb;
+use tether_proto::facade::v1::agent_gateway_client::AgentGatewayClient;
+use tether_runtime::client::InternalChannel;
+
+const ROUNDS: usize = 10;
+const WARMUP: usize = 300;
+const PER_ROUND: usize = 500;
+const CONCURRENCY: usize = 32;
+const CONCURRENT_ROUNDS: usize = 4;
+const CONCURRENT_SECS: u64 = 3;
+const APPENDS: usize = 500;
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-servers")
+        .enable_all()
+        .build()
+        .context("building the server runtime")?;
+
+    // The stack and the second facade run on their own runtime (as
+    // separate processes would), so the clients do not share their threads.
+    let (stack, off_addr, off_facade) = servers.block_on(async {
+        let stack = FacadeStack::builder().start().await?;
+        let mut config = stack.config().clone();
+        config.audit.enabled = false;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let mut running =
+            Running::spawn(|shutdown| tether_agent_facade::run(config, listener, shutdown));
+        running
+            .wait_serving(stack.pki().anonymous_channel(addr)?)
+            .await?;
+        anyhow::Ok((stack, addr, running))
+    })?;
+
+    let result = runtime.block_on(async {
+        let token = stack.session().await?.delegated_token;
+        let on = AuthorizeCaller {
+            client: stack.client(),
+            token: token.clone(),
+        };
+        let off = AuthorizeCaller {
+            client: AgentGatewayClient::new(stack.pki().anonymous_channel(off_addr)?),
+            token,
+        };
+        let log = tether_audit::AuditReader::open(&stack.config().audit.effective_url()).await?;
+        let records_before = log.size().await?;
+
+        let mut callers = [off.clone(), on.clone()];
+        let (seq_off, seq_on) = alternate(&mut callers).await?;
+        let (conc_off, conc_on) = concurrent(&off, &on).await?;
+        let append = durable_append().await?;
+        let records = log.size().await? - records_before;
+
+        println!();
+        println!(
+            "| `Authorize` (allowed read) | audit off p50 / p99 (µs) | audit on p50 / p99 (µs) | p50 ratio | p99 ratio | off / on throughput (req/s) |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+        row("sequential", &seq_off, &seq_on, None);
+        row(
+            &format!("concurrency {CONCURRENCY}"),
+            &conc_off.latency,
+            &conc_on.latency,
+            Some((conc_off.per_second, conc_on.per_second)),
+        );
+        println!();
+        println!(
+            "decision records the audited facade wrote during the run: {records} (every audited call, warm-up included)"
+        );
+        println!(
+            "one durable record (`AuditLog::append` on SQLite, same disk), sequential p50 / p99: {} µs",
+            append.p50_p99()
+        );
+        anyhow::Ok(())
+    });
+
+    servers.block_on(async move {
+        let mut off_facade = off_facade;
+        let _ = off_facade.stop().await;
+        let _ = stack.shutdown().await;
+    });
+    result
+}
+
+fn row(name: &str, off: &Stats, on: &Stats, per_second: Option<(f64, f64)>) {
+    let rates = per_second
+        .map(|(off, on)| format!("{off:.0} / {on:.0}"))
+        .unwrap_or_else(|| "—".into());
+    println!(
+        "| {name} | {} | {} | {:.2}× | {:.2}× | {rates} |",
+        off.p50_p99(),
+        on.p50_p99(),
+        on.micros(0.5) / off.micros(0.5),
+        on.micros(0.99) / off.micros(0.99),
+    );
+}
+
+#[derive(Clone)]
+struct AuthorizeCaller {
+    client: AgentGatewayClient<InternalChannel>,
+    token: String,
+}
+
+impl Caller for AuthorizeCaller {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        let request = pb::AuthorizeRequest {
+            action: uid("Action", "read"),
+            resource: uid("Employee", "1042"),
+            context_json: String::new(),
+        };
+        let response = self
+            .client
+            .authorize(bearer(request, &self.token))
+            .await?
+            .into_inner();
+        ensure!(
+            response.decision() == pb::Decision::Allow,
+            "expected ALLOW, got {response:?}"
+        );
+        Ok(())
+    }
+}
+
+/// (off, on): sequential rounds, the order swapped every round.
+async fn alternate(callers: &mut [AuthorizeCaller; 2]) -> anyhow::Result<(Stats, Stats)> {
+    let mut totals = [Stats::new()?, Stats::new()?];
+    for caller in callers.iter_mut() {
+        sequential(caller, WARMUP, 0).await?;
+    }
+    for round in 0..ROUNDS {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let stats = sequential(&mut callers[i], 0, PER_ROUND).await?;
+            totals[i].merge(&stats)?;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let [off, on] = totals;
+    Ok((off, on))
+}
+
+/// (off, on) at [`CONCURRENCY`]: rounds of a fixed duration, alternating.
+async fn concurrent(
+    off: &AuthorizeCaller,
+    on: &AuthorizeCaller,
+) -> anyhow::Result<(Throughput, Throughput)> {
+    let mut latency = [Stats::new()?, Stats::new()?];
+    let mut calls = [0.0_f64; 2];
+    let mut seconds = [0.0_f64; 2];
+    for round in 0..CONCURRENT_ROUNDS {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let caller = if i == 0 { off } else { on };
+            let callers = vec![caller.clone(); CONCURRENCY];
+            let measured = throughput(
+                callers,
+                Duration::from_secs(1),
+                Duration::from_secs(CONCURRENT_SECS),
+            )
+            .await?;
+            latency[i].merge(&measured.latency)?;
+            calls[i] += measured.per_second * CONCURRENT_SECS as f64;
+            seconds[i] += CONCURRENT_SECS as f64;
+        }
+    }
+    let [off_latency, on_latency] = latency;
+    Ok((
+        Throughput {
+            per_second: calls[0] / seconds[0],
+            latency: off_latency,
+        },
+        Throughput {
+            per_second: calls[1] / seconds[1],
+            latency: on_latency,
+        },
+    ))
+}
+
+/// One durable append after another, on a fresh log in a temporary
+/// directory (the same disk the stack's log is on).
+async fn durable_append() -> anyhow::Result<Stats> {
+    let dir = tempfile::tempdir()?;
+    let url = tether_store::sqlite_url(&dir.path().join("audit.db"));
+    let log = AuditLog::open(&url, AuditKey::generate(), "bench.audit.example").await?;
+    let mut record = AuditRecord::new(RecordKind::Issuance, 0);
+    record.agent = "hr-assistant".into();
+    record.action = r#"Action::"read""#.into();
+    record.resource = r#"Employee::"1042""#.into();
+    record.decision = "allow".into();
+    record.policy_ids = vec!["hr-read-business-hours".into()];
+    record.session_id = "bench".into();
+    record.lease_id = "f3beb3a2-bee8-48c4-bdb6-53346647ce20".into();
+    let mut stats = Stats::new()?;
+    for i in 0..APPENDS {
+        record.time_ms = i as i64;
+        let started = Instant::now();
+        log.append(&record).await?;
+        stats.record(started.elapsed())?;
+    }
+    Ok(stats)
+}
