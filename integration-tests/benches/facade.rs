@@ -16,12 +16,15 @@
 //!    sequential p50/p99 in rounds, then throughput and latency at
 //!    concurrency 32.
 //! 2. `AcquireCredential` (`hr-read`: decision, issuer `Issue`, Vault,
-//!    durable audit record) against a direct OpenBao issuance of the same
-//!    role (`GET /v1/database/creds/hr-readonly` with the root token), call
-//!    by call. Every lease is revoked between batches, outside the timed
-//!    calls (facade: `EndSession`, then a fresh session; direct: the lease
-//!    ids), so PostgreSQL roles do not pile up and no session reaches the
-//!    issuer's lease limit.
+//!    two durable audit records) against a direct OpenBao issuance of the
+//!    same role (`GET /v1/database/creds/hr-readonly` with the root token),
+//!    call by call; in the same rotation, to show where the difference
+//!    goes, the facade's own `Issue` request sent straight to the issuer,
+//!    and a second facade on the same stack with `[audit] enabled = false`.
+//!    Every lease is revoked between batches, outside the timed calls
+//!    (`EndSession`, then a fresh session; direct: the lease ids), so
+//!    PostgreSQL roles do not pile up and no session reaches the issuer's
+//!    lease limit.
 //!
 //! Every timed call checks its answer (ALLOW, a credential), so an error
 //! path is never measured.
@@ -32,6 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, ensure};
 use serde_json::{Map, Value, json};
 use tether_audit::{AuditKey, AuditLog, AuditRecord, RecordKind};
+use tether_integration_tests::Running;
 use tether_integration_tests::bench::{Caller, Stats, Throughput, sequential, throughput};
 use tether_integration_tests::facade::{FacadeStack, HR_ENTITIES, bearer, uid};
 use tether_integration_tests::openbao::ROOT_TOKEN;
@@ -65,10 +69,10 @@ const VERIFY_ITERATIONS: usize = 5_000;
 /// PostgreSQL `CREATE ROLE`).
 const ISSUE_WARMUP: usize = 30;
 const ISSUE_ROUNDS: usize = 500;
-/// Facade leases per session before it is ended; the direct `Issue` calls
-/// add as many to the same session, and the issuer's default limit is 64
-/// live leases per session.
-const LEASES_PER_SESSION: usize = 30;
+/// Leases per path per session before it is ended: three paths (two
+/// facades, direct `Issue`) share a session, and the issuer's default
+/// limit is 64 live leases per session.
+const LEASES_PER_SESSION: usize = 20;
 /// Durable audit appends timed, for the breakdown.
 const APPENDS: usize = 500;
 
@@ -95,18 +99,33 @@ fn main() -> anyhow::Result<()> {
     let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
 
     // The stack runs on its own runtime (as separate processes would), so
-    // the clients do not share its threads.
-    let stack = servers.block_on(FacadeStack::builder().start())?;
+    // the clients do not share its threads. A second facade on the same
+    // stack, same configuration except `[audit] enabled = false`.
+    let (stack, unaudited_addr, unaudited) = servers.block_on(async {
+        let stack = FacadeStack::builder().start().await?;
+        let mut config = stack.config().clone();
+        config.audit.enabled = false;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let mut running =
+            Running::spawn(|shutdown| tether_agent_facade::run(config, listener, shutdown));
+        running
+            .wait_serving(stack.pki().anonymous_channel(addr)?)
+            .await?;
+        anyhow::Ok((stack, addr, running))
+    })?;
     let result = runtime.block_on(async {
         if wanted("authorize") {
             authorize_part(&stack).await?;
         }
         if wanted("acquire") {
-            acquire_part(&stack).await?;
+            acquire_part(&stack, unaudited_addr).await?;
         }
         anyhow::Ok(())
     });
     servers.block_on(async move {
+        let mut unaudited = unaudited;
+        let _ = unaudited.stop().await;
         let _ = stack.shutdown().await;
     });
     result
@@ -488,13 +507,22 @@ async fn verify_in_process(sessions: &Sessions, token: &str) -> anyhow::Result<S
 // ---------------------------------------------------------------------------
 // 2. AcquireCredential vs direct OpenBao issuance
 
-async fn acquire_part(stack: &FacadeStack) -> anyhow::Result<()> {
+async fn acquire_part(
+    stack: &FacadeStack,
+    unaudited_addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
     let token = stack.session().await?.delegated_token;
     let mut facade = AcquireCaller {
         client: AgentGatewayClient::new(stack.pki().anonymous_channel(stack.addr())?),
         token: token.clone(),
         issued: 0,
     };
+    let mut unaudited = AcquireCaller {
+        client: AgentGatewayClient::new(stack.pki().anonymous_channel(unaudited_addr)?),
+        token: token.clone(),
+        issued: 0,
+    };
+    unaudited.acquire().await?;
     // The facade's own request to the issuer (`IssueRequest` as
     // `acquire_credential` fills it), sent straight to the issuer with the
     // facade's certificate and the same token.
@@ -529,31 +557,35 @@ async fn acquire_part(stack: &FacadeStack) -> anyhow::Result<()> {
         vault: stack.deps.bao.addr().to_owned(),
         leases: Vec::new(),
     };
-    let mut totals = [Stats::new()?, Stats::new()?, Stats::new()?];
-    let mut paired = [Vec::new(), Vec::new()];
+    // 0: facade, 1: facade without audit, 2: issuer `Issue`, 3: OpenBao.
+    let mut totals = [Stats::new()?, Stats::new()?, Stats::new()?, Stats::new()?];
+    let mut paired = [Vec::new(), Vec::new(), Vec::new()];
     let mut sessions_ended = 0_usize;
     for i in 0..ISSUE_WARMUP + ISSUE_ROUNDS {
         if facade.issued >= LEASES_PER_SESSION {
             // Outside the timed calls: every lease so far revoked on every
-            // path (EndSession revokes all of the session's leases, the
-            // facade's and the direct `Issue` ones), and a fresh session.
-            facade.end_session(issuer.issued).await?;
+            // path (EndSession revokes all of the session's leases, however
+            // they were issued), and a fresh session.
+            facade.end_session(unaudited.issued + issuer.issued).await?;
             vault.revoke_all().await?;
             let token = stack.session().await?.delegated_token;
             facade.token.clone_from(&token);
+            unaudited.token.clone_from(&token);
+            unaudited.issued = 0;
             issuer.token = token;
             issuer.issued = 0;
             sessions_ended += 1;
         }
-        // Call by call, rotating which goes first, so all three see the
+        // Call by call, rotating which goes first, so all four see the
         // same Vault and PostgreSQL state; paired differences cancel much
         // of their noise.
-        let mut took = [Duration::ZERO; 3];
-        for k in (0..3).map(|k| (i + k) % 3) {
+        let mut took = [Duration::ZERO; 4];
+        for k in (0..4).map(|k| (i + k) % 4) {
             let start = Instant::now();
             match k {
                 0 => facade.call().await?,
-                1 => issuer.call().await?,
+                1 => unaudited.call().await?,
+                2 => issuer.call().await?,
                 _ => vault.call().await?,
             }
             took[k] = start.elapsed();
@@ -563,39 +595,45 @@ async fn acquire_part(stack: &FacadeStack) -> anyhow::Result<()> {
                 total.record(t)?;
             }
             let us = |d: Duration| d.as_secs_f64() * 1e6;
-            paired[0].push(us(took[0]) - us(took[2]));
-            paired[1].push(us(took[1]) - us(took[2]));
+            for (k, differences) in paired.iter_mut().enumerate() {
+                differences.push(us(took[k]) - us(took[3]));
+            }
         }
     }
-    facade.end_session(issuer.issued).await?;
+    facade.end_session(unaudited.issued + issuer.issued).await?;
     vault.revoke_all().await?;
     sessions_ended += 1;
     let roles_left = stack.deps.pg.roles_like("v-").await?;
     let append = durable_append().await?;
 
-    let [via_facade, via_issuer, via_vault] = totals;
-    let [facade_paired, issuer_paired] = paired.map(|mut d| {
+    let paired = paired.map(|mut d| {
         d.sort_by(f64::total_cmp);
         d.get(d.len() / 2).copied().unwrap_or(f64::NAN)
     });
+    let vault_p50 = totals[3].micros(0.5);
     println!();
     println!(
         "| `hr-read` credential, {ISSUE_ROUNDS} of each, interleaved | p50 / p99 (µs) | p50 − direct OpenBao p50 (µs) | median paired difference to OpenBao (µs) |"
     );
     println!("| --- | ---: | ---: | ---: |");
-    println!(
-        "| facade `AcquireCredential` | {} | {:+.0} | {facade_paired:+.0} |",
-        via_facade.p50_p99(),
-        via_facade.micros(0.5) - via_vault.micros(0.5),
-    );
-    println!(
-        "| issuer `Issue` (the facade's request, sent directly) | {} | {:+.0} | {issuer_paired:+.0} |",
-        via_issuer.p50_p99(),
-        via_issuer.micros(0.5) - via_vault.micros(0.5),
-    );
+    for (k, name) in [
+        "facade `AcquireCredential`",
+        "facade `AcquireCredential`, audit log off",
+        "issuer `Issue` (the facade's request, sent directly)",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        println!(
+            "| {name} | {} | {:+.0} | {:+.0} |",
+            totals[k].p50_p99(),
+            totals[k].micros(0.5) - vault_p50,
+            paired[k],
+        );
+    }
     println!(
         "| direct OpenBao (`GET database/creds/hr-readonly`) | {} | — | — |",
-        via_vault.p50_p99(),
+        totals[3].p50_p99(),
     );
     println!();
     println!(
@@ -603,7 +641,7 @@ async fn acquire_part(stack: &FacadeStack) -> anyhow::Result<()> {
         append.p50_p99()
     );
     println!(
-        "{sessions_ended} sessions ended (every lease revoked: {LEASES_PER_SESSION} facade and {LEASES_PER_SESSION} direct `Issue` leases per session); PostgreSQL roles left: {}",
+        "{sessions_ended} sessions ended (every lease revoked: {LEASES_PER_SESSION} per path per session); PostgreSQL roles left: {}",
         roles_left.len()
     );
     Ok(())
@@ -658,7 +696,7 @@ struct Probe {
 
 impl AcquireCaller {
     /// Ends the session; every lease it held (this caller's, and `others`
-    /// issued for it directly) must be revoked.
+    /// issued for it on other paths) must be revoked.
     async fn end_session(&mut self, others: usize) -> anyhow::Result<()> {
         let receipt = self
             .client

@@ -67,7 +67,7 @@ impl PgCluster {
         let password = format!("pw-{}", uuid_like());
         let pwfile = dir.path().join("pwfile");
         std::fs::write(&pwfile, &password)?;
-        let cluster = Self {
+        let mut cluster = Self {
             port: free_port()?,
             dir,
             password,
@@ -96,7 +96,19 @@ impl PgCluster {
             ],
         )?;
         std::fs::remove_file(&pwfile)?;
-        cluster.start_again()?;
+        // The port was free when picked, but another test may take it
+        // before PostgreSQL binds it (its log then says "could not bind"):
+        // start again on a new one, at most three times.
+        let mut attempts = 1;
+        while let Err(e) = cluster.start_again() {
+            let log =
+                std::fs::read_to_string(cluster.dir.path().join("server.log")).unwrap_or_default();
+            if attempts == 3 {
+                return Err(e.context(log));
+            }
+            attempts += 1;
+            cluster.port = free_port()?;
+        }
         let mut conn = cluster.admin().await?;
         sqlx::raw_sql(
             "CREATE SCHEMA hr; \

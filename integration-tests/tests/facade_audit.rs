@@ -328,6 +328,15 @@ async fn an_audit_store_that_cannot_be_written_denies_and_nothing_is_issued() {
         .unwrap()
         .into_inner();
     assert_eq!(allowed.decision(), pb::Decision::Allow);
+    let log = AuditReader::open(&pg.admin_url("audit")).await.unwrap();
+    eventually(Duration::from_secs(10), || async {
+        match log.request(&allowed.decision_id).await.unwrap().len() {
+            1 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await
+    .unwrap();
 
     pg.stop().unwrap();
     let before = stack.footprint().await.unwrap();

@@ -59,6 +59,21 @@ pub enum AuditError {
     Tree(#[from] tlog_tiles::Error),
 }
 
+/// How durable an append is when it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// On disk: the records survive a power loss (SQLite
+    /// `synchronous = FULL`; PostgreSQL's synchronous commit). For records
+    /// someone acts on once they are written.
+    Disk,
+    /// Committed, visible to every reader and in order, written to disk
+    /// moments later: the records survive the writing process crashing,
+    /// not the machine losing power (SQLite `synchronous = NORMAL` in WAL
+    /// mode; PostgreSQL `synchronous_commit = off`, which a crash of the
+    /// database server can also cut short). For records nobody waits on.
+    Deferred,
+}
+
 /// One leaf as stored: its index, the exact bytes hashed (a record's JSON,
 /// see [`AuditRecord::to_leaf`]) and the stored RFC 6962 leaf hash.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,9 +192,19 @@ impl AuditLog {
 
     /// Appends `records`, in order, in one transaction (one commit, one
     /// flush to disk: a writer with many records in flight groups them
-    /// here). Returns their indexes once committed; all or none are
-    /// appended.
+    /// here). Returns their indexes once committed and on disk
+    /// ([`Flush::Disk`]); all or none are appended.
     pub async fn append_all(&self, records: &[AuditRecord]) -> Result<Range<u64>, AuditError> {
+        self.append_all_with(records, Flush::Disk).await
+    }
+
+    /// [`AuditLog::append_all`], returning once the records are as durable
+    /// as `flush` says.
+    pub async fn append_all_with(
+        &self,
+        records: &[AuditRecord],
+        flush: Flush,
+    ) -> Result<Range<u64>, AuditError> {
         if records.is_empty() {
             return Err(AuditError::InvalidRecord("nothing to append"));
         }
@@ -196,14 +221,20 @@ impl AuditLog {
 
         let mut conn = self.reader.pool.acquire().await?;
         if self.sqlite {
-            // tether-store opens SQLite with `synchronous = NORMAL` (a
-            // commit survives a process crash); a record must also survive
-            // a power loss once the agent has its answer.
-            sqlx::raw_sql("PRAGMA synchronous = FULL")
-                .execute(&mut *conn)
-                .await?;
+            // Per connection, so set on every append.
+            sqlx::raw_sql(match flush {
+                Flush::Disk => "PRAGMA synchronous = FULL",
+                Flush::Deferred => "PRAGMA synchronous = NORMAL",
+            })
+            .execute(&mut *conn)
+            .await?;
         }
         let mut tx = conn.begin().await?;
+        if !self.sqlite && flush == Flush::Deferred {
+            sqlx::raw_sql("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+        }
         let size: i64 = sqlx::query_scalar(
             "UPDATE audit_head SET size = size + $1 WHERE id = 0 RETURNING size",
         )
@@ -214,7 +245,6 @@ impl AuditLog {
             .map_err(|_| AuditError::Corrupt(format!("head size {size}")))?;
         // The hashes this batch writes, visible to the next leaf's
         // computation before they are committed.
-        let t0 = std::time::Instant::now();
         let mut known = Prefetch::default();
         let mut hashes: Vec<(u64, Hash)> = Vec::with_capacity(2 * leaves.len());
         for (index, (_, leaf_hash)) in (first..).zip(&leaves) {
@@ -231,7 +261,6 @@ impl AuditLog {
             hashes.extend(numbered);
         }
 
-        let t1 = std::time::Instant::now();
         // Multi-row inserts: a batch costs a few statements, not a few per
         // record.
         let rows: Vec<(u64, &AuditRecord, &(String, Hash))> = (first..)
@@ -270,17 +299,7 @@ impl AuditLog {
             insert.execute(&mut *tx).await?;
         }
 
-        let t2 = std::time::Instant::now();
         tx.commit().await?;
-        if leaves.len() >= 64 {
-            eprintln!(
-                "TIMING n={} hashes={:?} inserts={:?} commit={:?}",
-                leaves.len(),
-                t1 - t0,
-                t2 - t1,
-                t2.elapsed()
-            );
-        }
         Ok(first..first + leaves.len() as u64)
     }
 

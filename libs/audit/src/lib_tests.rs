@@ -495,6 +495,26 @@ async fn a_batch_is_the_same_tree_as_single_appends() {
     bad.risk = Some(f64::INFINITY);
     assert!(batched.log.append_all(&[record(311), bad]).await.is_err());
     assert_eq!(batched.log.size().await.unwrap(), 311);
+
+    // Deferred to disk: the same tree, in the same order.
+    let later: Vec<AuditRecord> = (311..320).map(record).collect();
+    assert_eq!(
+        batched
+            .log
+            .append_all_with(&later, Flush::Deferred)
+            .await
+            .unwrap(),
+        311..320
+    );
+    batched.log.append(&record(320)).await.unwrap();
+    let now = batched.log.checkpoint().await.unwrap();
+    verify::log(
+        &all_leaves(&batched.log).await,
+        &batched.vkey,
+        now.text(),
+        Some(big.text()),
+    )
+    .unwrap();
 }
 
 #[tokio::test]
@@ -556,27 +576,4 @@ fn base64_decode(s: &str) -> Vec<u8> {
 fn base64_encode(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
-}
-
-#[tokio::test]
-#[ignore = "timing experiment"]
-async fn zz_time_batches() {
-    let f = fixture().await;
-    for batch in [1usize, 16, 64, 256] {
-        let records: Vec<AuditRecord> = (0..batch as u64).map(record).collect();
-        let start = std::time::Instant::now();
-        let rounds = 4000 / batch;
-        for _ in 0..rounds {
-            f.log.append_all(&records).await.unwrap();
-        }
-        let per = start.elapsed() / (rounds * batch) as u32;
-        let t0 = std::time::Instant::now();
-        for r in &records {
-            let _ = r.to_leaf().unwrap();
-        }
-        println!(
-            "batch {batch}: {per:?} per record; to_leaf {:?}",
-            t0.elapsed() / batch as u32
-        );
-    }
 }

@@ -21,11 +21,13 @@
 //! `receipt_id` (`rcpt_<uuid>`), are the `request_id` of every record the
 //! request wrote: `tether audit proof --record dec_…` finds them.
 //!
-//! One writer task appends. Queued records are written behind the answer,
-//! grouped with whatever else is waiting into one transaction (one flush
-//! to disk). A durable record goes through the same queue, so it lands
-//! after every record queued before it, and the request waits for the
-//! commit. A request is denied (UNAVAILABLE, `DEPENDENCY_UNAVAILABLE`,
+//! One writer task appends. Queued records are written behind the answer:
+//! the writer waits up to 5 ms for company and commits them together in
+//! one transaction, flushed to disk with the next durable commit
+//! (`Flush::Deferred`: safe from a crash of this process, not from a power
+//! loss). A durable record goes through the same queue, so it lands after
+//! every record queued before it, and the request waits for the commit
+//! and the flush (`Flush::Disk`). A request is denied (UNAVAILABLE, `DEPENDENCY_UNAVAILABLE`,
 //! dependency `audit`) when its durable records cannot be committed, when
 //! the queue is full, or while the store is failing: after a failed write
 //! the writer keeps the queued records, retries them every second (a
@@ -51,7 +53,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tether_audit::{AuditKey, AuditLog, AuditRecord, RecordKind};
+use tether_audit::{AuditKey, AuditLog, AuditRecord, Flush, RecordKind};
 use tether_proto::approval::v1 as approval_pb;
 use tether_proto::credentials::v1 as credentials_pb;
 use tether_proto::credentials::v1::credential_issuer_client::CredentialIssuerClient;
@@ -689,7 +691,15 @@ impl Writer {
             acks.push((job.records.len(), job.ack));
             records.extend(job.records);
         }
-        match self.log.append_all(&records).await {
+        // On disk before a waiting request goes on; records written behind
+        // their answers only need to be committed (in order, safe from a
+        // crash of this process) and reach the disk with the next flush.
+        let flush = if waited_for {
+            Flush::Disk
+        } else {
+            Flush::Deferred
+        };
+        match self.log.append_all_with(&records, flush).await {
             Ok(appended) => {
                 if self.failing.swap(false, Ordering::AcqRel) {
                     tracing::info!("the audit store takes writes again");
@@ -754,7 +764,7 @@ impl Writer {
             return;
         }
         let records = std::mem::take(&mut self.retry);
-        match self.log.append_all(&records).await {
+        match self.log.append_all_with(&records, Flush::Deferred).await {
             Ok(_) => {
                 self.failing.store(false, Ordering::Release);
                 tracing::info!(
