@@ -155,6 +155,8 @@ cmd_bench() {
     cargo bench -p tether-integration-tests --bench identity
     cargo bench -p tether-integration-tests --bench issuer
     cargo bench -p tether-integration-tests --bench mtls
+    # The approvals bench runs the release binary in its own process.
+    cargo build --release -p tether-ciba-orchestrator --bin tether-ciba-orchestrator
     cargo bench -p tether-integration-tests --bench approvals
     cargo bench -p tether-integration-tests --bench facade_audit
     cargo bench -p tether-integration-tests --bench facade

@@ -25,9 +25,9 @@
 //!
 //! Run: `integration-tests/run.sh bench` (or
 //! `cargo bench -p tether-integration-tests --bench approvals`; `-- ping`
-//! or `-- poll` runs one part). The poll part builds the binary with
-//! `cargo build --release -p tether-ciba-orchestrator` first, or runs
-//! `$APPROVALS_ORCHESTRATOR_BIN`. `APPROVALS_HOLD_SECS` and
+//! or `-- poll` runs one part). The poll part runs the release binary
+//! built beforehand by `cargo build --release -p tether-ciba-orchestrator`
+//! (or `$APPROVALS_ORCHESTRATOR_BIN`). `APPROVALS_HOLD_SECS` and
 //! `APPROVALS_TICKETS` shorten it for a quick look.
 
 #![allow(
@@ -628,36 +628,55 @@ fn env_or(name: &str, default: u64) -> anyhow::Result<u64> {
     }
 }
 
-/// The release binary: `$APPROVALS_ORCHESTRATOR_BIN`, or built now (by
-/// the cargo running this bench, else `cargo` on the `PATH`) into this
-/// bench's own profile directory.
+/// The release binary: `$APPROVALS_ORCHESTRATOR_BIN`, else the one in
+/// this bench's own profile directory, built beforehand with `cargo build
+/// --release -p tether-ciba-orchestrator` (`run.sh bench` does): `cargo
+/// bench` holds the target directory's lock while a bench runs, so the
+/// bench cannot build it itself.
 fn orchestrator_binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("APPROVALS_ORCHESTRATOR_BIN") {
         return Ok(PathBuf::from(path));
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("building tether-ciba-orchestrator (release) …");
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "tether-ciba-orchestrator",
-            "--bin",
-            "tether-ciba-orchestrator",
-        ])
-        .current_dir(tether_integration_tests::workspace_root())
-        .status()
-        .context("running cargo build")?;
-    ensure!(status.success(), "cargo build failed: {status}");
     // This bench is <target>/release/deps/approvals-<hash>.
     let exe = std::env::current_exe()?;
-    let profile_dir = exe
+    let bin = exe
         .parent()
         .and_then(Path::parent)
-        .context("the bench's profile directory")?;
-    Ok(profile_dir.join("tether-ciba-orchestrator"))
+        .context("the bench's profile directory")?
+        .join("tether-ciba-orchestrator");
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .with_context(|| {
+            format!(
+                "no {}: run `cargo build --release -p tether-ciba-orchestrator` first",
+                bin.display()
+            )
+        })?;
+    let crate_dir = tether_integration_tests::workspace_root().join("services/ciba-orchestrator");
+    if newest_file(&crate_dir).is_some_and(|newest| newest > built) {
+        eprintln!(
+            "warning: {} is older than the sources in {}; rebuild it with `cargo build --release -p tether-ciba-orchestrator`",
+            bin.display(),
+            crate_dir.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The latest modification time of any file under `dir`.
+fn newest_file(dir: &Path) -> Option<SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let kind = entry.file_type().ok()?;
+            if kind.is_dir() {
+                newest_file(&entry.path())
+            } else {
+                entry.metadata().and_then(|m| m.modified()).ok()
+            }
+        })
+        .max()
 }
 
 /// The orchestrator process; killed on drop.
