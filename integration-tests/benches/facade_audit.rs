@@ -1,8 +1,8 @@
 //! What the audit log costs `Authorize`: the whole stack on loopback
-//! (`FacadeStack`), two facades side by side on it, the stack's own with
-//! the audit log on (SQLite in a temporary directory on the machine's
-//! disk, every record flushed) and a second one, same configuration, with
-//! `[audit] enabled = false`. The same session's token calls both;
+//! (`FacadeStack`) and two more facades side by side on it, started the
+//! same way from the same configuration except `[audit]`: one with the
+//! audit log on (SQLite in a temporary directory on the machine's disk),
+//! one with `enabled = false`. The same session's token calls both;
 //! measured in the same run, alternating in rounds (this machine is
 //! shared; absolute times drift, ratios within a run do not).
 //!
@@ -49,36 +49,36 @@ fn main() -> anyhow::Result<()> {
 
     // The stack and the second facade run on their own runtime (as
     // separate processes would), so the clients do not share their threads.
-    let (stack, off_addr, off_facade) = servers.block_on(async {
+    let audit_dir = tempfile::tempdir()?;
+    let (stack, [off, on]) = servers.block_on(async {
         let stack = FacadeStack::builder().start().await?;
-        let mut config = stack.config().clone();
-        config.audit.enabled = false;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let mut running =
-            Running::spawn(|shutdown| tether_agent_facade::run(config, listener, shutdown));
-        running
-            .wait_serving(stack.pki().anonymous_channel(addr)?)
-            .await?;
-        anyhow::Ok((stack, addr, running))
+        let mut off = stack.config().clone();
+        off.audit.enabled = false;
+        let mut on = stack.config().clone();
+        on.audit.data_dir = audit_dir.path().to_owned();
+        // The default interval, not the stack's test setting of 1 s.
+        on.audit.checkpoint_interval_secs =
+            tether_agent_facade::AuditConfig::default().checkpoint_interval_secs;
+        let off = Facade::start(&stack, off).await?;
+        let on = Facade::start(&stack, on).await?;
+        anyhow::Ok((stack, [off, on]))
     })?;
 
     let result = runtime.block_on(async {
         let token = stack.session().await?.delegated_token;
-        let on = AuthorizeCaller {
-            client: stack.client(),
-            token: token.clone(),
+        let caller = |facade: &Facade| -> anyhow::Result<AuthorizeCaller> {
+            Ok(AuthorizeCaller {
+                client: AgentGatewayClient::new(stack.pki().anonymous_channel(facade.addr)?),
+                token: token.clone(),
+            })
         };
-        let off = AuthorizeCaller {
-            client: AgentGatewayClient::new(stack.pki().anonymous_channel(off_addr)?),
-            token,
-        };
-        let log = tether_audit::AuditReader::open(&stack.config().audit.effective_url()).await?;
+        let (off_caller, on_caller) = (caller(&off)?, caller(&on)?);
+        let log = tether_audit::AuditReader::open(&on.audit_url).await?;
         let records_before = log.size().await?;
 
-        let mut callers = [off.clone(), on.clone()];
+        let mut callers = [off_caller.clone(), on_caller.clone()];
         let (seq_off, seq_on) = alternate(&mut callers).await?;
-        let (conc_off, conc_on) = concurrent(&off, &on).await?;
+        let (conc_off, conc_on) = concurrent(&off_caller, &on_caller).await?;
         let append = durable_append().await?;
         let records = log.size().await? - records_before;
 
@@ -106,11 +106,40 @@ fn main() -> anyhow::Result<()> {
     });
 
     servers.block_on(async move {
-        let mut off_facade = off_facade;
-        let _ = off_facade.stop().await;
+        for mut facade in [off, on] {
+            let _ = facade.running.stop().await;
+        }
         let _ = stack.shutdown().await;
     });
     result
+}
+
+/// A facade started on the stack, as the stack starts its own.
+struct Facade {
+    running: Running,
+    addr: std::net::SocketAddr,
+    audit_url: String,
+}
+
+impl Facade {
+    async fn start(
+        stack: &FacadeStack,
+        config: tether_agent_facade::Config,
+    ) -> anyhow::Result<Self> {
+        let audit_url = config.audit.effective_url();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let mut running =
+            Running::spawn(|shutdown| tether_agent_facade::run(config, listener, shutdown));
+        running
+            .wait_serving(stack.pki().anonymous_channel(addr)?)
+            .await?;
+        Ok(Self {
+            running,
+            addr,
+            audit_url,
+        })
+    }
 }
 
 fn row(name: &str, off: &Stats, on: &Stats, per_second: Option<(f64, f64)>) {

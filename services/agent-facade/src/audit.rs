@@ -22,7 +22,7 @@
 //! request wrote: `tether audit proof --record dec_…` finds them.
 //!
 //! One writer task appends. Queued records are written behind the answer:
-//! the writer waits up to 5 ms for company and commits them together in
+//! the writer waits up to 10 ms for company and commits them together in
 //! one transaction, flushed to disk with the next durable commit
 //! (`Flush::Deferred`: safe from a crash of this process, not from a power
 //! loss). A durable record goes through the same queue, so it lands after
@@ -76,7 +76,7 @@ const MAX_BATCH: usize = 256;
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// How long records written behind their answers wait for company before
 /// they are committed.
-const LINGER: Duration = Duration::from_millis(5);
+const LINGER: Duration = Duration::from_millis(10);
 
 /// The audit log as the handlers use it. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -88,6 +88,8 @@ pub struct Audit {
 #[derive(Debug)]
 struct Shared {
     queue: mpsc::Sender<Job>,
+    /// Wakes the writer when a job that someone waits for is queued.
+    urgent: Arc<tokio::sync::Notify>,
     /// Set while the store refuses writes.
     failing: Arc<AtomicBool>,
 }
@@ -270,9 +272,11 @@ impl Audit {
 
         let (queue, jobs) = mpsc::channel(config.queue_capacity);
         let failing = Arc::new(AtomicBool::new(false));
+        let urgent = Arc::new(tokio::sync::Notify::new());
         let writer = Writer {
             log,
             jobs,
+            urgent: Arc::clone(&urgent),
             failing: Arc::clone(&failing),
             retry: Vec::new(),
             retry_limit: config.queue_capacity.max(MAX_BATCH),
@@ -281,7 +285,11 @@ impl Audit {
         let task = tokio::spawn(writer.run(stop));
         Ok((
             Self {
-                shared: Some(Arc::new(Shared { queue, failing })),
+                shared: Some(Arc::new(Shared {
+                    queue,
+                    urgent,
+                    failing,
+                })),
             },
             Some(task),
         ))
@@ -313,6 +321,7 @@ impl Audit {
         if shared.queue.send(job).await.is_err() {
             return Err(unavailable("the audit writer has stopped"));
         }
+        shared.urgent.notify_one();
         match acked.await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(detail)) => Err(unavailable(detail)),
@@ -621,6 +630,7 @@ fn load_or_generate_key(path: &Path) -> anyhow::Result<AuditKey> {
 struct Writer {
     log: AuditLog,
     jobs: mpsc::Receiver<Job>,
+    urgent: Arc<tokio::sync::Notify>,
     failing: Arc<AtomicBool>,
     /// Queued records a failed write left behind, oldest first.
     retry: Vec<AuditRecord>,
@@ -669,17 +679,18 @@ impl Writer {
     /// commits, less work beside the request path. A waiting request ends
     /// the lingering at once.
     async fn write(&mut self, first: Job) {
-        let linger_until = tokio::time::Instant::now() + LINGER;
         let mut waited_for = first.ack.is_some();
+        if !waited_for {
+            // One wake-up per batch, not one per record.
+            tokio::select! {
+                () = tokio::time::sleep(LINGER) => {}
+                () = self.urgent.notified() => {}
+            }
+        }
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
-            let job = match self.jobs.try_recv() {
-                Ok(job) => job,
-                Err(_) if waited_for => break,
-                Err(_) => match tokio::time::timeout_at(linger_until, self.jobs.recv()).await {
-                    Ok(Some(job)) => job,
-                    Ok(None) | Err(_) => break,
-                },
+            let Ok(job) = self.jobs.try_recv() else {
+                break;
             };
             waited_for |= job.ack.is_some();
             jobs.push(job);
