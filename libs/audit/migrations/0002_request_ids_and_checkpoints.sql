@@ -5,12 +5,6 @@
 ALTER TABLE audit_leaves ADD COLUMN request_id TEXT NOT NULL DEFAULT '';
 CREATE INDEX audit_leaves_request ON audit_leaves (request_id);
 
--- One session's records are few: found by session alone and sorted. An
--- index on (session_id, time_ms, idx) costs SQLite about as much per append
--- as everything else an append does together.
-DROP INDEX audit_leaves_session;
-CREATE INDEX audit_leaves_session ON audit_leaves (session_id);
-
 -- The latest checkpoint published by a writer of the log (one row). A
 -- writer replaces it only with a larger tree, so with several replicas it
 -- never moves backwards. It is signed, so it is not trusted for being
