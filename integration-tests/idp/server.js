@@ -1,6 +1,7 @@
 // Tether test IdP: an OpenID Provider built on oidc-provider, for integration
 // tests and the local stack. NOT for production use: it has test-only
-// endpoints that log users in and approve CIBA requests without a human.
+// endpoints that log users in and approve CIBA requests without a human, and
+// a device page (/device?user=<sub>) where a person plays the user's phone.
 //
 //   node server.js [config.json]
 //
@@ -23,6 +24,8 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+import { pageHeaders, renderChooser, renderDevicePage } from './device-page.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
@@ -238,6 +241,7 @@ function cibaView(r) {
     auth_req_id: r.authReqId,
     status: r.status,
     client_id: r.clientId,
+    ...(r.clientName ? { client_name: r.clientName } : {}),
     sub: r.sub,
     login_hint: r.loginHint,
     binding_message: r.bindingMessage,
@@ -250,6 +254,7 @@ function cibaView(r) {
     ...(r.error ? { error: r.error, error_description: r.errorDescription } : {}),
     ...(r.notify ? { notify: r.notify } : {}),
     ...(r.approvedBy ? { approved_by: r.approvedBy } : {}),
+    ...(r.decidedAt ? { decided_at: r.decidedAt } : {}),
     slow_down_remaining: r.slowDown,
     polls: r.polls,
   };
@@ -408,6 +413,7 @@ function buildProvider() {
             authReqId: request.jti,
             status: 'pending',
             clientId: client.clientId,
+            clientName: client.clientName,
             sub: account.accountId,
             loginHint: params.login_hint,
             bindingMessage: params.binding_message,
@@ -510,6 +516,8 @@ function sendJson(res, status, body) {
   res.end(data);
 }
 
+// A JSON object body (empty means {}). Callers have already checked the
+// content type (see crossSiteRefusal).
 async function readBody(req) {
   const chunks = [];
   let size = 0;
@@ -520,15 +528,48 @@ async function readBody(req) {
   }
   const raw = Buffer.concat(chunks).toString('utf8');
   if (!raw) return {};
-  const type = req.headers['content-type'] || '';
-  if (type.includes('application/x-www-form-urlencoded')) {
-    return Object.fromEntries(new URLSearchParams(raw));
-  }
+  let body;
   try {
-    return JSON.parse(raw);
+    body = JSON.parse(raw);
   } catch {
-    throw Object.assign(new Error('body must be JSON or form-encoded'), { status: 400 });
+    throw Object.assign(new Error('body must be JSON'), { status: 400 });
   }
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+    throw Object.assign(new Error('body must be a JSON object'), { status: 400 });
+  }
+  return body;
+}
+
+// The test endpoints that change state (approve, deny...) are called by tests
+// and by the device page's script, both with JSON. A page on another origin
+// can make a browser send a "simple" cross-site POST (an HTML form:
+// urlencoded, multipart or text/plain) without asking first, but not one
+// with Content-Type application/json: that needs a CORS preflight, which
+// this server never grants. So such a call must be JSON, and an Origin
+// header, which browsers send on every POST, must be this IdP's own (DNS
+// rebinding gives an attacker's page a foreign Origin too). Returns the
+// refusal, or undefined.
+function crossSiteRefusal(req) {
+  const type = (req.headers['content-type'] || '').split(';')[0].trim().toLowerCase();
+  if (type !== 'application/json') {
+    return [415, { error: 'invalid_request', error_description: 'test endpoints that change state take Content-Type: application/json' }];
+  }
+  const origin = req.headers.origin;
+  if (origin !== undefined && !ownOrigins(req).has(origin)) {
+    return [403, { error: 'access_denied', error_description: 'cross-origin request refused' }];
+  }
+  return undefined;
+}
+
+// The issuer's origin, and the origin the request was addressed to when that
+// is a loopback name (http://localhost:PORT for an issuer on 127.0.0.1). A
+// Host header naming anything else is not trusted: it is what a DNS
+// rebinding attack controls.
+function ownOrigins(req) {
+  const origins = new Set([new URL(issuer).origin]);
+  const host = URL.parse(`http://${req.headers.host || ''}`);
+  if (host && isLoopback(host.hostname)) origins.add(host.origin);
+  return origins;
 }
 
 async function handleInteraction(provider, req, res) {
@@ -701,6 +742,14 @@ async function handleTest(provider, req, res, url) {
   const p = url.pathname;
   const parts = p.split('/').filter(Boolean); // ['test', ...]
 
+  if (!['GET', 'HEAD', 'OPTIONS'].includes(req.method)) {
+    const refusal = crossSiteRefusal(req);
+    if (refusal) {
+      log('info', `refused ${req.method} ${p}: ${refusal[1].error_description}`);
+      return sendJson(res, ...refusal);
+    }
+  }
+
   if (p === '/test/health' && (req.method === 'GET' || req.method === 'HEAD')) {
     return sendJson(res, 200, { status: 'ok', issuer });
   }
@@ -760,6 +809,35 @@ async function handleTest(provider, req, res, url) {
   return sendJson(res, 404, { error: 'not_found' });
 }
 
+// The device page (device-page.js): GET /device?user=<sub, username or
+// email> is that user's phone; GET /device lists the users.
+function handleDevice(req, res, url) {
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    res.writeHead(405, { allow: 'GET, HEAD' });
+    res.end();
+    return;
+  }
+  const nonce = crypto.randomBytes(16).toString('base64');
+  const wanted = url.searchParams.get('user');
+  const user = wanted ? findUser(wanted) : undefined;
+  let status = 200;
+  let body;
+  if (user) {
+    body = renderDevicePage({ nonce, user, issuer });
+  } else {
+    if (wanted) status = 404;
+    const pendingCounts = new Map();
+    for (const r of listCiba(new URLSearchParams())) {
+      pendingCounts.set(r.sub, (pendingCounts.get(r.sub) || 0) + 1);
+    }
+    body = renderChooser({
+      nonce, users: [...users.values()], pendingCounts, unknownUser: wanted || undefined,
+    });
+  }
+  res.writeHead(status, pageHeaders(nonce, body));
+  res.end(req.method === 'HEAD' ? undefined : body);
+}
+
 // ------------------------------------------------------------------- main --
 let provider;
 let providerCallback;
@@ -777,6 +855,10 @@ const server = http.createServer(async (req, res) => {
     }
     if (url.pathname.startsWith('/test/') && config.testEndpoints !== false) {
       await handleTest(provider, req, res, url);
+      return;
+    }
+    if (url.pathname === '/device' && config.testEndpoints !== false) {
+      handleDevice(req, res, url);
       return;
     }
     providerCallback(req, res);

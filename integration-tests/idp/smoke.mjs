@@ -677,6 +677,55 @@ async function checkConfigFileAndPing() {
   fs.rmSync(tmp2, { recursive: true, force: true });
 }
 
+async function checkDevicePage(issuer, d) {
+  section('device page and cross-site protection of the test endpoints');
+  const page = await fetch(`${issuer}/device?user=alice@tether.local`);
+  const html = await page.text();
+  const csp = page.headers.get('content-security-policy') || '';
+  ok(page.status === 200 && page.headers.get('content-type') === 'text/html; charset=utf-8', 'GET /device?user=<email> -> 200 HTML', page.status);
+  ok(html.includes('data-sub="alice"') && html.includes('Alice Anders'), 'the device page is alice\'s');
+  const nonce = /script-src 'nonce-([^']+)'/.exec(csp)?.[1];
+  ok(nonce && html.includes(`<script nonce="${nonce}">`) && csp.includes("default-src 'none'")
+    && csp.includes("frame-ancestors 'none'") && !csp.includes('unsafe'), 'strict CSP with a nonce, no framing', csp);
+  ok(page.headers.get('cache-control') === 'no-store' && page.headers.get('x-content-type-options') === 'nosniff', 'no-store, nosniff');
+  const unknown = await fetch(`${issuer}/device?user=${encodeURIComponent('<img src=x>')}`);
+  const unknownHtml = await unknown.text();
+  ok(unknown.status === 404 && unknownHtml.includes('&lt;img src=x&gt;') && !unknownHtml.includes('<img src=x>'), 'unknown user -> 404 with the user list, the name escaped', unknown.status);
+  const chooser = await fetch(`${issuer}/device`);
+  ok(chooser.status === 200 && (await chooser.text()).includes('/device?user=carol'), 'GET /device lists the users');
+
+  const C = ['tether-ciba', 'tether-ciba-secret'];
+  const s = await cibaStart(d, ...C, { login_hint: 'alice', binding_message: 'Cross-site test' });
+  const url = `${issuer}/test/ciba/${encodeURIComponent(s.json?.auth_req_id)}/approve`;
+  const post = (headers, body) => fetch(url, { method: 'POST', headers, body }).then((r) => r.status);
+  ok(await post({ 'content-type': 'application/x-www-form-urlencoded' }, 'account=bob') === 415, 'form-encoded approve -> 415');
+  ok(await post({ 'content-type': 'text/plain' }, '{}') === 415, 'text/plain approve -> 415');
+  ok(await post({}, undefined) === 415, 'approve without a content type -> 415');
+  ok(await post({ 'content-type': 'application/json', origin: 'http://evil.example' }, '{}') === 403, 'JSON approve from another origin -> 403');
+  ok(await post({ 'content-type': 'application/json', origin: 'null' }, '{}') === 403, 'JSON approve from an opaque origin -> 403');
+  ok(await post({ 'content-type': 'application/json' }, 'null') === 400, 'a body that is not a JSON object -> 400');
+  ok((await pendingFor(issuer, s.json?.auth_req_id))?.status === 'pending', 'refused calls decided nothing');
+  ok(await post({ 'content-type': 'application/json', origin: new URL(issuer).origin }, '{}') === 200, 'JSON approve from the IdP\'s own origin -> 200');
+
+  const off = await startIdp({}, [await writeTempConfig({ testEndpoints: false })]);
+  try {
+    const gone = await fetch(`${off.info.issuer}/device?user=alice`);
+    const health = await fetch(`${off.info.issuer}/test/health`);
+    ok(gone.status === 404 && health.status === 404, 'testEndpoints false -> no device page, no /test/', [gone.status, health.status]);
+  } finally {
+    await stopIdp(off);
+  }
+}
+
+const tempDirs = new Set();
+async function writeTempConfig(config) {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tether-idp-'));
+  tempDirs.add(tmp);
+  const file = path.join(tmp, 'idp.json');
+  fs.writeFileSync(file, JSON.stringify(config));
+  return file;
+}
+
 async function main() {
   const t0 = Date.now();
   const idp = await startIdp();
@@ -690,6 +739,7 @@ async function main() {
     await checkCibaPoll(issuer, discovery, jwks);
     await checkCibaPing(issuer, discovery, jwks);
     await checkCibaTestSwitches(issuer, discovery, jwks);
+    await checkDevicePage(issuer, discovery);
     await checkConfigFileAndPing();
     await checkCibaIntervalAndPrivateKeyJwt();
   } finally {
@@ -704,6 +754,7 @@ async function main() {
 function cleanup() {
   for (const c of children) c.kill('SIGKILL');
   for (const s of servers) { s.close(); s.closeAllConnections?.(); }
+  for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true });
 }
 
 try {

@@ -112,6 +112,18 @@ impl Idp {
         &self.issuer
     }
 
+    /// The device page where a person plays `user`'s phone (pending CIBA
+    /// requests with Approve and Deny buttons; the IdP's README).
+    pub fn device_url(&self, user: &str) -> anyhow::Result<String> {
+        let mut url = reqwest::Url::parse(&self.issuer)?;
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("the issuer URL has no path"))?
+            .pop_if_empty()
+            .push("device");
+        url.query_pairs_mut().append_pair("user", user);
+        Ok(url.into())
+    }
+
     /// The CIBA request the test device holds for `auth_req_id`
     /// (`GET /test/ciba/:id`: status, binding message, `polls`...).
     pub async fn ciba_request(&self, auth_req_id: &str) -> anyhow::Result<serde_json::Value> {

@@ -137,9 +137,10 @@ impl DelegatedSession {
 /// The agent `hr-assistant` acting for alice (group `hr`).
 pub const AGENT: &str = "hr-assistant";
 
-/// The intent every test session declares (RFC 9396 `authorization_details`).
-pub const INTENT: &str =
-    r#"[{"type":"hr_record_access","actions":["read"],"identifier":"employee/1042"}]"#;
+/// The intent every test session declares (RFC 9396 `authorization_details`):
+/// everything the tests do, on employee 1042 only (the HR pack denies what a
+/// session did not declare).
+pub const INTENT: &str = r#"[{"type":"hr_record_access","actions":["read","offboard","update_salary"],"identifier":"employee/1042"}]"#;
 
 /// Where delegated tokens come from in issuer tests: the real test IdP
 /// (alice logged in once, Authorization Code + PKCE), a real identity
@@ -213,6 +214,12 @@ impl SessionAuthority {
     /// identity exchange's token endpoint (single-use).
     pub fn agent_assertion(&self) -> anyhow::Result<String> {
         self.agent.assertion(&self.identity.token_endpoint())
+    }
+
+    /// The registered agent `hr-assistant` with its private key, for an
+    /// agent that signs its own assertions outside the test process.
+    pub fn agent(&self) -> &TestAgent {
+        &self.agent
     }
 
     /// The IdP, to stop it (an unreachable IdP).

@@ -8,15 +8,19 @@
 pub mod approvals;
 pub mod bench;
 pub mod cerbos;
+pub mod demo;
 pub mod facade;
 pub mod identity;
 pub mod idp;
 pub mod issuer;
 pub mod logs;
 pub mod openbao;
+pub mod otlp;
 pub mod pdp;
 pub mod pki;
 pub mod postgres;
+pub mod processes;
+pub mod waterfall;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

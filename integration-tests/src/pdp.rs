@@ -192,7 +192,7 @@ pub fn hr_context(hour: i64, approval: Option<bool>) -> serde_json::Value {
     let mut ctx = json!({
         "now": {"hour": hour, "weekday": 2, "unix": 1_795_000_000},
         "network": {"ip": "10.1.2.3", "trusted": true, "zone": "corp"},
-        "session": {"id": "s-1", "age_seconds": 30, "intent": "review"},
+        "session": {"id": "s-1", "age_seconds": 30, "intent": "review", "in_intent": true},
         "risk": {"score": 5}
     });
     if let Some(granted) = approval {

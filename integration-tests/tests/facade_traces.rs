@@ -19,44 +19,21 @@
 )]
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use prost::Message;
-use serde_json::{Value, json};
+use serde_json::json;
 use tether_integration_tests::approvals::PING_CLIENT;
-use tether_integration_tests::eventually;
-use tether_integration_tests::facade::{HR_ENTITIES, bearer, hr_pack_any_hour, uid};
-use tether_integration_tests::identity::{FACADE_AUDIENCE, TestAgent};
-use tether_integration_tests::idp::{API_RESOURCE, Idp};
-use tether_integration_tests::issuer::{AGENT, CredentialDeps, INTENT};
-use tether_integration_tests::openbao::ROOT_TOKEN;
-use tether_integration_tests::pki::TestPki;
-use tether_integration_tests::postgres::free_port;
+use tether_integration_tests::facade::{bearer, uid};
+use tether_integration_tests::issuer::{AGENT, INTENT};
+use tether_integration_tests::otlp::{Collector, Exported, from_hex};
+use tether_integration_tests::processes::{APPROVALS, FACADE, IDENTITY, ISSUER, PDP, ProcessStack};
+use tether_integration_tests::waterfall::{self, TEXT_HEADER_LINES, Trace};
 use tether_proto::facade::v1 as pb;
 use tether_proto::facade::v1::agent_gateway_client::AgentGatewayClient;
-use tether_runtime::client::InternalChannel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tether-services");
-
-const FACADE: &str = "tether-agent-facade";
-const IDENTITY: &str = "tether-identity-exchange";
-const PDP: &str = "tether-policy-decision";
-const ISSUER: &str = "tether-credential-issuer";
-const APPROVALS: &str = "tether-ciba-orchestrator";
 
 /// The agent's own trace context and baggage on the traced call.
 const AGENT_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -70,117 +47,15 @@ const START_SPAN_ID: &str = "b7ad6b7169203331";
 // ---------------------------------------------------------------------------
 // The OTLP receiver.
 
-#[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0.lock().unwrap().push(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-/// One exported span and the service that exported it.
-#[derive(Debug, Clone)]
-struct Exported {
-    service: String,
-    span: Span,
-}
-
-impl Exported {
-    fn attr(&self, key: &str) -> Option<String> {
-        attribute(&self.span.attributes, key)
-    }
-
-    fn kind(&self) -> SpanKind {
-        self.span.kind()
-    }
-
-    fn name(&self) -> &str {
-        &self.span.name
-    }
-}
-
-fn attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
-    let value = attributes.iter().find(|kv| kv.key == key)?.value.as_ref()?;
-    Some(match value.value.as_ref()? {
-        AnyValue::StringValue(s) => s.clone(),
-        AnyValue::IntValue(i) => i.to_string(),
-        AnyValue::BoolValue(b) => b.to_string(),
-        AnyValue::DoubleValue(d) => d.to_string(),
-        other => format!("{other:?}"),
-    })
-}
-
-impl Receiver {
-    async fn start() -> (Self, SocketAddr) {
-        let receiver = Self::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let service = TraceServiceServer::new(receiver.clone());
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-                .await
-                .unwrap();
-        });
-        (receiver, addr)
-    }
-
-    fn spans(&self) -> Vec<Exported> {
-        let exports = self.0.lock().unwrap();
-        let mut out = Vec::new();
-        for export in exports.iter() {
-            for resource_spans in &export.resource_spans {
-                let service = resource_spans
-                    .resource
-                    .as_ref()
-                    .and_then(|r| attribute(&r.attributes, "service.name"))
-                    .unwrap_or_default();
-                for scope in &resource_spans.scope_spans {
-                    for span in &scope.spans {
-                        out.push(Exported {
-                            service: service.clone(),
-                            span: span.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Everything exported, as the bytes that went over the wire.
-    fn bytes(&self) -> Vec<u8> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(Message::encode_to_vec)
-            .collect()
-    }
-
-    /// The spans of trace `trace_id` once they include `expected` server
-    /// spans (service, span name, how many).
-    async fn trace(
-        &self,
-        trace_id: &str,
-        expected: &[(&str, &str, usize)],
-    ) -> Result<Vec<Exported>, String> {
-        let id = hex(trace_id);
-        eventually(Duration::from_secs(20), || async {
-            let spans: Vec<Exported> = self
-                .spans()
-                .into_iter()
-                .filter(|s| s.span.trace_id == id)
-                .collect();
+/// The spans of trace `trace_id` once they include `expected` server spans
+/// (service, span name, how many).
+async fn trace_with(
+    collector: &Collector,
+    trace_id: &str,
+    expected: &[(&str, &str, usize)],
+) -> Result<Vec<Exported>, String> {
+    collector
+        .trace_until(trace_id, Duration::from_secs(20), |spans| {
             for (service, name, count) in expected {
                 let found = spans
                     .iter()
@@ -195,151 +70,13 @@ impl Receiver {
                     ));
                 }
             }
-            Ok(spans)
+            Ok(())
         })
         .await
-    }
 }
 
 fn hex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-// ---------------------------------------------------------------------------
-// The services, as processes.
-
-/// A service process, killed on drop (SIGTERM first, so it flushes).
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn terminate(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.terminate();
-    }
-}
-
-/// Strips `null`s (TOML has none) and writes `config` as TOML.
-fn write_toml(path: &Path, config: Value) {
-    fn strip(value: Value) -> Value {
-        match value {
-            Value::Object(map) => Value::Object(
-                map.into_iter()
-                    .filter(|(_, v)| !v.is_null())
-                    .map(|(k, v)| (k, strip(v)))
-                    .collect(),
-            ),
-            Value::Array(items) => Value::Array(items.into_iter().map(strip).collect()),
-            other => other,
-        }
-    }
-    let text = toml::to_string(&strip(config)).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
-struct Stack {
-    dir: tempfile::TempDir,
-    bin_dir: tempfile::TempDir,
-    otlp: String,
-    procs: Vec<Proc>,
-}
-
-impl Stack {
-    /// Starts `name` (a service binary's name) with `config`, through a
-    /// link of that name to `tether-services`.
-    fn spawn(&mut self, name: &'static str, config: Value) {
-        let link = self.bin_dir.path().join(name);
-        std::os::unix::fs::symlink(BIN, &link).unwrap();
-        let path = self.dir.path().join(format!("{name}.toml"));
-        write_toml(&path, config);
-        let log = self.dir.path().join(format!("{name}.log"));
-        // Relative default paths (data directories) land in the sandbox.
-        let child = Command::new(&link)
-            .current_dir(self.dir.path())
-            .arg("--config")
-            .arg(&path)
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &self.otlp)
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env("TETHER_LOG", "info")
-            .env("TETHER_LOG_FORMAT", "json")
-            .env_remove("OTEL_TRACES_SAMPLER")
-            .env_remove("OTEL_SERVICE_NAME")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        self.procs.push(Proc { name, child, log });
-    }
-
-    /// What every service logged so far.
-    fn logs(&self) -> String {
-        self.procs
-            .iter()
-            .map(|p| format!("--- {}\n{}\n", p.name, p.log()))
-            .collect()
-    }
-
-    /// Waits until the last started service answers gRPC health on
-    /// `channel`; its log on failure.
-    async fn wait_serving(&mut self, channel: InternalChannel) {
-        let proc = self.procs.last_mut().unwrap();
-        let health = tonic_health::pb::health_client::HealthClient::new(channel);
-        let result = eventually(Duration::from_secs(30), || {
-            let mut health = health.clone();
-            let exited = proc.child.try_wait().ok().flatten();
-            async move {
-                if let Some(status) = exited {
-                    return Err(format!("exited: {status}"));
-                }
-                health
-                    .check(tonic_health::pb::HealthCheckRequest::default())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        })
-        .await;
-        if let Err(e) = result {
-            panic!("{} did not start ({e}):\n{}", proc.name, proc.log());
-        }
-    }
-}
-
-fn listen(port: u16) -> Value {
-    json!(format!("127.0.0.1:{port}"))
-}
-
-fn tls(pki: &TestPki, service: &str) -> Value {
-    serde_json::to_value(pki.tls(service).unwrap()).unwrap()
+    from_hex(text).unwrap()
 }
 
 /// `message` as an agent sends it: its delegated token, and its own trace
@@ -359,175 +96,17 @@ fn traced<T>(message: T, token: &str, trace_id: &str, span_id: &str) -> tonic::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_agent_request_is_one_trace_across_every_service_process() {
-    let (receiver, otlp) = Receiver::start().await;
-    let (deps, idp) = tokio::join!(
-        CredentialDeps::start(600),
-        Idp::start_with_config(json!({ "cibaInterval": 1 }))
-    );
-    let (deps, idp) = (deps.unwrap(), idp.unwrap());
-    let pki = TestPki::new().unwrap();
-    let mut stack = Stack {
-        dir: tempfile::tempdir().unwrap(),
-        bin_dir: tempfile::tempdir().unwrap(),
-        otlp: format!("http://{otlp}"),
-        procs: Vec::new(),
-    };
-    let dir = stack.dir.path().to_path_buf();
-    let port = |_| free_port().unwrap();
-    let [
-        identity_port,
-        pdp_port,
-        issuer_port,
-        approvals_port,
-        ping_port,
-        facade_port,
-    ]: [u16; 6] = std::array::from_fn(port);
-    let addr = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
-
-    // Identity exchange: alice's IdP trusted, `hr-assistant` registered.
-    let agent = TestAgent::new(AGENT).unwrap();
-    let issuer_url = format!("https://127.0.0.1:{identity_port}");
-    stack.spawn(
-        IDENTITY,
-        json!({
-            "server": { "listen": listen(identity_port), "drain_timeout_secs": 2, "tls": tls(&pki, "identity-exchange") },
-            "issuer": issuer_url,
-            "store": { "url": tether_store::sqlite_url(&dir.join("identity.db")) },
-            "tokens": { "keys_dir": dir.join("identity-keys") },
-            "trusted_issuers": [{
-                "issuer": idp.issuer(),
-                "audiences": [API_RESOURCE, "tether-cli"],
-                "algorithms": ["ES256"],
-            }],
-            "agents": [{
-                "id": AGENT,
-                "jwks": serde_json::to_value(agent.key.jwks()).unwrap(),
-                "audiences": [FACADE_AUDIENCE],
-                "scopes": ["hr:read"],
-                "may_act_for": { "groups": ["hr"] },
-                "algorithms": ["ES256"],
-            }],
-            "http": { "timeout_secs": 2, "jwks_min_refresh_secs": 1 },
-        }),
-    );
-    stack
-        .wait_serving(
-            pki.channel("agent-facade", addr(identity_port), "identity-exchange")
-                .unwrap(),
-        )
-        .await;
-    let sessions = json!({
-        "token_issuer": issuer_url,
-        "audience": FACADE_AUDIENCE,
-        "jwks_url": format!("{issuer_url}/.well-known/jwks.json"),
-        "identity_exchange": issuer_url,
-        "revocation_poll_ms": 200,
-        "revocation_max_staleness_ms": 5000,
-    });
-
-    // Policy decision point: the HR pack, any hour.
-    let pack = hr_pack_any_hour(&dir).unwrap();
-    stack.spawn(
-        PDP,
-        json!({
-            "server": { "listen": listen(pdp_port), "drain_timeout_secs": 2, "tls": tls(&pki, "policy-decision") },
-            "policy": { "dir": pack, "watch": false },
-        }),
-    );
-    stack
-        .wait_serving(
-            pki.channel("agent-facade", addr(pdp_port), "policy-decision")
-                .unwrap(),
-        )
-        .await;
-
-    // Credential issuer: OpenBao's database engine in front of PostgreSQL.
-    std::fs::create_dir_all(dir.join("issuer")).unwrap();
-    stack.spawn(
-        ISSUER,
-        json!({
-            "server": { "listen": listen(issuer_port), "drain_timeout_secs": 2, "tls": tls(&pki, "credential-issuer") },
-            "vault": { "address": deps.bao.addr(), "auth": { "method": "token", "token": ROOT_TOKEN } },
-            "store": { "data_dir": dir.join("issuer") },
-            "sessions": sessions,
-            "profiles": {
-                "hr-read": { "vault_path": "database/creds/hr-readonly", "max_ttl_secs": 600 },
-                "hr-write": { "vault_path": "database/creds/hr-writer", "max_ttl_secs": 600 },
-            },
-        }),
-    );
-    stack
-        .wait_serving(
-            pki.channel("agent-facade", addr(issuer_port), "credential-issuer")
-                .unwrap(),
-        )
-        .await;
-
-    // Approval orchestrator: CIBA ping mode, pings on a listener of their
-    // own that the test IdP delivers to.
-    std::fs::create_dir_all(dir.join("approvals")).unwrap();
-    let secret_file = dir.join("ciba-client-secret");
-    std::fs::write(&secret_file, PING_CLIENT.1).unwrap();
-    let ping_url = format!(
-        "http://127.0.0.1:{ping_port}{}",
-        tether_ciba_orchestrator::GRPC_PORT_PING_PATH
-    );
-    idp.set_ping_target(PING_CLIENT.0, &ping_url).await.unwrap();
-    stack.spawn(
-        APPROVALS,
-        json!({
-            "server": { "listen": listen(approvals_port), "drain_timeout_secs": 2, "tls": tls(&pki, "ciba-orchestrator") },
-            "ciba": {
-                "issuer": idp.issuer(),
-                "client_id": PING_CLIENT.0,
-                "client_auth": { "method": "client_secret_basic", "secret_file": secret_file },
-                "delivery_mode": "ping",
-                "notification_endpoint": ping_url,
-            },
-            "ping": { "listen": listen(ping_port) },
-            "store": { "data_dir": dir.join("approvals") },
-            "sessions": sessions,
-            "tickets": { "claim_interval_ms": 300, "owner_lease_ms": 3000, "watch_poll_ms": 100 },
-        }),
-    );
-    stack
-        .wait_serving(
-            pki.channel("agent-facade", addr(approvals_port), "ciba-orchestrator")
-                .unwrap(),
-        )
-        .await;
-
-    // The facade.
-    let entities = dir.join("entities.json");
-    std::fs::write(&entities, HR_ENTITIES).unwrap();
-    std::fs::create_dir_all(dir.join("audit")).unwrap();
-    stack.spawn(
-        FACADE,
-        json!({
-            "server": { "listen": listen(facade_port), "drain_timeout_secs": 2, "tls": tls(&pki, "agent-facade") },
-            "upstreams": {
-                "identity_exchange": issuer_url,
-                "policy_decision": format!("https://127.0.0.1:{pdp_port}"),
-                "credential_issuer": format!("https://127.0.0.1:{issuer_port}"),
-                "ciba_orchestrator": format!("https://127.0.0.1:{approvals_port}"),
-                "timeout_ms": 5000,
-            },
-            "sessions": sessions,
-            "policy": { "entities_file": entities },
-            "network": { "zones": [{ "name": "corp", "cidrs": ["127.0.0.0/8"], "trusted": true }] },
-            "audit": { "data_dir": dir.join("audit") },
-            "profiles": {
-                "hr-read": { "actions": ["Action::\"read\""], "resource_types": ["Employee"] },
-                "hr-write": {
-                    "actions": ["Action::\"offboard\"", "Action::\"update_salary\""],
-                    "resource_types": ["Employee"],
-                },
-            },
-        }),
-    );
+    let (receiver, otlp) = Collector::start().await.unwrap();
+    // The five services as processes, each exporting to the receiver.
+    let mut stack = ProcessStack::builder(BIN)
+        .otlp_endpoint(&otlp)
+        .start()
+        .await
+        .unwrap();
+    let (idp, agent) = (&stack.idp, stack.agent());
+    let issuer_url = stack.identity_url().to_owned();
     // An agent: TLS that trusts the CA, no client certificate.
-    let channel = pki.anonymous_channel(addr(facade_port)).unwrap();
-    stack.wait_serving(channel.clone()).await;
+    let channel = stack.facade_channel().unwrap();
     let agent_client = || AgentGatewayClient::new(channel.clone());
 
     // StartSession, in a trace the agent started.
@@ -636,19 +215,19 @@ async fn one_agent_request_is_one_trace_across_every_service_process() {
     let request_approval = "tether.approval.v1.ApprovalOrchestrator/RequestApproval";
     let issue = "tether.credentials.v1.CredentialIssuer/Issue";
     let acquire = "tether.facade.v1.AgentGateway/AcquireCredential";
-    let trace = receiver
-        .trace(
-            AGENT_TRACE_ID,
-            &[
-                (FACADE, acquire, 1),
-                // The decision, and the decision again with the approval.
-                (PDP, check, 2),
-                (APPROVALS, request_approval, 1),
-                (ISSUER, issue, 1),
-            ],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+    let trace = trace_with(
+        &receiver,
+        AGENT_TRACE_ID,
+        &[
+            (FACADE, acquire, 1),
+            // The decision, and the decision again with the approval.
+            (PDP, check, 2),
+            (APPROVALS, request_approval, 1),
+            (ISSUER, issue, 1),
+        ],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
     let by_id: HashMap<&[u8], &Exported> = trace
         .iter()
         .map(|s| (s.span.span_id.as_slice(), s))
@@ -773,19 +352,57 @@ async fn one_agent_request_is_one_trace_across_every_service_process() {
     expect(issuance, "lease_id", &lease.lease_id);
     expect(issuance, "granted_ttl_secs", &ttl);
 
+    // ---- The waterfall the demo shows of this very trace: every span on
+    // one line of text, the agent's (unexported) span's child at the top,
+    // and an SVG that is well-formed XML. TRACE_WATERFALL_SVG names a file to
+    // write the picture to, to look at it (not a TETHER_* name: the service
+    // processes inherit the environment and read those as configuration).
+    let waterfall = Trace::from_spans(&trace);
+    assert_eq!(waterfall.len(), trace.len());
+    assert_eq!(waterfall.trace_id(), AGENT_TRACE_ID);
+    assert_eq!(waterfall.rows()[0].name, acquire);
+    assert!(waterfall.rows()[0].orphan);
+    assert_eq!(waterfall.services().len(), 4, "{:?}", waterfall.services());
+    let text = waterfall.to_text(48);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), TEXT_HEADER_LINES + trace.len(), "{text}");
+    for (line, row) in lines[TEXT_HEADER_LINES..].iter().zip(waterfall.rows()) {
+        assert!(line.contains(&row.label()), "{line}\n{text}");
+    }
+    let handler_line = lines
+        .iter()
+        .find(|l| l.contains("facade.acquire_credential"))
+        .unwrap();
+    for shown in [
+        format!("session={sid}"),
+        "decision=ALLOW".to_owned(),
+        "approval=APPROVED".to_owned(),
+        format!("lease={}", lease.lease_id),
+        format!("ttl={ttl}s"),
+    ] {
+        assert!(handler_line.contains(&shown), "{shown}: {text}");
+    }
+    let svg = waterfall.to_svg();
+    waterfall::check_xml(&svg).unwrap_or_else(|e| panic!("{e}\n{svg}"));
+    assert_eq!(svg.matches("<g>").count(), trace.len());
+    if let Some(path) = std::env::var_os("TRACE_WATERFALL_SVG") {
+        std::fs::write(&path, &svg).unwrap();
+        std::fs::write(Path::new(&path).with_extension("txt"), &text).unwrap();
+    }
+
     // ---- StartSession: the identity exchange's server span is the child of
     // the facade's client span, in the agent's trace.
     let exchange = "tether.identity.v1.IdentityExchange/Exchange";
-    let started = receiver
-        .trace(
-            START_TRACE_ID,
-            &[
-                (FACADE, "tether.facade.v1.AgentGateway/StartSession", 1),
-                (IDENTITY, exchange, 1),
-            ],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+    let started = trace_with(
+        &receiver,
+        START_TRACE_ID,
+        &[
+            (FACADE, "tether.facade.v1.AgentGateway/StartSession", 1),
+            (IDENTITY, exchange, 1),
+        ],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
     let start_server = started
         .iter()
         .find(|s| s.service == FACADE && s.kind() == SpanKind::Server)
@@ -816,16 +433,15 @@ async fn one_agent_request_is_one_trace_across_every_service_process() {
 
     // ---- Nothing secret anywhere (names, attributes, events, resources),
     // nor the agent's baggage or tracestate. The services flush on SIGTERM.
-    for proc in &mut stack.procs {
-        proc.terminate();
-    }
+    let pg_admin_password = stack.deps.pg.admin_password().to_owned();
+    stack.stop_services();
     let exported = receiver.bytes();
     let secrets: [(&str, &str); 9] = [
         ("the delegated token", &token),
         ("the user's token", &user_token),
         ("the agent's assertion", &assertion),
         ("the credential's password", &db.password),
-        ("the PostgreSQL admin password", deps.pg.admin_password()),
+        ("the PostgreSQL admin password", &pg_admin_password),
         ("the CIBA client secret", PING_CLIENT.1),
         ("the CIBA notification token", &notification_token),
         ("the agent's baggage", "baggage-marker"),

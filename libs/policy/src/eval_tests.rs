@@ -28,7 +28,7 @@ fn context(hour: i64, approval: Option<bool>) -> String {
     let mut ctx = serde_json::json!({
         "now": {"hour": hour, "weekday": 3, "unix": 1_795_000_000},
         "network": {"ip": "10.0.0.1", "trusted": true, "zone": "corp"},
-        "session": {"id": "s-1", "age_seconds": 5, "intent": "x"},
+        "session": {"id": "s-1", "age_seconds": 5, "intent": "x", "in_intent": true},
         "risk": {"score": 0}
     });
     if let Some(granted) = approval {

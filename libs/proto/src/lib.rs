@@ -55,7 +55,8 @@ pub mod approval {
     }
 }
 
-/// `tether.facade.v1`: the agent-facing gateway.
+/// `tether.facade.v1`: the agent-facing gateway (`facade.proto`) and the
+/// operators' session administration (`admin.proto`).
 pub mod facade {
     #[allow(
         clippy::all,

@@ -7,6 +7,9 @@
 //! - gRPC health is open to everyone (probes carry no certificate);
 //! - the HTTP paths in [`SELF_AUTHENTICATING_PATHS`] authenticate their
 //!   callers themselves (OAuth client authentication, public JWKS);
+//! - the HTTP paths in [`HTTP_BINDINGS`] are another binding of a gRPC
+//!   method and follow that method's row; their refusals are HTTP 401/403
+//!   with a JSON body instead of a gRPC status;
 //! - everything else needs a verified client certificate (else
 //!   UNAUTHENTICATED) whose SPIFFE ID the table allows for that method
 //!   (else PERMISSION_DENIED); a method the table does not name is refused.
@@ -79,6 +82,16 @@ pub const DEFAULTS: &[(&str, &[&str])] = &[
         "tether.identity.v1.IdentityExchange/RevokeSession",
         &["agent-facade", "admin"],
     ),
+    // Session facts for operators: through the facade's SessionAdmin, or
+    // directly with the `admin` identity.
+    (
+        "tether.identity.v1.IdentityExchange/ListSessions",
+        &["agent-facade", "admin"],
+    ),
+    (
+        "tether.identity.v1.IdentityExchange/GetSession",
+        &["agent-facade", "admin"],
+    ),
     (
         "tether.identity.v1.IdentityExchange/ListRevokedSessions",
         &[
@@ -93,6 +106,9 @@ pub const DEFAULTS: &[(&str, &[&str])] = &[
         "tether.approval.v1.ApprovalOrchestrator/*",
         &["agent-facade"],
     ),
+    // The facade's session administration: operators only (agents reach
+    // the facade without a certificate; this service is not for them).
+    ("tether.facade.v1.SessionAdmin/*", &["admin"]),
     // Reflection describes the API: operators only.
     ("grpc.reflection.v1.ServerReflection/*", &["admin"]),
     ("grpc.reflection.v1alpha.ServerReflection/*", &["admin"]),
@@ -110,6 +126,27 @@ pub const SELF_AUTHENTICATING_PATHS: &[&str] = &[
     // CIBA pings: the bearer `client_notification_token` authenticates the
     // IdP (which has no client certificate); a ping only wakes a fetch.
     "/ciba/notify",
+];
+
+/// HTTP endpoints that are another binding of a gRPC method: a caller may
+/// use the path exactly when that method's row (the default, or the
+/// service's `[server.authorization]` override) lets it call the method, so
+/// the HTTP form never opens what the gRPC form keeps closed. The policy
+/// decision point's OpenID AuthZEN Authorization API is Check, BatchCheck
+/// and GetPolicySet over HTTP (`docs/design/007-authzen.md`).
+pub const HTTP_BINDINGS: &[(&str, &str)] = &[
+    (
+        "/access/v1/evaluation",
+        "tether.policy.v1.PolicyDecision/Check",
+    ),
+    (
+        "/access/v1/evaluations",
+        "tether.policy.v1.PolicyDecision/BatchCheck",
+    ),
+    (
+        "/.well-known/authzen-configuration",
+        "tether.policy.v1.PolicyDecision/GetPolicySet",
+    ),
 ];
 
 /// Open to every caller, certificate or not.
@@ -280,6 +317,21 @@ impl Authorizer {
             }
             insert(pattern, &mut callers.iter().map(String::as_str));
         }
+        // An HTTP binding gets its method's callers, as finally configured;
+        // a server that does not serve the method does not serve the path.
+        for (path, method) in HTTP_BINDINGS {
+            let service_wide = method
+                .split_once('/')
+                .map(|(service, _)| format!("/{service}/"))
+                .unwrap_or_default();
+            let callers = rules
+                .get(&format!("/{method}"))
+                .or_else(|| rules.get(&service_wide))
+                .cloned();
+            if let Some(callers) = callers {
+                rules.insert((*path).to_owned(), callers);
+            }
+        }
         Ok(Self { rules, enforce })
     }
 
@@ -324,6 +376,47 @@ impl Authorizer {
             method: crate::clip(method),
         })
     }
+}
+
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A refusal for a plain HTTP caller (an AuthZEN client): 401 or 403 with
+/// `{"error": {"status", "message"}}`, the shape AuthZEN uses for errors,
+/// and the caller's `X-Request-ID` echoed as AuthZEN requires. No
+/// `WWW-Authenticate`: no HTTP authentication scheme names a client
+/// certificate.
+fn http_refusal(
+    refused: &AuthzError,
+    headers: &http::HeaderMap,
+) -> http::Response<tonic::body::Body> {
+    let status = match refused {
+        AuthzError::Unauthenticated { .. } => http::StatusCode::UNAUTHORIZED,
+        AuthzError::NotAllowed { .. } => http::StatusCode::FORBIDDEN,
+    };
+    let body = serde_json::json!({
+        "error": {"status": status.as_u16(), "message": refused.public_message()}
+    })
+    .to_string();
+    let mut response = http::Response::new(tonic::body::Body::new(body));
+    *response.status_mut() = status;
+    let out = response.headers_mut();
+    out.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    out.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    let mut ids = headers.get_all("x-request-id").iter();
+    if let (Some(id), None) = (ids.next(), ids.next()) {
+        out.insert("x-request-id", id.clone());
+    }
+    response
 }
 
 tokio::task_local! {
@@ -413,7 +506,11 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let peer = PeerInfo::from_extensions(request.extensions());
         if let Err(refused) = self.authorizer.check(request.uri().path(), peer) {
-            let response = crate::error::into_status(refused).into_http();
+            let response = if is_grpc(request.headers()) {
+                crate::error::into_status(refused).into_http()
+            } else {
+                http_refusal(&refused, request.headers())
+            };
             return Box::pin(async move { Ok(response) });
         }
         let timeout = request
@@ -551,6 +648,130 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn http_bindings_follow_their_method_row() {
+        const PDP: &str = "tether.policy.v1.PolicyDecision";
+        let facade = peer(Some("spiffe://tether.local/tether/agent-facade"));
+        let admin = peer(Some("spiffe://tether.local/tether/admin"));
+        let issuer = peer(Some("spiffe://tether.local/tether/credential-issuer"));
+        let pdp = Authorizer::new(&[PDP], &BTreeMap::new(), TD, true).unwrap();
+        for (path, _) in HTTP_BINDINGS {
+            pdp.check(path, Some(&facade)).unwrap();
+            pdp.check(path, Some(&admin)).unwrap();
+            assert!(matches!(
+                pdp.check(path, Some(&issuer)),
+                Err(AuthzError::NotAllowed { .. })
+            ));
+            assert!(matches!(
+                pdp.check(path, Some(&peer(None))),
+                Err(AuthzError::Unauthenticated { .. })
+            ));
+        }
+        // Near misses are not the bound paths.
+        for path in [
+            "/access/v1/evaluation/",
+            "/access/v1/",
+            "/access/v1/search/subject",
+        ] {
+            assert!(pdp.check(path, Some(&facade)).is_err(), "{path}");
+        }
+        // An override of Check moves the HTTP evaluation endpoint with it.
+        let overrides = BTreeMap::from([(
+            format!("{PDP}/Check"),
+            vec!["spiffe://tether.local/ns/edge/sa/gateway".to_owned()],
+        )]);
+        let pdp = Authorizer::new(&[PDP], &overrides, TD, true).unwrap();
+        let gateway = peer(Some("spiffe://tether.local/ns/edge/sa/gateway"));
+        pdp.check("/access/v1/evaluation", Some(&gateway)).unwrap();
+        assert!(pdp.check("/access/v1/evaluation", Some(&facade)).is_err());
+        assert!(pdp.check("/access/v1/evaluations", Some(&gateway)).is_err());
+        // A server that does not serve the method does not serve its path.
+        let issuer_server = issuer_table(&[]);
+        assert!(
+            issuer_server
+                .check("/access/v1/evaluation", Some(&facade))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn http_refusals_are_json_with_the_request_id() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-request-id", http::HeaderValue::from_static("req-7"));
+        let refused = AuthzError::NotAllowed {
+            caller: "spiffe://tether.local/tether/credential-issuer".into(),
+            method: "access/v1/evaluation".into(),
+        };
+        let response = http_refusal(&refused, &headers);
+        assert_eq!(response.status(), http::StatusCode::FORBIDDEN);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.headers()["x-request-id"], "req-7");
+        let unauthenticated = AuthzError::Unauthenticated {
+            method: "access/v1/evaluation".into(),
+        };
+        headers.append("x-request-id", http::HeaderValue::from_static("req-8"));
+        let response = http_refusal(&unauthenticated, &headers);
+        assert_eq!(response.status(), http::StatusCode::UNAUTHORIZED);
+        // Two ids: neither is "the" id, none is echoed.
+        assert!(!response.headers().contains_key("x-request-id"));
+        assert!(is_grpc(&http::HeaderMap::from_iter([(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc+proto"),
+        )])));
+        assert!(!is_grpc(&headers));
+    }
+
+    #[test]
+    fn session_administration_is_for_operators_only() {
+        let facade = Authorizer::new(
+            &[
+                "tether.facade.v1.AgentGateway",
+                "tether.facade.v1.SessionAdmin",
+            ],
+            &BTreeMap::new(),
+            TD,
+            true,
+        )
+        .unwrap();
+        let admin = peer(Some("spiffe://tether.local/tether/admin"));
+        let own = peer(Some("spiffe://tether.local/tether/agent-facade"));
+        for method in ["ListSessions", "GetSession", "EndSession"] {
+            let path = format!("/tether.facade.v1.SessionAdmin/{method}");
+            facade.check(&path, Some(&admin)).unwrap();
+            assert!(matches!(
+                facade.check(&path, Some(&own)),
+                Err(AuthzError::NotAllowed { .. })
+            ));
+            // An agent: no certificate, whatever token it sends.
+            assert!(matches!(
+                facade.check(&path, Some(&peer(None))),
+                Err(AuthzError::Unauthenticated { .. })
+            ));
+        }
+        // The agents' API next to it stays token-authenticated.
+        facade
+            .check(
+                "/tether.facade.v1.AgentGateway/EndSession",
+                Some(&peer(None)),
+            )
+            .unwrap();
+
+        let identity = Authorizer::new(
+            &["tether.identity.v1.IdentityExchange"],
+            &BTreeMap::new(),
+            TD,
+            true,
+        )
+        .unwrap();
+        for method in ["ListSessions", "GetSession"] {
+            let path = format!("/tether.identity.v1.IdentityExchange/{method}");
+            identity.check(&path, Some(&admin)).unwrap();
+            identity.check(&path, Some(&own)).unwrap();
+            let issuer = peer(Some("spiffe://tether.local/tether/credential-issuer"));
+            assert!(identity.check(&path, Some(&issuer)).is_err());
+        }
     }
 
     #[test]

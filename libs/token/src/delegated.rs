@@ -1,6 +1,9 @@
 //! Local verification of Tether delegated tokens, for the other services.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::Algorithm;
 
@@ -15,14 +18,35 @@ pub trait RevocationCheck: Send + Sync {
     fn is_revoked(&self, sid: &str) -> impl Future<Output = Result<bool, TokenError>> + Send;
 }
 
+/// How long a verified token's claims are reused without checking its
+/// signature again: a key the identity service retires stops being
+/// accepted within this time, as with a JWKS cache.
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
+/// Verified tokens remembered at most (about 2 KiB each).
+const VERIFIED_MAX: usize = 4_096;
+
 /// Verifies delegated tokens against the identity service's keys, then
 /// checks the session revocation list. Fails closed: a revocation check that
 /// cannot answer is a deny.
+///
+/// An agent presents the same token on every call of its session, so the
+/// claims of a token whose signature checked out are remembered for
+/// [`VERIFIED_TTL`], keyed by the token's SHA-256: a repeat costs a hash
+/// instead of an ECDSA verification. Only successes are remembered;
+/// expiry and `nbf` are checked again on every use, and the revocation
+/// list is always asked.
 #[derive(Debug)]
 pub struct DelegatedTokenVerifier<K, R> {
     policy: VerifyPolicy,
     keys: K,
     revocations: R,
+    verified: Mutex<HashMap<[u8; 32], Remembered>>,
+}
+
+#[derive(Debug)]
+struct Remembered {
+    claims: DelegatedClaims,
+    at: Instant,
 }
 
 impl<K: KeySource, R: RevocationCheck> DelegatedTokenVerifier<K, R> {
@@ -39,6 +63,7 @@ impl<K: KeySource, R: RevocationCheck> DelegatedTokenVerifier<K, R> {
             policy,
             keys,
             revocations,
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -61,11 +86,56 @@ impl<K: KeySource, R: RevocationCheck> DelegatedTokenVerifier<K, R> {
         &self,
         token: &str,
     ) -> Result<DelegatedClaims, TokenError> {
+        let digest: [u8; 32] =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+                .as_ref()
+                .try_into()
+                .unwrap_or([0; 32]);
+        if let Some(claims) = self.remembered(&digest) {
+            return Ok(claims);
+        }
         let verified = verify::<DelegatedClaims, _>(token, &self.policy, &self.keys).await?;
         if verified.claims.sid.is_empty() || verified.claims.jti.is_empty() {
             return Err(TokenError::MissingClaim("sid".into()));
         }
+        self.remember(digest, &verified.claims);
         Ok(verified.claims)
+    }
+
+    /// The claims of a token verified less than [`VERIFIED_TTL`] ago that
+    /// is still within its validity (with the policy's leeway, as when it
+    /// was verified).
+    fn remembered(&self, digest: &[u8; 32]) -> Option<DelegatedClaims> {
+        let verified = self.verified.lock().ok()?;
+        let entry = verified.get(digest)?;
+        let now = crate::unix_now();
+        let leeway = i64::try_from(self.policy.leeway.as_secs()).unwrap_or(0);
+        let fresh = entry.at.elapsed() < VERIFIED_TTL
+            && now <= entry.claims.exp.saturating_add(leeway)
+            && entry
+                .claims
+                .nbf
+                .is_none_or(|nbf| nbf <= now.saturating_add(leeway));
+        fresh.then(|| entry.claims.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], claims: &DelegatedClaims) {
+        let Ok(mut verified) = self.verified.lock() else {
+            return;
+        };
+        if verified.len() >= VERIFIED_MAX {
+            verified.retain(|_, e| e.at.elapsed() < VERIFIED_TTL);
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
+        }
+        verified.insert(
+            digest,
+            Remembered {
+                claims: claims.clone(),
+                at: Instant::now(),
+            },
+        );
     }
 }
 
@@ -232,3 +302,7 @@ impl<R: RevocationCheck> RevocationCheck for std::sync::Arc<R> {
         (**self).is_revoked(sid).await
     }
 }
+
+#[cfg(test)]
+#[path = "delegated_tests.rs"]
+mod tests;

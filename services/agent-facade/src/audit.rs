@@ -4,13 +4,13 @@
 //!
 //! | kind          | written for                                            | before the answer |
 //! |---------------|--------------------------------------------------------|-------------------|
-//! | `decision`    | each Authorize / AcquireCredential decision: `allow`, `deny`, `approval_required` | durable when it lets a credential be issued or comes with an approval record; otherwise queued |
+//! | `decision`    | each Authorize / AcquireCredential decision: `allow`, `deny`, `approval_required` | committed before a credential is issued (flushed with the issuance); durable when it comes with an approval record; otherwise queued |
 //! | `approval`    | `grant_used` (an approval grant allowed it), `ticket_pending` (a ticket asks the user) | durable |
 //! | `issuance`    | a credential issued: lease id, profile, granted TTL     | durable |
 //! | `denial`      | a request refused for another reason than the policy (bad argument, profile, limits, session ended) | queued |
 //! | `failure`     | a dependency failed or timed out (the request was denied) | queued |
 //! | `revocation`  | leases, grants and tickets ended with the session; a lease that was not delivered | with the session end / queued |
-//! | `session_end` | EndSession (its `receipt_id`)                          | durable |
+//! | `session_end` | EndSession (its `receipt_id`); an operator's SessionAdmin.EndSession names the operator as `agent` | durable |
 //!
 //! Every record names the agent, the user (IdP and subject), the action and
 //! resource in Cedar uid form, the policy ids and version, the session,
@@ -39,7 +39,8 @@
 //! never delivered: its lease is revoked at once (`RevokeLease`), and a
 //! `revocation` record is queued (it reaches the log when the store takes
 //! writes again). Because the `allow` decision that precedes an issuance
-//! is itself durable, a store that is already failing denies before
+//! is committed first (the issuance's flush takes it to disk: one flush
+//! per credential, not two), a store that is already failing denies before
 //! anything is issued.
 //!
 //! The writer also publishes a signed checkpoint in the store every
@@ -69,6 +70,7 @@ use tonic::metadata::AsciiMetadataValue;
 use crate::config::AuditConfig;
 use crate::decision::Uid;
 use crate::error::{Dependency, FacadeError};
+use crate::service::{EndedBy, SessionOwner};
 
 /// Records written in one transaction at most.
 const MAX_BATCH: usize = 256;
@@ -99,6 +101,8 @@ struct Shared {
 struct Job {
     records: Vec<AuditRecord>,
     ack: Option<oneshot::Sender<Result<Range<u64>, String>>>,
+    /// What the waiting request needs (queued records: `Deferred`).
+    flush: Flush,
 }
 
 fn unavailable(detail: impl Into<String>) -> FacadeError {
@@ -179,6 +183,22 @@ impl Story {
         Self::new(Some(claims), decision_id)
             .target(action.cedar(), resource.cedar())
             .risk(risk)
+    }
+
+    /// A request about the session `owner` names, made by `by`, known as
+    /// `request_id`. The record's `agent` is whoever acted: the session's
+    /// agent, or the operator (their SPIFFE ID) who ended it; the user is
+    /// always the session's.
+    pub fn of_session(owner: &SessionOwner, by: &EndedBy, request_id: &str) -> Self {
+        let mut story = Self::new(None, request_id);
+        story.base.agent = match by {
+            EndedBy::Agent => owner.agent.clone(),
+            EndedBy::Operator(operator) => operator.clone(),
+        };
+        story.base.user_idp.clone_from(&owner.user_idp);
+        story.base.user_sub.clone_from(&owner.user_sub);
+        story.base.session_id.clone_from(&owner.sid);
+        story
     }
 
     /// The action and resource, in Cedar uid form (`Action::"read"`).
@@ -306,8 +326,17 @@ impl Audit {
         }
     }
 
-    /// Appends `records` and returns once they are committed.
+    /// Appends `records` and returns once they are committed and on disk.
     async fn commit(&self, records: Vec<AuditRecord>) -> Result<(), FacadeError> {
+        self.commit_with(records, Flush::Disk).await
+    }
+
+    /// Appends `records` and returns once they are committed with `flush`.
+    async fn commit_with(
+        &self,
+        records: Vec<AuditRecord>,
+        flush: Flush,
+    ) -> Result<(), FacadeError> {
         let Some(shared) = &self.shared else {
             return Ok(());
         };
@@ -317,6 +346,7 @@ impl Audit {
         let job = Job {
             records,
             ack: Some(ack),
+            flush,
         };
         if shared.queue.send(job).await.is_err() {
             return Err(unavailable("the audit writer has stopped"));
@@ -339,7 +369,11 @@ impl Audit {
         check(&records)?;
         shared
             .queue
-            .try_send(Job { records, ack: None })
+            .try_send(Job {
+                records,
+                ack: None,
+                flush: Flush::Deferred,
+            })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => unavailable("the audit queue is full"),
                 mpsc::error::TrySendError::Closed(_) => unavailable("the audit writer has stopped"),
@@ -359,6 +393,7 @@ impl Audit {
                 .try_send(Job {
                     records: vec![record],
                     ack: None,
+                    flush: Flush::Deferred,
                 })
                 .map_err(|_| unavailable("the audit queue is full or closed"))
         });
@@ -368,9 +403,11 @@ impl Audit {
     }
 
     /// A decision and what came with it: the approval grant it used, or
-    /// the ticket now asking the user. `durable`: the caller is about to
-    /// act on it (issue), so it must be committed first; records that
-    /// come with an approval are always committed first.
+    /// the ticket now asking the user. `before_issue`: the caller is about
+    /// to act on it (issue), so it is committed first, and reaches the disk
+    /// with the issuance record's flush before anything is delivered;
+    /// otherwise records that come with an approval are committed and
+    /// flushed before the answer, a lone decision is queued.
     pub async fn decided(
         &self,
         story: &Story,
@@ -378,7 +415,7 @@ impl Audit {
         check: &policy_pb::CheckResponse,
         ticket_id: Option<&str>,
         grant: Option<&approval_pb::Grant>,
-        durable: bool,
+        before_issue: bool,
     ) -> Result<(), FacadeError> {
         if self.shared.is_none() {
             return Ok(());
@@ -404,7 +441,9 @@ impl Audit {
             pending.ticket_id = ticket.to_owned();
             records.push(pending);
         }
-        if durable || records.len() > 1 {
+        if before_issue {
+            self.commit_with(records, Flush::Deferred).await
+        } else if records.len() > 1 {
             self.commit(records).await
         } else {
             self.enqueue(records)
@@ -503,17 +542,20 @@ impl Audit {
     }
 
     /// The session's end and everything it revoked, committed before the
-    /// receipt (whose `receipt_id` they carry) is returned.
+    /// receipt (whose `receipt_id` they carry) is returned. The records
+    /// name the session's user and, as the actor (`agent`), whoever ended
+    /// it: the session's agent, or the operator.
     pub async fn session_ended(
         &self,
-        claims: &DelegatedClaims,
+        owner: &SessionOwner,
+        by: &EndedBy,
         receipt: &pb::SessionReceipt,
         reason: &str,
     ) -> Result<(), FacadeError> {
         if self.shared.is_none() {
             return Ok(());
         }
-        let story = Story::new(Some(claims), &receipt.receipt_id);
+        let story = Story::of_session(owner, by, &receipt.receipt_id);
         let mut records = Vec::new();
         for (leases, outcome) in [
             (&receipt.revoked_leases, "revoked"),
@@ -679,7 +721,8 @@ impl Writer {
     /// commits, less work beside the request path. A waiting request ends
     /// the lingering at once.
     async fn write(&mut self, first: Job) {
-        let mut waited_for = first.ack.is_some();
+        let waited_for = first.ack.is_some();
+        let mut flush = first.flush;
         if !waited_for {
             // One wake-up per batch, not one per record.
             tokio::select! {
@@ -692,7 +735,9 @@ impl Writer {
             let Ok(job) = self.jobs.try_recv() else {
                 break;
             };
-            waited_for |= job.ack.is_some();
+            if job.flush == Flush::Disk {
+                flush = Flush::Disk;
+            }
             jobs.push(job);
         }
         let mut records = std::mem::take(&mut self.retry);
@@ -702,14 +747,10 @@ impl Writer {
             acks.push((job.records.len(), job.ack));
             records.extend(job.records);
         }
-        // On disk before a waiting request goes on; records written behind
-        // their answers only need to be committed (in order, safe from a
-        // crash of this process) and reach the disk with the next flush.
-        let flush = if waited_for {
-            Flush::Disk
-        } else {
-            Flush::Deferred
-        };
+        // On disk when a waiting request needs it; records written behind
+        // their answers, and a decision whose issuance record will flush
+        // it, only need to be committed (in order, safe from a crash of
+        // this process) and reach the disk with the next flush.
         match self.log.append_all_with(&records, flush).await {
             Ok(appended) => {
                 if self.failing.swap(false, Ordering::AcqRel) {

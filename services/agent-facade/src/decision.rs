@@ -308,6 +308,11 @@ impl Question<'_> {
                 // credential the agent presents, never a claim of the agent.
                 "age_seconds": unix.saturating_sub(claims.iat).max(0),
                 "intent": intent,
+                "in_intent": intent_covers(
+                    claims.authorization_details.as_ref(),
+                    self.action,
+                    self.resource,
+                ),
             }),
         );
         context.insert("risk".into(), json!({ "score": self.risk_score }));
@@ -326,6 +331,37 @@ impl Question<'_> {
             request_id: request_id.to_owned(),
         }
     }
+}
+
+/// Whether the session's declared intent (the verified token's RFC 9396
+/// `authorization_details`, fixed at StartSession) covers `action` on
+/// `resource`: some entry lists the action's id in `actions` and, when it
+/// names an `identifier`, that is the resource as `<type>/<id>` (the type
+/// compared without regard to ASCII case: `employee/1042` is
+/// `Employee::"1042"`). An entry without `actions` covers nothing; one
+/// without `identifier` covers the action on every resource. No intent, or
+/// one that is not a list, covers nothing: policies read it as
+/// `context.session.in_intent`.
+fn intent_covers(details: Option<&Value>, action: &Uid, resource: &Uid) -> bool {
+    let Some(Value::Array(entries)) = details else {
+        return false;
+    };
+    entries.iter().any(|entry| {
+        let names_action = entry
+            .get("actions")
+            .and_then(Value::as_array)
+            .is_some_and(|actions| actions.iter().any(|a| a.as_str() == Some(&action.id)));
+        let names_resource = match entry.get("identifier") {
+            None => true,
+            Some(Value::String(identifier)) => {
+                identifier.split_once('/').is_some_and(|(r#type, id)| {
+                    r#type.eq_ignore_ascii_case(&resource.r#type) && id == resource.id
+                })
+            }
+            Some(_) => false,
+        };
+        names_action && names_resource
+    })
 }
 
 #[cfg(test)]
@@ -362,6 +398,47 @@ mod tests {
             id: "a\"b".into(),
         };
         assert_eq!(quoted.cedar(), r#"E::"a\"b""#);
+    }
+
+    #[test]
+    fn the_declared_intent_covers_only_what_it_names() {
+        let act = |id: &str| Uid {
+            r#type: "Action".into(),
+            id: id.into(),
+        };
+        let employee = |id: &str| Uid {
+            r#type: "Employee".into(),
+            id: id.into(),
+        };
+        let intent = json!([
+            {"type": "hr_record_access", "actions": ["read", "offboard"], "identifier": "employee/1042"},
+            {"type": "directory", "actions": ["list"]},
+        ]);
+        let covers = |a: &str, r: &str| intent_covers(Some(&intent), &act(a), &employee(r));
+        assert!(covers("read", "1042"));
+        assert!(covers("offboard", "1042"));
+        assert!(covers("list", "7"), "no identifier: every resource");
+        assert!(!covers("read", "1043"), "another employee");
+        assert!(!covers("update_salary", "1042"), "an action not declared");
+        assert!(!covers("read", "1042/x"));
+        let other_type = Uid {
+            r#type: "Payroll".into(),
+            id: "1042".into(),
+        };
+        assert!(!intent_covers(Some(&intent), &act("read"), &other_type));
+        for absent in [
+            None,
+            Some(json!({"actions": ["read"]})),
+            Some(json!([{"identifier": "employee/1042"}])),
+            Some(json!([{"actions": "read"}])),
+            Some(json!([{"actions": ["read"], "identifier": 1042}])),
+            Some(json!("read")),
+        ] {
+            assert!(
+                !intent_covers(absent.as_ref(), &act("read"), &employee("1042")),
+                "{absent:?}"
+            );
+        }
     }
 
     #[test]

@@ -100,6 +100,13 @@ pub enum FacadeError {
     },
     #[error("no approval ticket `{0}` in this session")]
     TicketNotFound(String),
+    /// Session administration: no session with this (well-formed) id.
+    #[error("no session `{0}`")]
+    SessionNotFound(String),
+    /// Session administration without an operator's client certificate
+    /// (or on a plaintext server, where nobody has an identity).
+    #[error("session administration needs an operator's client certificate (mTLS)")]
+    OperatorUnauthenticated,
     #[error("{dependency:?} is unavailable: {detail}")]
     Dependency {
         dependency: Dependency,
@@ -189,14 +196,15 @@ impl ServiceError for FacadeError {
             | Self::SessionEnded
             | Self::TokenRefused(_)
             | Self::UserTokenInvalid(_)
-            | Self::AgentAssertionInvalid(_) => ServiceErrorCode::Unauthenticated,
+            | Self::AgentAssertionInvalid(_)
+            | Self::OperatorUnauthenticated => ServiceErrorCode::Unauthenticated,
             Self::Token(e) if e.is_unavailable() => ServiceErrorCode::Unavailable,
             Self::Token(_) => ServiceErrorCode::Unauthenticated,
             Self::DelegationNotAllowed(_)
             | Self::PolicyDenied { .. }
             | Self::ProfileNotAllowed { .. } => ServiceErrorCode::PermissionDenied,
             Self::Limited { .. } => ServiceErrorCode::ResourceExhausted,
-            Self::TicketNotFound(_) => ServiceErrorCode::NotFound,
+            Self::TicketNotFound(_) | Self::SessionNotFound(_) => ServiceErrorCode::NotFound,
             Self::Dependency { .. } => ServiceErrorCode::Unavailable,
             Self::DeadlineExceeded(_) => ServiceErrorCode::DeadlineExceeded,
             Self::Internal(_) => ServiceErrorCode::Internal,
@@ -235,6 +243,9 @@ impl ServiceError for FacadeError {
                 Self::ProfileNotAllowed { .. } => "PROFILE_NOT_ALLOWED",
                 Self::Limited { reason, .. } => return Some(reason.clone()),
                 Self::TicketNotFound(_) => "TICKET_NOT_FOUND",
+                Self::SessionNotFound(_) => "SESSION_NOT_FOUND",
+                // The caller table's reason for the same refusal.
+                Self::OperatorUnauthenticated => "PEER_UNAUTHENTICATED",
                 Self::Dependency { .. } => "DEPENDENCY_UNAVAILABLE",
                 Self::DeadlineExceeded(_) | Self::Internal(_) => return None,
             }

@@ -8,6 +8,7 @@
 //!
 //! [`run`] is what both the binary and the tests call.
 
+mod admin;
 mod audit;
 mod config;
 mod decision;
@@ -20,6 +21,9 @@ use anyhow::Context as _;
 use tether_proto::approval::v1::approval_orchestrator_client::ApprovalOrchestratorClient;
 use tether_proto::credentials::v1::credential_issuer_client::CredentialIssuerClient;
 use tether_proto::facade::v1::agent_gateway_server::{AgentGatewayServer, SERVICE_NAME};
+use tether_proto::facade::v1::session_admin_server::{
+    SERVICE_NAME as ADMIN_SERVICE_NAME, SessionAdminServer,
+};
 use tether_proto::identity::v1::identity_exchange_client::IdentityExchangeClient;
 use tether_proto::policy::v1::policy_decision_client::PolicyDecisionClient;
 use tokio::net::TcpListener;
@@ -100,10 +104,16 @@ impl Facade {
         })
     }
 
-    /// What is served: the agent gateway.
+    /// What is served: the agent gateway, and the operators' session
+    /// administration (see [`SERVICE_NAMES`]).
     pub fn routes(&self, max_message_bytes: usize) -> Routes {
         Routes::new(
             AgentGatewayServer::new(self.service.clone())
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        )
+        .add_service(
+            SessionAdminServer::new(self.service.clone())
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),
         )
@@ -121,6 +131,11 @@ impl Facade {
     }
 }
 
+/// The gRPC services the facade serves: reported by health, and the rows
+/// of the caller table that apply (agents' calls are token-authenticated;
+/// `SessionAdmin` is for the `admin` identity only).
+pub const SERVICE_NAMES: &[&str] = &[SERVICE_NAME, ADMIN_SERVICE_NAME];
+
 /// Starts the facade and serves on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -131,7 +146,7 @@ pub async fn run(
     let facade = Facade::start(config).await?;
     let routes = facade.routes(server.max_message_bytes);
     let served =
-        tether_runtime::server::serve(listener, routes, &[SERVICE_NAME], &server, shutdown).await;
+        tether_runtime::server::serve(listener, routes, SERVICE_NAMES, &server, shutdown).await;
     facade.stop().await;
     served?;
     Ok(())

@@ -52,17 +52,18 @@ pub struct Upstreams {
     pub approvals: ApprovalOrchestratorClient<InternalChannel>,
 }
 
-/// `tether.facade.v1.AgentGateway`.
+/// `tether.facade.v1.AgentGateway`, and the operators'
+/// `tether.facade.v1.SessionAdmin` (in `admin.rs`) over the same state.
 #[derive(Debug, Clone)]
 pub struct FacadeService {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     config: Config,
     sessions: Sessions,
-    upstreams: Upstreams,
+    pub(crate) upstreams: Upstreams,
     entities: EntityData,
     audit: Audit,
     ended: EndedSessions,
@@ -217,6 +218,55 @@ impl EndedSessions {
     }
 }
 
+/// Whose session is ended, for the records of its end: from its token
+/// (the agent ending its own session) or from the identity exchange (an
+/// operator naming it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SessionOwner {
+    pub sid: String,
+    /// The agent that holds (or opened) the session.
+    pub agent: String,
+    /// The user's IdP (issuer URL), empty when not known.
+    pub user_idp: String,
+    pub user_sub: String,
+}
+
+impl SessionOwner {
+    pub(crate) fn of_token(claims: &DelegatedClaims) -> Self {
+        Self {
+            sid: claims.sid.clone(),
+            agent: claims.act.sub.clone(),
+            user_idp: claims
+                .user
+                .get("idp")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            user_sub: claims.sub.clone(),
+        }
+    }
+}
+
+/// Who ends a session: named in its audit records and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EndedBy {
+    /// The session's agent, with its own token (EndSession).
+    Agent,
+    /// An operator, by the SPIFFE ID of their client certificate
+    /// (SessionAdmin.EndSession).
+    Operator(String),
+}
+
+impl EndedBy {
+    /// `agent`, or the operator's SPIFFE ID.
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Self::Agent => "agent",
+            Self::Operator(id) => id,
+        }
+    }
+}
+
 /// One agent call that acts for a session.
 struct Call {
     claims: DelegatedClaims,
@@ -287,7 +337,7 @@ fn lease_status(status: credentials_pb::LeaseStatus) -> pb::LeaseStatus {
     }
 }
 
-fn lease_pb(lease: &credentials_pb::Lease) -> pb::Lease {
+pub(crate) fn lease_pb(lease: &credentials_pb::Lease) -> pb::Lease {
     pb::Lease {
         lease_id: lease.lease_id.clone(),
         profile: lease.profile.clone(),
@@ -827,13 +877,37 @@ impl Inner {
             )));
         }
         let claims = self.sessions.claims_of_any_session(metadata).await?;
-        let sid = claims.sid.clone();
-        tracing::Span::current().record("session_id", sid.as_str());
+        tracing::Span::current().record("session_id", claims.sid.as_str());
         let reason = if req.reason.is_empty() {
             "session ended by the agent".to_owned()
         } else {
             clip(&req.reason)
         };
+        let receipt = self
+            .end_session_everywhere(&SessionOwner::of_token(&claims), &reason, &EndedBy::Agent)
+            .await?;
+        Ok(pb::EndSessionResponse {
+            receipt: Some(receipt),
+        })
+    }
+
+    /// Ends `owner`'s session everywhere: the one path for the agent's
+    /// EndSession, the operators' EndSession, and any later automatic end
+    /// (quarantine). In order: the session is revoked at the identity
+    /// exchange (from then on no service accepts its tokens, and this
+    /// facade refuses them at once), its approval tickets are cancelled and
+    /// grants revoked, its leases are revoked at Vault; then the receipt,
+    /// naming `by`, is on record in the audit log before it is returned.
+    /// Idempotent: a session already ended gives `already_ended` and the
+    /// first revocation's time. `reason` is checked by the caller.
+    pub(crate) async fn end_session_everywhere(
+        &self,
+        owner: &SessionOwner,
+        reason: &str,
+        by: &EndedBy,
+    ) -> Result<pb::SessionReceipt, FacadeError> {
+        let sid = owner.sid.clone();
+        let reason = reason.to_owned();
         // INVARIANT: a step whose service is unreachable does not stop the
         // others (the contract: "the others were done"); the first failure
         // is returned once all three were tried, and the call is repeated.
@@ -883,6 +957,8 @@ impl Inner {
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
             .unwrap_or(0);
         tracing::info!(
+            session.id = %sid,
+            ended_by = by.name(),
             revoked_leases = leases.revoked.len(),
             pending_leases = leases.pending.len(),
             cancelled_tickets = cancelled.cancelled_ticket_ids.len(),
@@ -901,10 +977,10 @@ impl Inner {
             receipt_id: format!("rcpt_{}", uuid::Uuid::new_v4().simple()),
         };
         // The receipt is on record before it is handed out.
-        self.audit.session_ended(&claims, &receipt, &reason).await?;
-        Ok(pb::EndSessionResponse {
-            receipt: Some(receipt),
-        })
+        self.audit
+            .session_ended(owner, by, &receipt, &reason)
+            .await?;
+        Ok(receipt)
     }
 
     async fn get_session(

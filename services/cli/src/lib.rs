@@ -3,3 +3,4 @@
 pub mod audit;
 pub mod login;
 pub mod policy;
+pub mod session;

@@ -15,6 +15,12 @@
 //!                                     save the latest signed checkpoint
 //! tether audit proof --store URL --record ID    an inclusion proof
 //! tether audit tail --store URL --session SID   one session's story
+//! tether session list|show SID|end SID --endpoint https://facade:7000 \
+//!     --tls-cert admin.crt --tls-key admin.key --tls-ca ca.pem [--json]
+//!                                     operators: sessions, their facts and leases;
+//!                                     end one (same path as the agent's EndSession)
+//! tether leases list --session SID --endpoint … [--json]
+//!                                     one session's leases (never credentials)
 //! ```
 
 use std::path::PathBuf;
@@ -22,7 +28,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use tether_cli::{audit, login, policy};
+use tether_cli::{audit, login, policy, session};
 
 #[derive(Debug, Parser)]
 #[command(name = "tether", version, about = "Runtime security for AI agents")]
@@ -57,6 +63,13 @@ enum Command {
     /// store, with the log's verifier key only.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Operators: list, show and end agent sessions through the agent
+    /// facade's SessionAdmin API (mTLS with the `admin` identity).
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Operators: a session's credential leases (never the credentials).
+    #[command(subcommand)]
+    Leases(LeasesCommand),
     /// Write a throwaway CA (`ca.pem`) and, for each NAME, a certificate
     /// `NAME.crt` + `NAME.key` whose SPIFFE ID is
     /// `spiffe://<trust-domain>/tether/<NAME>`. For local stacks and
@@ -114,6 +127,85 @@ impl TlsArgs {
             ..tether_runtime::TlsConfig::default()
         })
     }
+}
+
+/// The agent facade as operators reach it, and the output format.
+#[derive(Debug, clap::Args)]
+struct FacadeArgs {
+    /// The agent facade, e.g. `https://facade.example:7000`.
+    #[arg(long, env = "TETHER_FACADE_ENDPOINT")]
+    endpoint: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl FacadeArgs {
+    fn run(self, call: session::Call) -> anyhow::Result<ExitCode> {
+        let format = if self.json {
+            session::Format::Json
+        } else {
+            session::Format::Table
+        };
+        let target = session::Target {
+            endpoint: self.endpoint,
+            tls: self.tls.config()?,
+        };
+        session::run(&target, call, format)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionCommand {
+    /// List sessions, newest first.
+    List {
+        /// Only this user's sessions (their `sub`).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only sessions this agent started.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only sessions that can still act (not ended, not expired).
+        #[arg(long)]
+        active: bool,
+        /// Show at most this many sessions.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        limit: u32,
+        #[command(flatten)]
+        facade: FacadeArgs,
+    },
+    /// One session: user, agent, intent, scope, times, and its leases.
+    Show {
+        #[arg(value_name = "SID")]
+        session_id: String,
+        #[command(flatten)]
+        facade: FacadeArgs,
+    },
+    /// End a session as the agent's EndSession does: token revoked
+    /// everywhere, approvals cancelled, leases revoked; prints the receipt.
+    /// Idempotent.
+    End {
+        #[arg(value_name = "SID")]
+        session_id: String,
+        /// Why, for the audit log (at most 256 bytes).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        facade: FacadeArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LeasesCommand {
+    /// A session's leases, newest first.
+    List {
+        #[arg(long, value_name = "SID")]
+        session: String,
+        #[command(flatten)]
+        facade: FacadeArgs,
+    },
 }
 
 /// `--store`: the audit log's store.
@@ -233,6 +325,30 @@ fn main() -> ExitCode {
             names,
         } => dev_certs(&out, &trust_domain, &names),
         Command::Audit(command) => run_audit(command),
+        Command::Session(SessionCommand::List {
+            user,
+            agent,
+            active,
+            limit,
+            facade,
+        }) => facade.run(session::Call::List(session::ListOptions {
+            user,
+            agent,
+            active,
+            limit,
+        })),
+        Command::Session(SessionCommand::Show { session_id, facade }) => {
+            facade.run(session::Call::Show { session_id })
+        }
+        Command::Session(SessionCommand::End {
+            session_id,
+            reason,
+            facade,
+        }) => facade.run(session::Call::End { session_id, reason }),
+        Command::Leases(LeasesCommand::List {
+            session: session_id,
+            facade,
+        }) => facade.run(session::Call::Leases { session_id }),
     };
     match result {
         Ok(code) => code,

@@ -48,6 +48,10 @@ pub enum ExchangeError {
     /// The client is over its request rate; nothing was done.
     #[error("too many requests; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// What an operator named does not exist (session administration
+    /// only; the OAuth endpoints never answer with it).
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl ExchangeError {
@@ -96,6 +100,8 @@ impl ExchangeError {
             Self::Internal(_) => "server_error",
             // RFC 8628 §3.5's code for "poll less often"; RFC 6749 has none.
             Self::RateLimited { .. } => "slow_down",
+            // Not an OAuth error: only the gRPC session administration.
+            Self::NotFound(_) => "not_found",
         }
     }
 
@@ -110,6 +116,7 @@ impl ExchangeError {
             Self::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
             Self::RateLimited { .. } => http::StatusCode::TOO_MANY_REQUESTS,
+            Self::NotFound(_) => http::StatusCode::NOT_FOUND,
         }
     }
 
@@ -136,6 +143,7 @@ impl ServiceError for ExchangeError {
             Self::Unavailable(_) => ServiceErrorCode::Unavailable,
             Self::Internal(_) => ServiceErrorCode::Internal,
             Self::RateLimited { .. } => ServiceErrorCode::ResourceExhausted,
+            Self::NotFound(_) => ServiceErrorCode::NotFound,
         }
     }
 

@@ -272,12 +272,16 @@ impl Exchanger {
                 self.store
                     .insert_session(&SessionRecord {
                         sid: sid.clone(),
+                        user_issuer: subject.idp.clone(),
                         sub: subject.sub.clone(),
                         agent: actor.agent.id.clone(),
                         audience: input.audience.clone(),
+                        scope: scope.clone(),
+                        intent: intent.as_ref().map(Value::to_string).unwrap_or_default(),
                         created_at_ms: now * 1000,
                         expires_at_ms: exp * 1000,
                         revoked_at_ms: None,
+                        revoke_reason: None,
                     })
                     .await?;
                 (sid, exp)

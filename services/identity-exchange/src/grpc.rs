@@ -7,6 +7,7 @@ use tether_token::Actor;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
+use crate::admin::{self, ListQuery};
 use crate::error::{ExchangeError, OAuthCode};
 use crate::exchange::{ExchangeInput, Exchanger, Introspection, TOKEN_TYPE_ACCESS, unix_now_ms};
 
@@ -226,6 +227,57 @@ impl pb::identity_exchange_server::IdentityExchange for IdentityService {
                 .collect(),
             server_time_unix_ms: now,
             more,
+        }))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let r = request.into_inner();
+        let query = ListQuery::parse(&r, unix_now_ms()).map_err(ExchangeError::into_status)?;
+        let limit = usize::try_from(query.page_size).unwrap_or(usize::MAX);
+        // One more than a page tells whether another page follows.
+        let mut rows = self
+            .exchanger
+            .store()
+            .list_sessions(
+                &query.filter,
+                query.after.as_ref(),
+                i64::from(query.page_size) + 1,
+            )
+            .await
+            .map_err(ExchangeError::into_status)?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let next_page_token = match rows.last() {
+            Some(last) if more => query.next_page_token(last),
+            _ => String::new(),
+        };
+        tracing::debug!(sessions = rows.len(), more, "sessions listed");
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: rows.into_iter().map(admin::session_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let r = request.into_inner();
+        admin::check_sid(&r.sid).map_err(ExchangeError::into_status)?;
+        let session = self
+            .exchanger
+            .store()
+            .session(&r.sid)
+            .await
+            .map_err(ExchangeError::into_status)?
+            .ok_or_else(|| {
+                ExchangeError::NotFound(format!("no session `{}`", r.sid)).into_status()
+            })?;
+        Ok(Response::new(pb::GetSessionResponse {
+            session: Some(admin::session_pb(session)),
         }))
     }
 }

@@ -6,6 +6,7 @@
 //! and the OAuth HTTP endpoints (`/token`, `/introspect`, `/revoke`,
 //! `/.well-known/jwks.json`, `/.well-known/oauth-authorization-server`).
 
+mod admin;
 mod agents;
 mod config;
 mod error;

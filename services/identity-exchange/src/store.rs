@@ -10,12 +10,62 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     pub sid: String,
+    /// The IdP that authenticated the user (empty for sessions recorded
+    /// before it was kept).
+    pub user_issuer: String,
     pub sub: String,
     pub agent: String,
     pub audience: String,
+    /// The scope granted, space-separated.
+    pub scope: String,
+    /// The declared intent (`authorization_details` JSON).
+    pub intent: String,
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
+    pub revoke_reason: Option<String>,
+}
+
+/// Which sessions [`Store::list_sessions`] returns. Empty strings match
+/// everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    pub sub: String,
+    pub agent: String,
+    /// Only sessions neither revoked nor expired at this instant (Unix ms).
+    pub active_at_ms: Option<i64>,
+}
+
+/// Where a page of [`Store::list_sessions`] starts: after this session in
+/// the order (newest first: `created_at` descending, then `sid`
+/// descending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionCursor {
+    pub created_at_ms: i64,
+    pub sid: String,
+}
+
+/// The columns [`session_row`] reads, as a literal for `concat!`.
+macro_rules! session_columns {
+    () => {
+        "sid, user_issuer, sub, agent, audience, scope, intent, created_at, expires_at, revoked_at, revoke_reason"
+    };
+}
+
+fn session_row(row: &sqlx::any::AnyRow) -> Result<SessionRecord, sqlx::Error> {
+    Ok(SessionRecord {
+        sid: row.try_get("sid")?,
+        user_issuer: row.try_get("user_issuer")?,
+        sub: row.try_get("sub")?,
+        agent: row.try_get("agent")?,
+        audience: row.try_get("audience")?,
+        scope: row.try_get("scope")?,
+        intent: row.try_get("intent")?,
+        created_at_ms: row.try_get("created_at")?,
+        expires_at_ms: row.try_get("expires_at")?,
+        revoked_at_ms: row.try_get("revoked_at")?,
+        revoke_reason: row.try_get("revoke_reason")?,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -56,12 +106,15 @@ impl Store {
 
     pub async fn insert_session(&self, s: &SessionRecord) -> Result<(), ExchangeError> {
         sqlx::query(
-            "INSERT INTO sessions (sid, sub, agent, audience, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO sessions (sid, user_issuer, sub, agent, audience, scope, intent, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&s.sid)
+        .bind(&s.user_issuer)
         .bind(&s.sub)
         .bind(&s.agent)
         .bind(&s.audience)
+        .bind(&s.scope)
+        .bind(&s.intent)
         .bind(s.created_at_ms)
         .bind(s.expires_at_ms)
         .execute(&self.pool)
@@ -71,26 +124,65 @@ impl Store {
     }
 
     pub async fn session(&self, sid: &str) -> Result<Option<SessionRecord>, ExchangeError> {
-        let row = sqlx::query(
-            "SELECT sid, sub, agent, audience, created_at, expires_at, revoked_at FROM sessions WHERE sid = $1",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions WHERE sid = $1"
+        ))
         .bind(sid)
         .fetch_optional(&self.pool)
         .await
         .map_err(ExchangeError::store)?;
-        row.map(|row| {
-            Ok(SessionRecord {
-                sid: row.try_get("sid")?,
-                sub: row.try_get("sub")?,
-                agent: row.try_get("agent")?,
-                audience: row.try_get("audience")?,
-                created_at_ms: row.try_get("created_at")?,
-                expires_at_ms: row.try_get("expires_at")?,
-                revoked_at_ms: row.try_get("revoked_at")?,
-            })
-        })
-        .transpose()
-        .map_err(ExchangeError::store)
+        row.as_ref()
+            .map(session_row)
+            .transpose()
+            .map_err(ExchangeError::store)
+    }
+
+    /// Sessions matching `filter`, newest first (`created_at`, then `sid`,
+    /// both descending), after `after` when given, at most `limit`.
+    pub async fn list_sessions(
+        &self,
+        filter: &SessionFilter,
+        after: Option<&SessionCursor>,
+        limit: i64,
+    ) -> Result<Vec<SessionRecord>, ExchangeError> {
+        // INVARIANT: the SQL text is constant; every caller-supplied value
+        // is a bound parameter, and an unused filter is switched off by a
+        // bound flag rather than by building another statement.
+        let (after_flag, after_ms, after_sid) = match after {
+            Some(c) => (1_i64, c.created_at_ms, c.sid.as_str()),
+            None => (0, 0, ""),
+        };
+        let (active_flag, now_ms) = match filter.active_at_ms {
+            Some(now) => (1_i64, now),
+            None => (0, 0),
+        };
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions \
+             WHERE ($1 = '' OR sub = $1) \
+               AND ($2 = '' OR agent = $2) \
+               AND ($3 = 0 OR (revoked_at IS NULL AND expires_at > $4)) \
+               AND ($5 = 0 OR created_at < $6 OR (created_at = $6 AND sid < $7)) \
+             ORDER BY created_at DESC, sid DESC LIMIT $8"
+        ))
+        .bind(&filter.sub)
+        .bind(&filter.agent)
+        .bind(active_flag)
+        .bind(now_ms)
+        .bind(after_flag)
+        .bind(after_ms)
+        .bind(after_sid)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ExchangeError::store)?;
+        rows.iter()
+            .map(session_row)
+            .collect::<Result<_, _>>()
+            .map_err(ExchangeError::store)
     }
 
     /// Marks a session revoked. Returns the revocation time and whether it
@@ -162,5 +254,115 @@ impl Store {
             .await
             .map_err(ExchangeError::store)?;
         Ok(r.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(sid: &str, sub: &str, agent: &str, created_at_ms: i64) -> SessionRecord {
+        SessionRecord {
+            sid: sid.into(),
+            user_issuer: "https://idp.example".into(),
+            sub: sub.into(),
+            agent: agent.into(),
+            audience: "https://tether.example/facade".into(),
+            scope: "hr:read".into(),
+            intent: r#"[{"type":"hr"}]"#.into(),
+            created_at_ms,
+            expires_at_ms: created_at_ms + 1_000,
+            revoked_at_ms: None,
+            revoke_reason: None,
+        }
+    }
+
+    async fn store(dir: &tempfile::TempDir) -> Store {
+        Store::open(&tether_store::sqlite_url(&dir.path().join("identity.db")))
+            .await
+            .unwrap()
+    }
+
+    fn sids(rows: &[SessionRecord]) -> Vec<&str> {
+        rows.iter().map(|r| r.sid.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn sessions_list_newest_first_with_filters_and_stable_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        // Two sessions in the same millisecond: `sid` breaks the tie.
+        for s in [
+            session("s_a", "alice", "hr-assistant", 1_000),
+            session("s_b", "alice", "hr-assistant", 2_000),
+            session("s_c", "carol", "hr-assistant", 2_000),
+            session("s_d", "alice", "report-writer", 3_000),
+        ] {
+            store.insert_session(&s).await.unwrap();
+        }
+        store.revoke("s_b", "done", 2_500).await.unwrap();
+
+        let all = SessionFilter::default();
+        let rows = store.list_sessions(&all, None, 10).await.unwrap();
+        assert_eq!(sids(&rows), ["s_d", "s_c", "s_b", "s_a"]);
+        let b = &rows[2];
+        assert_eq!(
+            (b.revoked_at_ms, b.revoke_reason.as_deref()),
+            (Some(2_500), Some("done"))
+        );
+        assert_eq!(b.user_issuer, "https://idp.example");
+        assert_eq!(
+            (b.scope.as_str(), b.intent.as_str()),
+            ("hr:read", r#"[{"type":"hr"}]"#)
+        );
+
+        // Pages of two, each after the last row of the one before; a
+        // session that starts meanwhile does not shift them.
+        let first = store.list_sessions(&all, None, 2).await.unwrap();
+        store
+            .insert_session(&session("s_e", "alice", "hr-assistant", 4_000))
+            .await
+            .unwrap();
+        let last = first.last().unwrap();
+        let cursor = SessionCursor {
+            created_at_ms: last.created_at_ms,
+            sid: last.sid.clone(),
+        };
+        let second = store.list_sessions(&all, Some(&cursor), 2).await.unwrap();
+        assert_eq!(sids(&first), ["s_d", "s_c"]);
+        assert_eq!(sids(&second), ["s_b", "s_a"]);
+
+        let alice = SessionFilter {
+            sub: "alice".into(),
+            ..SessionFilter::default()
+        };
+        let rows = store.list_sessions(&alice, None, 10).await.unwrap();
+        assert_eq!(sids(&rows), ["s_e", "s_d", "s_b", "s_a"]);
+        let alice_hr = SessionFilter {
+            agent: "hr-assistant".into(),
+            ..alice.clone()
+        };
+        let rows = store.list_sessions(&alice_hr, None, 10).await.unwrap();
+        assert_eq!(sids(&rows), ["s_e", "s_b", "s_a"]);
+        // Active at 2 600 ms: not revoked (s_b is) and not expired (s_a
+        // ended at 2 000 ms).
+        let active = SessionFilter {
+            active_at_ms: Some(2_600),
+            ..alice
+        };
+        let rows = store.list_sessions(&active, None, 10).await.unwrap();
+        assert_eq!(sids(&rows), ["s_e", "s_d"]);
+        // A filter is a value, never SQL.
+        let injected = SessionFilter {
+            sub: "alice' OR '1'='1".into(),
+            ..SessionFilter::default()
+        };
+        assert!(
+            store
+                .list_sessions(&injected, None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -1,10 +1,13 @@
 //! Tether's policy decision point: Cedar policies evaluated at the moment of
-//! use, served over gRPC (`tether.policy.v1.PolicyDecision`).
+//! use, served over gRPC (`tether.policy.v1.PolicyDecision`) and, on the
+//! same listener with the same mTLS and caller table, over the OpenID
+//! AuthZEN Authorization API 1.0 ([`authzen`]).
 //!
 //! [`run`] is what both the binary and the tests call: it loads the policy
 //! pack, starts watching it for changes, and serves on the given listener
 //! until `shutdown` resolves.
 
+pub mod authzen;
 mod config;
 mod error;
 mod service;
@@ -24,8 +27,8 @@ pub use error::PdpError;
 pub use service::PolicyDecisionService;
 pub use store::{LoadOutcome, PolicyStore};
 
-/// Loads the pack in `config.policy.dir`, watches it, and serves gRPC on
-/// `listener` until `shutdown` resolves.
+/// Loads the pack in `config.policy.dir`, watches it, and serves gRPC and
+/// AuthZEN on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -45,12 +48,20 @@ pub async fn run(
     };
     let service = PolicyDecisionService::new(Arc::clone(&store), config.limits);
     let max = config.server.max_message_bytes;
-    let routes = Routes::new(
+    let http = authzen::router(service.clone(), max, !config.server.tls.insecure_plaintext);
+    let routes = Routes::from(http).add_service(
         PolicyDecisionServer::new(service)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     );
-    tether_runtime::serve(listener, routes, &[SERVICE_NAME], &config.server, shutdown).await?;
+    tether_runtime::server::serve_with_http(
+        listener,
+        routes,
+        &[SERVICE_NAME],
+        &config.server,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 

@@ -26,11 +26,17 @@ impl PolicyDecisionService {
         Self { store, limits }
     }
 
-    fn pack(&self) -> Result<Arc<PolicyPack>, PdpError> {
+    pub(crate) fn limits(&self) -> &RequestLimits {
+        &self.limits
+    }
+
+    pub(crate) fn pack(&self) -> Result<Arc<PolicyPack>, PdpError> {
         self.store.current().ok_or(PdpError::NoPolicySet)
     }
 
-    fn check_one(
+    /// Validates and evaluates one request: what gRPC Check, each BatchCheck
+    /// item and each AuthZEN evaluation go through.
+    pub(crate) fn check_one(
         &self,
         pack: &PolicyPack,
         req: &pb::CheckRequest,
@@ -42,15 +48,24 @@ impl PolicyDecisionService {
                 limit: self.limits.max_request_bytes,
             });
         }
-        if req.request_id.len() > MAX_REQUEST_ID_BYTES {
-            return Err(PdpError::RequestIdTooLong(req.request_id.len()));
-        }
+        check_request_id(&req.request_id)?;
         let principal = req
             .principal
             .as_ref()
             .ok_or(PdpError::Missing("principal"))?;
         let action = req.action.as_ref().ok_or(PdpError::Missing("action"))?;
         let resource = req.resource.as_ref().ok_or(PdpError::Missing("resource"))?;
+        // Cedar takes any string as an id; a control character in one is
+        // never legitimate and would reach log lines and binding messages.
+        for (what, uid) in [
+            ("principal", principal),
+            ("action", action),
+            ("resource", resource),
+        ] {
+            if uid.r#type.chars().any(char::is_control) || uid.id.chars().any(char::is_control) {
+                return Err(PdpError::ControlCharacter(what));
+            }
+        }
         let query = Query {
             principal: (&principal.r#type, &principal.id),
             action: (&action.r#type, &action.id),
@@ -61,6 +76,17 @@ impl PolicyDecisionService {
         let decision = pack.evaluate(&query, &self.limits.evaluation)?;
         Ok(to_response(decision, pack.version(), &req.request_id))
     }
+}
+
+/// A caller's request id: at most 128 bytes, no control characters.
+pub(crate) fn check_request_id(id: &str) -> Result<(), PdpError> {
+    if id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(PdpError::RequestIdTooLong(id.len()));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(PdpError::ControlCharacter("request_id"));
+    }
+    Ok(())
 }
 
 fn to_response(decision: Decision, version: &str, request_id: &str) -> pb::CheckResponse {
@@ -94,7 +120,7 @@ fn to_response(decision: Decision, version: &str, request_id: &str) -> pb::Check
     }
 }
 
-fn record(span: &tracing::Span, resp: &pb::CheckResponse) {
+pub(crate) fn record(span: &tracing::Span, resp: &pb::CheckResponse) {
     span.record("decision", resp.decision().as_str_name());
     span.record("policy_ids", resp.policy_ids.join(",").as_str());
     span.record("policy_version", resp.policy_version.as_str());

@@ -1,0 +1,376 @@
+//! `tether.facade.v1.SessionAdmin`: the operators' view of sessions
+//! (`tether session list|show|end`, `tether leases list`).
+//!
+//! Who may call it is decided twice: the per-RPC caller table allows only
+//! the `admin` identity (`tether.facade.v1.SessionAdmin/*` in
+//! `tether_runtime::authz::DEFAULTS`), and every handler also needs the
+//! caller's certificate identity, which it names in the logs and in the
+//! audit record of a session it ends. A plaintext facade, where the table is
+//! not enforced, therefore refuses this service rather than serve it to
+//! anyone who can reach the agent port.
+//!
+//! Facts come from the identity exchange (`ListSessions`, `GetSession`),
+//! leases from the credential issuer (`ListLeases`). Approval tickets are
+//! not shown: the approval orchestrator has no RPC that lists a session's
+//! tickets. Ending a session goes through
+//! `Inner::end_session_everywhere`, the same path as the agent's
+//! EndSession.
+
+use tether_proto::credentials::v1 as credentials_pb;
+use tether_proto::facade::v1 as pb;
+use tether_proto::identity::v1 as identity_pb;
+use tether_runtime::into_status;
+use tether_runtime::tls::PeerInfo;
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument as _;
+
+use crate::error::{Dependency, FacadeError, downstream};
+use crate::service::{EndedBy, FacadeService, SessionOwner, lease_pb};
+
+/// The longest `reason` an operator may give (what the services downstream
+/// accept).
+const MAX_REASON_BYTES: usize = 256;
+/// The longest user subject or agent id a filter may name.
+const MAX_FILTER_BYTES: usize = 256;
+/// Sessions per page at most.
+const MAX_PAGE_SIZE: u32 = 1000;
+/// Leases shown with a session (one page of the issuer's list).
+const MAX_LEASES: u32 = 1000;
+/// What the records and the session's revocation say when the operator
+/// gave no reason.
+const DEFAULT_REASON: &str = "session ended by an operator";
+
+/// The operator calling: the SPIFFE ID of their verified client
+/// certificate.
+fn operator<T>(request: &Request<T>) -> Result<String, FacadeError> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|peer| peer.identity.as_deref())
+        .map(str::to_owned)
+        .ok_or(FacadeError::OperatorUnauthenticated)
+}
+
+fn check_session_id(sid: &str) -> Result<(), FacadeError> {
+    tether_token::check_session_id(sid)
+        .map_err(|e| FacadeError::InvalidRequest(format!("`session_id`: {e}")))
+}
+
+fn check_text(field: &str, value: &str, limit: usize) -> Result<(), FacadeError> {
+    if value.len() > limit {
+        return Err(FacadeError::InvalidRequest(format!(
+            "`{field}` is {} bytes, the limit is {limit}",
+            value.len()
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FacadeError::InvalidRequest(format!(
+            "`{field}` contains control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_list(req: &pb::AdminListSessionsRequest) -> Result<(), FacadeError> {
+    check_text("user_subject", &req.user_subject, MAX_FILTER_BYTES)?;
+    check_text("agent_id", &req.agent_id, MAX_FILTER_BYTES)?;
+    if req.page_size > MAX_PAGE_SIZE {
+        return Err(FacadeError::InvalidRequest(format!(
+            "`page_size` is at most {MAX_PAGE_SIZE}"
+        )));
+    }
+    // The identity exchange checks the token itself; this only keeps an
+    // absurd one from travelling there.
+    check_text("page_token", &req.page_token, 4096)
+}
+
+/// The status of a session with these facts at `now` (Unix seconds).
+fn status(session: &identity_pb::Session, now: i64) -> pb::SessionStatus {
+    if session.revoked_at.is_some() {
+        pb::SessionStatus::Revoked
+    } else if session.expires_at.is_none_or(|at| at.seconds <= now) {
+        pb::SessionStatus::Expired
+    } else {
+        pb::SessionStatus::Active
+    }
+}
+
+fn summary(session: identity_pb::Session, now: i64) -> pb::SessionSummary {
+    pb::SessionSummary {
+        status: status(&session, now).into(),
+        session_id: session.sid,
+        user_issuer: session.user_issuer,
+        user_subject: session.user_subject,
+        agent_id: session.agent_id,
+        intent: session.intent,
+        scope: session.scope,
+        started_at: session.started_at,
+        expires_at: session.expires_at,
+        revoked_at: session.revoked_at,
+        revoke_reason: session.revoke_reason,
+    }
+}
+
+fn unix_now() -> i64 {
+    tether_token::unix_now()
+}
+
+impl FacadeService {
+    /// The identity exchange's facts of `sid` (NOT_FOUND when it never
+    /// existed).
+    async fn session_facts(&self, sid: &str) -> Result<identity_pb::Session, FacadeError> {
+        self.inner
+            .upstreams
+            .identity
+            .clone()
+            .get_session(identity_pb::GetSessionRequest { sid: sid.into() })
+            .await
+            .map_err(|status| match status.code() {
+                Code::NotFound => FacadeError::SessionNotFound(sid.to_owned()),
+                _ => downstream(Dependency::Identity, &status),
+            })?
+            .into_inner()
+            .session
+            .ok_or_else(|| FacadeError::Internal("GetSession returned no session".into()))
+    }
+
+    async fn admin_list(
+        &self,
+        req: pb::AdminListSessionsRequest,
+    ) -> Result<pb::AdminListSessionsResponse, FacadeError> {
+        check_list(&req)?;
+        let page = self
+            .inner
+            .upstreams
+            .identity
+            .clone()
+            .list_sessions(identity_pb::ListSessionsRequest {
+                user_subject: req.user_subject,
+                agent_id: req.agent_id,
+                active_only: req.active_only,
+                page_size: req.page_size,
+                page_token: req.page_token,
+            })
+            .await
+            .map_err(|status| downstream(Dependency::Identity, &status))?
+            .into_inner();
+        let now = unix_now();
+        Ok(pb::AdminListSessionsResponse {
+            sessions: page.sessions.into_iter().map(|s| summary(s, now)).collect(),
+            next_page_token: page.next_page_token,
+        })
+    }
+
+    async fn admin_get(
+        &self,
+        req: pb::AdminGetSessionRequest,
+    ) -> Result<pb::AdminGetSessionResponse, FacadeError> {
+        check_session_id(&req.session_id)?;
+        let facts = self.session_facts(&req.session_id).await?;
+        let leases = self
+            .inner
+            .upstreams
+            .credentials
+            .clone()
+            .list_leases(credentials_pb::ListLeasesRequest {
+                session_id: req.session_id.clone(),
+                page_size: MAX_LEASES,
+                page_token: String::new(),
+            })
+            .await
+            .map_err(|status| downstream(Dependency::Credentials, &status))?
+            .into_inner();
+        Ok(pb::AdminGetSessionResponse {
+            session: Some(summary(facts, unix_now())),
+            leases: leases.leases.iter().map(lease_pb).collect(),
+        })
+    }
+
+    async fn admin_end(
+        &self,
+        operator: String,
+        req: pb::AdminEndSessionRequest,
+    ) -> Result<pb::AdminEndSessionResponse, FacadeError> {
+        check_session_id(&req.session_id)?;
+        check_text("reason", &req.reason, MAX_REASON_BYTES)?;
+        // Who the session belongs to, for its records; and NOT_FOUND
+        // before anything is revoked anywhere.
+        let facts = self.session_facts(&req.session_id).await?;
+        let owner = SessionOwner {
+            sid: facts.sid,
+            agent: facts.agent_id,
+            user_idp: facts.user_issuer,
+            user_sub: facts.user_subject,
+        };
+        let reason = if req.reason.trim().is_empty() {
+            DEFAULT_REASON.to_owned()
+        } else {
+            req.reason
+        };
+        let receipt = self
+            .inner
+            .end_session_everywhere(&owner, &reason, &EndedBy::Operator(operator))
+            .await?;
+        Ok(pb::AdminEndSessionResponse {
+            receipt: Some(receipt),
+        })
+    }
+}
+
+/// The span of one admin call: the operator and, once known, the session.
+fn admin_span(name: &'static str, operator: &str) -> tracing::Span {
+    tracing::info_span!(
+        "facade.admin",
+        rpc = name,
+        operator = %operator,
+        session_id = tracing::field::Empty,
+    )
+}
+
+#[tonic::async_trait]
+impl pb::session_admin_server::SessionAdmin for FacadeService {
+    async fn list_sessions(
+        &self,
+        request: Request<pb::AdminListSessionsRequest>,
+    ) -> Result<Response<pb::AdminListSessionsResponse>, Status> {
+        let operator = operator(&request).map_err(into_status)?;
+        let span = admin_span("ListSessions", &operator);
+        let this = self.clone();
+        async move {
+            let listed = this.admin_list(request.into_inner()).await;
+            if let Ok(page) = &listed {
+                tracing::info!(sessions = page.sessions.len(), "sessions listed");
+            }
+            listed
+        }
+        .instrument(span.clone())
+        .await
+        .map(Response::new)
+        .map_err(|e| span.in_scope(|| into_status(e)))
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<pb::AdminGetSessionRequest>,
+    ) -> Result<Response<pb::AdminGetSessionResponse>, Status> {
+        let operator = operator(&request).map_err(into_status)?;
+        let span = admin_span("GetSession", &operator);
+        let this = self.clone();
+        let req = request.into_inner();
+        async move {
+            if tether_token::check_session_id(&req.session_id).is_ok() {
+                tracing::Span::current().record("session_id", req.session_id.as_str());
+            }
+            this.admin_get(req).await
+        }
+        .instrument(span.clone())
+        .await
+        .map(Response::new)
+        .map_err(|e| span.in_scope(|| into_status(e)))
+    }
+
+    async fn end_session(
+        &self,
+        request: Request<pb::AdminEndSessionRequest>,
+    ) -> Result<Response<pb::AdminEndSessionResponse>, Status> {
+        let operator = operator(&request).map_err(into_status)?;
+        let span = admin_span("EndSession", &operator);
+        let this = self.clone();
+        let req = request.into_inner();
+        async move {
+            if tether_token::check_session_id(&req.session_id).is_ok() {
+                tracing::Span::current().record("session_id", req.session_id.as_str());
+            }
+            let ended = this.admin_end(operator, req).await;
+            if let Err(e) = &ended {
+                tracing::warn!(error = %e, "an operator's end of a session failed");
+            }
+            ended
+        }
+        .instrument(span.clone())
+        .await
+        .map(Response::new)
+        .map_err(|e| span.in_scope(|| into_status(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(revoked: bool, expires_at: i64) -> identity_pb::Session {
+        identity_pb::Session {
+            sid: "s_1".into(),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: expires_at,
+                nanos: 0,
+            }),
+            revoked_at: revoked.then_some(prost_types::Timestamp {
+                seconds: 5,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn statuses_from_the_facts() {
+        assert_eq!(status(&session(false, 100), 99), pb::SessionStatus::Active);
+        assert_eq!(
+            status(&session(false, 100), 100),
+            pb::SessionStatus::Expired
+        );
+        assert_eq!(status(&session(true, 100), 99), pb::SessionStatus::Revoked);
+        let no_end = identity_pb::Session::default();
+        assert_eq!(status(&no_end, 0), pb::SessionStatus::Expired);
+    }
+
+    #[test]
+    fn operator_input_is_bounded_and_free_of_control_characters() {
+        check_session_id("s_0123456789abcdef").unwrap();
+        for bad in ["", "s_1\n", "s 1", &"s".repeat(129), "s_\u{1b}"] {
+            let e = check_session_id(bad).unwrap_err();
+            assert!(matches!(e, FacadeError::InvalidRequest(_)), "{bad:?}");
+        }
+        check_text("reason", "suspected prompt injection", MAX_REASON_BYTES).unwrap();
+        for bad in [
+            "a\nb",
+            "\u{7f}",
+            "\u{9b}31m",
+            &"r".repeat(MAX_REASON_BYTES + 1),
+        ] {
+            assert!(
+                check_text("reason", bad, MAX_REASON_BYTES).is_err(),
+                "{bad:?}"
+            );
+        }
+        let mut list = pb::AdminListSessionsRequest {
+            page_size: MAX_PAGE_SIZE,
+            ..Default::default()
+        };
+        check_list(&list).unwrap();
+        list.page_size = MAX_PAGE_SIZE + 1;
+        assert!(check_list(&list).is_err());
+        list.page_size = 0;
+        list.user_subject = "alice\r\n".into();
+        assert!(check_list(&list).is_err());
+    }
+
+    #[test]
+    fn no_certificate_is_unauthenticated() {
+        let request = Request::new(());
+        assert!(matches!(
+            operator(&request),
+            Err(FacadeError::OperatorUnauthenticated)
+        ));
+        let mut request = Request::new(());
+        request.extensions_mut().insert(PeerInfo {
+            remote_addr: None,
+            identity: Some("spiffe://tether.test/tether/admin".into()),
+        });
+        assert_eq!(
+            operator(&request).unwrap(),
+            "spiffe://tether.test/tether/admin"
+        );
+    }
+}
