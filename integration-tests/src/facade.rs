@@ -296,8 +296,56 @@ impl FacadeStack {
             .into_inner())
     }
 
+    /// Follows `ticket_id` with WatchApproval until it is terminal (each
+    /// snapshot within a minute); the last snapshot.
+    pub async fn watch_to_end(
+        &self,
+        token: &str,
+        ticket_id: &str,
+    ) -> anyhow::Result<pb::ApprovalTicket> {
+        let mut watch = self
+            .client()
+            .watch_approval(bearer(
+                pb::WatchApprovalRequest {
+                    ticket_id: ticket_id.into(),
+                },
+                token,
+            ))
+            .await?
+            .into_inner();
+        let mut last = None;
+        while let Some(message) =
+            tokio::time::timeout(std::time::Duration::from_secs(60), watch.message())
+                .await
+                .context("no snapshot within the keepalive")??
+        {
+            last = message.ticket;
+        }
+        last.context("WatchApproval ended without a snapshot")
+    }
+
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.running.stop().await
+    }
+}
+
+/// AcquireCredential `hr-read` for reading employee 1042.
+pub fn read_request() -> pb::AcquireCredentialRequest {
+    pb::AcquireCredentialRequest {
+        action: uid("Action", "read"),
+        resource: uid("Employee", "1042"),
+        profile: "hr-read".into(),
+        ..Default::default()
+    }
+}
+
+/// AcquireCredential `hr-write` for offboarding employee 1042 (a step-up).
+pub fn offboard_request() -> pb::AcquireCredentialRequest {
+    pb::AcquireCredentialRequest {
+        action: uid("Action", "offboard"),
+        resource: uid("Employee", "1042"),
+        profile: "hr-write".into(),
+        ..Default::default()
     }
 }
 

@@ -140,30 +140,6 @@ fn ticket(response: &pb::AcquireCredentialResponse) -> pb::ApprovalTicket {
     ticket
 }
 
-/// Follows a ticket with WatchApproval until it is terminal.
-async fn watch_to_end(stack: &FacadeStack, token: &str, ticket_id: &str) -> pb::ApprovalTicket {
-    let mut watch = stack
-        .client()
-        .watch_approval(bearer(
-            pb::WatchApprovalRequest {
-                ticket_id: ticket_id.into(),
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(message) = tokio::time::timeout(Duration::from_secs(60), watch.message())
-        .await
-        .expect("a snapshot within the keepalive")
-        .unwrap()
-    {
-        last = message.ticket;
-    }
-    last.expect("at least one snapshot")
-}
-
 /// The confirmation code at the end of a binding message ("… Code: 123456").
 fn code_of(binding_message: &str) -> &str {
     let (_, code) = binding_message
@@ -231,7 +207,7 @@ async fn clicking_approve_on_the_device_page_lets_the_facade_issue_the_credentia
 
     // The click reached the agent: the ticket is APPROVED and the same
     // request now gets its credential through the grant.
-    let last = watch_to_end(&stack, &token, &asked.ticket_id).await;
+    let last = stack.watch_to_end(&token, &asked.ticket_id).await.unwrap();
     assert_eq!(last.state(), pb::ApprovalState::Approved, "{last:?}");
     let allowed = acquire().await;
     assert_eq!(allowed.decision(), pb::Decision::Allow);
@@ -281,7 +257,7 @@ async fn clicking_deny_on_the_device_page_refuses_the_agent_and_issues_nothing()
         "denied"
     );
 
-    let last = watch_to_end(&stack, &token, &asked.ticket_id).await;
+    let last = stack.watch_to_end(&token, &asked.ticket_id).await.unwrap();
     assert_eq!(last.state(), pb::ApprovalState::Denied, "{last:?}");
     let before = stack.footprint().await.unwrap();
 
@@ -343,7 +319,7 @@ async fn markup_an_agent_puts_in_a_binding_message_is_shown_as_text() {
     .await;
     assert_eq!(shown.binding_message, asked.binding_message);
     assert_eq!(shown.status, "denied");
-    let last = watch_to_end(&stack, &token, &asked.ticket_id).await;
+    let last = stack.watch_to_end(&token, &asked.ticket_id).await.unwrap();
     assert_eq!(last.state(), pb::ApprovalState::Denied, "{last:?}");
 }
 

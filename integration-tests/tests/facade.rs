@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::Connection as _;
 use tether_integration_tests::eventually;
-use tether_integration_tests::facade::{FacadeStack, bearer, uid};
+use tether_integration_tests::facade::{FacadeStack, bearer, offboard_request, read_request, uid};
 use tether_proto::facade::v1 as pb;
 use tonic::Code;
 use tonic_types::StatusExt as _;
@@ -45,24 +45,6 @@ fn unavailable(status: &tonic::Status, dependency: &str) {
         Some(dependency),
         "{status:?}"
     );
-}
-
-fn read_request() -> pb::AcquireCredentialRequest {
-    pb::AcquireCredentialRequest {
-        action: uid("Action", "read"),
-        resource: uid("Employee", "1042"),
-        profile: "hr-read".into(),
-        ..Default::default()
-    }
-}
-
-fn offboard_request() -> pb::AcquireCredentialRequest {
-    pb::AcquireCredentialRequest {
-        action: uid("Action", "offboard"),
-        resource: uid("Employee", "1042"),
-        profile: "hr-write".into(),
-        ..Default::default()
-    }
 }
 
 fn authorize_request(action: &str) -> pb::AuthorizeRequest {
@@ -124,30 +106,6 @@ async fn answer_on_device(stack: &FacadeStack, action: &str) {
         )
         .await
         .unwrap();
-}
-
-/// Follows a ticket with WatchApproval until it is terminal.
-async fn watch_to_end(stack: &FacadeStack, token: &str, ticket_id: &str) -> pb::ApprovalTicket {
-    let mut watch = stack
-        .client()
-        .watch_approval(bearer(
-            pb::WatchApprovalRequest {
-                ticket_id: ticket_id.into(),
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(message) = tokio::time::timeout(Duration::from_secs(60), watch.message())
-        .await
-        .expect("a snapshot within the keepalive")
-        .unwrap()
-    {
-        last = message.ticket;
-    }
-    last.expect("at least one snapshot")
 }
 
 /// Whether `user`/`password` can still open a PostgreSQL connection.
@@ -298,7 +256,7 @@ async fn read_with_a_just_in_time_credential_then_offboard_after_approval_then_e
         "{ticket:?}"
     );
     answer_on_device(&stack, "approve").await;
-    let last = watch_to_end(&stack, &token, &ticket.ticket_id).await;
+    let last = stack.watch_to_end(&token, &ticket.ticket_id).await.unwrap();
     assert_eq!(last.state(), pb::ApprovalState::Approved);
     let allowed = stack
         .client()
@@ -399,7 +357,7 @@ async fn a_step_up_the_user_denies_cools_down_and_issues_nothing() {
     assert_eq!(asked.policy_ids, ["offboard-needs-approval"]);
     let ticket = ticket(&asked);
     answer_on_device(&stack, "deny").await;
-    let last = watch_to_end(&stack, &token, &ticket.ticket_id).await;
+    let last = stack.watch_to_end(&token, &ticket.ticket_id).await.unwrap();
     assert_eq!(last.state(), pb::ApprovalState::Denied, "{last:?}");
     assert!(last.decided_at.is_some());
     let before = stack.footprint().await.unwrap();
@@ -465,7 +423,11 @@ async fn an_approved_step_up_issues_and_its_grant_is_reused_without_a_second_pro
     assert_eq!(stack.footprint().await.unwrap().leases, 0);
     answer_on_device(&stack, "approve").await;
     assert_eq!(
-        watch_to_end(&stack, &token, &first.ticket_id).await.state(),
+        stack
+            .watch_to_end(&token, &first.ticket_id)
+            .await
+            .unwrap()
+            .state(),
         pb::ApprovalState::Approved
     );
 
@@ -928,7 +890,11 @@ async fn an_approval_never_outlives_a_policy_that_changed_after_it() {
     );
     answer_on_device(&stack, "approve").await;
     assert_eq!(
-        watch_to_end(&stack, &token, &asked.ticket_id).await.state(),
+        stack
+            .watch_to_end(&token, &asked.ticket_id)
+            .await
+            .unwrap()
+            .state(),
         pb::ApprovalState::Approved
     );
 

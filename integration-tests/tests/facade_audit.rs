@@ -18,20 +18,11 @@ use std::time::Duration;
 use serde_json::json;
 use tether_audit::{AuditReader, RecordKind};
 use tether_integration_tests::eventually;
-use tether_integration_tests::facade::{FacadeStack, bearer, uid};
+use tether_integration_tests::facade::{FacadeStack, bearer, read_request, uid};
 use tether_integration_tests::postgres::PgCluster;
 use tether_proto::facade::v1 as pb;
 use tonic::Code;
 use tonic_types::StatusExt as _;
-
-fn read_request() -> pb::AcquireCredentialRequest {
-    pb::AcquireCredentialRequest {
-        action: uid("Action", "read"),
-        resource: uid("Employee", "1042"),
-        profile: "hr-read".into(),
-        ..Default::default()
-    }
-}
 
 fn authorize(action: &str) -> pb::AuthorizeRequest {
     pb::AuthorizeRequest {

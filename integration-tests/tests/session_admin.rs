@@ -18,7 +18,7 @@ use std::time::Duration;
 use sqlx::Connection as _;
 use tether_audit::{AuditReader, RecordKind};
 use tether_integration_tests::eventually;
-use tether_integration_tests::facade::{FacadeStack, INTENT, bearer, uid};
+use tether_integration_tests::facade::{FacadeStack, INTENT, bearer, read_request, uid};
 use tether_integration_tests::identity::{FACADE_AUDIENCE, IdentitySandbox, TestAgent};
 use tether_integration_tests::idp::Idp;
 use tether_integration_tests::postgres::PgCluster;
@@ -49,15 +49,6 @@ fn as_the_facade(stack: &FacadeStack) -> SessionAdminClient<InternalChannel> {
 /// An agent's view: TLS to the facade, no client certificate.
 fn as_an_agent(stack: &FacadeStack) -> SessionAdminClient<InternalChannel> {
     SessionAdminClient::new(stack.pki().anonymous_channel(stack.addr()).unwrap())
-}
-
-fn read_request() -> pb::AcquireCredentialRequest {
-    pb::AcquireCredentialRequest {
-        action: uid("Action", "read"),
-        resource: uid("Employee", "1042"),
-        profile: "hr-read".into(),
-        ..Default::default()
-    }
 }
 
 fn authorize_read() -> pb::AuthorizeRequest {

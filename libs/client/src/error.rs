@@ -278,21 +278,7 @@ pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
         }
     }
     flush(&mut unjwt, &mut word);
-    let mut out: String = unjwt
-        .chars()
-        .take(MAX_MESSAGE_CHARS)
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect();
-    if unjwt.chars().nth(MAX_MESSAGE_CHARS).is_some() {
-        out.push('…');
-    }
-    out
+    tether_runtime::clip_to(&unjwt, MAX_MESSAGE_CHARS)
 }
 
 /// A compact JWS or JWE: a base64url JSON header (`eyJ`), then three or

@@ -29,10 +29,14 @@ pub mod tls;
 /// Caller-supplied text echoed in a log line or an error message: cut to
 /// 64 characters, with control characters (CR, LF, ...) escaped.
 pub fn clip(text: &str) -> String {
-    const MAX: usize = 64;
+    clip_to(text, 64)
+}
+
+/// [`clip`] to `max` characters (then `…`).
+pub fn clip_to(text: &str, max: usize) -> String {
     let mut out: String = text
         .chars()
-        .take(MAX)
+        .take(max)
         .flat_map(|c| {
             if c.is_control() {
                 c.escape_default().collect::<Vec<_>>()
@@ -41,7 +45,7 @@ pub fn clip(text: &str) -> String {
             }
         })
         .collect();
-    if text.chars().nth(MAX).is_some() {
+    if text.chars().nth(max).is_some() {
         out.push('…');
     }
     out
