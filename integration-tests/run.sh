@@ -94,7 +94,8 @@ ensure_chromium() {
 # in a project-local virtualenv (reinstalled when requirements.txt changes),
 # and its gRPC stubs generated from proto/ into the git-ignored gen/ (every
 # time, so they always follow the contract). Its test reads
-# TETHER_PYTHON_AGENT_PY.
+# PYTHON_AGENT_PY (not TETHER_…: the services read TETHER_* variables as
+# configuration, and test processes inherit this environment).
 ensure_python_agent() {
     local venv="$TOOLS/python-agent-venv" dir="$ROOT/examples/python-agent"
     if ! cmp -s "$dir/requirements.txt" "$venv/requirements.txt"; then
@@ -108,8 +109,8 @@ ensure_python_agent() {
     mkdir -p "$dir/gen"
     "$venv/bin/python" -m grpc_tools.protoc -I "$ROOT/proto" \
         --python_out="$dir/gen" --grpc_python_out="$dir/gen" "$ROOT/proto/tether/facade/v1/facade.proto"
-    TETHER_PYTHON_AGENT_PY="$venv/bin/python"
-    export TETHER_PYTHON_AGENT_PY
+    PYTHON_AGENT_PY="$venv/bin/python"
+    export PYTHON_AGENT_PY
 }
 
 ensure_nextest() {

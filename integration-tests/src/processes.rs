@@ -421,6 +421,13 @@ impl ProcessStack {
         let mut command = Command::new(&link);
         // Relative default paths (data directories) land in the stack's
         // directory.
+        // `TETHER_*` variables are configuration to a service: only the
+        // file above configures it, whatever this process's environment.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("TETHER_") {
+                command.env_remove(name);
+            }
+        }
         command
             .current_dir(self.dir.path())
             .arg("--config")

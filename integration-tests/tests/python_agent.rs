@@ -75,11 +75,11 @@ fn agent_dir() -> PathBuf {
     workspace_root().join("examples/python-agent")
 }
 
-/// The virtualenv's Python (`TETHER_PYTHON_AGENT_PY`, which
+/// The virtualenv's Python (`PYTHON_AGENT_PY`, which
 /// `integration-tests/run.sh test` sets, or the default place it installs
 /// to). A missing install fails the test, never skips it.
 fn python() -> PathBuf {
-    let python = std::env::var_os("TETHER_PYTHON_AGENT_PY").map_or_else(
+    let python = std::env::var_os("PYTHON_AGENT_PY").map_or_else(
         || workspace_root().join(".tools/python-agent-venv/bin/python"),
         PathBuf::from,
     );

@@ -270,7 +270,7 @@ impl PolicyPack {
 
     fn interpret(&self, response: &Response) -> Decision {
         let diagnostics = response.diagnostics();
-        let errors: Vec<EvalError> = diagnostics
+        let mut errors: Vec<EvalError> = diagnostics
             .errors()
             .map(|e| {
                 let cedar_policy::AuthorizationError::PolicyEvaluationError(inner) = e;
@@ -280,7 +280,11 @@ impl PolicyPack {
                 }
             })
             .collect();
-        let determining: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
+        errors.sort_by(|a, b| a.policy_id.cmp(&b.policy_id));
+        // Cedar reports the determining policies as a set: sorted, so the
+        // same question gets the same answer from any slice of the pack.
+        let mut determining: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
+        determining.sort_unstable();
         if !errors.is_empty() {
             // INVARIANT: Cedar skips a policy that errors. A skipped forbid
             // must never let a permit through, so any error is a deny.

@@ -100,9 +100,9 @@ fn example_pack_loads_with_counts() {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hr");
     let pack = PolicyPack::load_dir(&dir).unwrap();
     let stats = pack.stats();
-    assert_eq!(stats.policies, 5);
+    assert_eq!(stats.policies, 6);
     assert_eq!(stats.permits, 2);
-    assert_eq!(stats.forbids, 3);
+    assert_eq!(stats.forbids, 4);
     assert_eq!(stats.step_ups, 1);
     assert_eq!(stats.entities, 2);
 }
