@@ -16,7 +16,7 @@
 //!    sequential p50/p99 in rounds, then throughput and latency at
 //!    concurrency 32.
 //! 2. `AcquireCredential` (`hr-read`: decision, issuer `Issue`, Vault,
-//!    two durable audit records) against a direct OpenBao issuance of the
+//!    two audit records committed, one flush) against a direct OpenBao issuance of the
 //!    same role (`GET /v1/database/creds/hr-readonly` with the root token),
 //!    call by call; in the same rotation, to show where the difference
 //!    goes, the facade's own `Issue` request sent straight to the issuer,
@@ -639,7 +639,7 @@ async fn acquire_part(
     );
     println!();
     println!(
-        "one durable audit record (`AuditLog::append`, SQLite `synchronous = FULL`, same disk), p50 / p99: {} µs; AcquireCredential writes two (decision, issuance) before it answers",
+        "one durable audit record (`AuditLog::append`, SQLite `synchronous = FULL`, same disk), p50 / p99: {} µs; AcquireCredential commits two (decision, issuance) before it answers, with one flush",
         append.p50_p99()
     );
     println!(
