@@ -35,8 +35,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, ensure};
 use serde_json::{Map, Value, json};
 use tether_audit::{AuditKey, AuditLog, AuditRecord, RecordKind};
-use tether_integration_tests::Running;
-use tether_integration_tests::bench::{Caller, Stats, Throughput, sequential, throughput};
+use tether_integration_tests::bench::{
+    AuthorizeCaller, Caller, Stats, Throughput, sequential, throughput,
+};
 use tether_integration_tests::facade::{FacadeStack, HR_ENTITIES, bearer, uid};
 use tether_integration_tests::openbao::ROOT_TOKEN;
 use tether_proto::credentials::v1 as credentials_pb;
@@ -105,13 +106,7 @@ fn main() -> anyhow::Result<()> {
         let stack = FacadeStack::builder().start().await?;
         let mut config = stack.config().clone();
         config.audit.enabled = false;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let mut running =
-            Running::spawn(|shutdown| tether_agent_facade::run(config, listener, shutdown));
-        running
-            .wait_serving(stack.pki().anonymous_channel(addr)?)
-            .await?;
+        let (running, addr) = stack.start_facade(config).await?;
         anyhow::Ok((stack, addr, running))
     })?;
     let result = runtime.block_on(async {
@@ -327,38 +322,6 @@ fn check_request(
         entities_json: entities.to_string(),
         request_id: format!("dec_{}", uuid::Uuid::new_v4().simple()),
     })
-}
-
-#[derive(Clone)]
-struct AuthorizeCaller {
-    client: AgentGatewayClient<InternalChannel>,
-    token: String,
-}
-
-impl AuthorizeCaller {
-    async fn authorize(&mut self) -> anyhow::Result<pb::AuthorizeResponse> {
-        let request = pb::AuthorizeRequest {
-            action: uid("Action", "read"),
-            resource: uid("Employee", "1042"),
-            context_json: String::new(),
-        };
-        let response = self
-            .client
-            .authorize(bearer(request, &self.token))
-            .await?
-            .into_inner();
-        ensure!(
-            response.decision() == pb::Decision::Allow,
-            "expected ALLOW, got {response:?}"
-        );
-        Ok(response)
-    }
-}
-
-impl Caller for AuthorizeCaller {
-    async fn call(&mut self) -> anyhow::Result<()> {
-        self.authorize().await.map(drop)
-    }
 }
 
 #[derive(Clone)]

@@ -17,14 +17,12 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, ensure};
+use anyhow::Context as _;
 use tether_audit::{AuditKey, AuditLog, AuditRecord, RecordKind};
 use tether_integration_tests::Running;
-use tether_integration_tests::bench::{Caller, Stats, Throughput, sequential, throughput};
-use tether_integration_tests::facade::{FacadeStack, bearer, uid};
-use tether_proto::facade::v1 as pb;
+use tether_integration_tests::bench::{AuthorizeCaller, Stats, Throughput, sequential, throughput};
+use tether_integration_tests::facade::FacadeStack;
 use tether_proto::facade::v1::agent_gateway_client::AgentGatewayClient;
-use tether_runtime::client::InternalChannel;
 
 const ROUNDS: usize = 10;
 const WARMUP: usize = 300;
@@ -127,13 +125,7 @@ impl Facade {
         config: tether_agent_facade::Config,
     ) -> anyhow::Result<Self> {
         let audit_url = config.audit.effective_url();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let mut running =
-            Running::spawn(|shutdown| tether_agent_facade::run(config, listener, shutdown));
-        running
-            .wait_serving(stack.pki().anonymous_channel(addr)?)
-            .await?;
+        let (running, addr) = stack.start_facade(config).await?;
         Ok(Self {
             running,
             addr,
@@ -153,32 +145,6 @@ fn row(name: &str, off: &Stats, on: &Stats, per_second: Option<(f64, f64)>) {
         on.micros(0.5) / off.micros(0.5),
         on.micros(0.99) / off.micros(0.99),
     );
-}
-
-#[derive(Clone)]
-struct AuthorizeCaller {
-    client: AgentGatewayClient<InternalChannel>,
-    token: String,
-}
-
-impl Caller for AuthorizeCaller {
-    async fn call(&mut self) -> anyhow::Result<()> {
-        let request = pb::AuthorizeRequest {
-            action: uid("Action", "read"),
-            resource: uid("Employee", "1042"),
-            context_json: String::new(),
-        };
-        let response = self
-            .client
-            .authorize(bearer(request, &self.token))
-            .await?
-            .into_inner();
-        ensure!(
-            response.decision() == pb::Decision::Allow,
-            "expected ALLOW, got {response:?}"
-        );
-        Ok(())
-    }
 }
 
 /// (off, on): sequential rounds, the order swapped every round.

@@ -115,3 +115,50 @@ async fn run_for<C: Caller>(
     }
     Ok((callers, total))
 }
+
+/// An agent asking `Authorize` for an allowed read (employee 1042) with its
+/// session's token; every answer must be ALLOW, so an error path is never
+/// what is measured.
+#[derive(Clone)]
+pub struct AuthorizeCaller {
+    pub client: tether_proto::facade::v1::agent_gateway_client::AgentGatewayClient<
+        tether_runtime::client::InternalChannel,
+    >,
+    pub token: String,
+}
+
+/// Never shows the token.
+impl std::fmt::Debug for AuthorizeCaller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorizeCaller").finish_non_exhaustive()
+    }
+}
+
+impl AuthorizeCaller {
+    pub async fn authorize(
+        &mut self,
+    ) -> anyhow::Result<tether_proto::facade::v1::AuthorizeResponse> {
+        use tether_proto::facade::v1 as pb;
+        let request = pb::AuthorizeRequest {
+            action: crate::facade::uid("Action", "read"),
+            resource: crate::facade::uid("Employee", "1042"),
+            context_json: String::new(),
+        };
+        let response = self
+            .client
+            .authorize(crate::facade::bearer(request, &self.token))
+            .await?
+            .into_inner();
+        anyhow::ensure!(
+            response.decision() == pb::Decision::Allow,
+            "expected ALLOW, got {response:?}"
+        );
+        Ok(response)
+    }
+}
+
+impl Caller for AuthorizeCaller {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        self.authorize().await.map(drop)
+    }
+}

@@ -296,6 +296,21 @@ impl FacadeStack {
             .into_inner())
     }
 
+    /// Another facade on this stack, started as the stack starts its own
+    /// (`run` on a loopback listener, serving before this returns), from
+    /// `config`: usually this stack's with one setting changed.
+    pub async fn start_facade(&self, config: Config) -> anyhow::Result<(Running, SocketAddr)> {
+        tether_runtime::ServiceConfig::validate(&config).context("facade configuration")?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let mut running =
+            Running::spawn(|shutdown| tether_agent_facade::run(config, listener, shutdown));
+        running
+            .wait_serving(self.pki.anonymous_channel(addr)?)
+            .await?;
+        Ok((running, addr))
+    }
+
     /// Follows `ticket_id` with WatchApproval until it is terminal (each
     /// snapshot within a minute); the last snapshot.
     pub async fn watch_to_end(
