@@ -829,6 +829,16 @@ async fn the_identity_exchange_down_is_a_deny() {
             .unwrap()
             .into_inner(),
     );
+    // A second session, which an operator will end.
+    let other = stack.session().await.unwrap();
+    let (other_db, _) = issued(
+        stack
+            .client()
+            .acquire_credential(bearer(read_request(), &other.delegated_token))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
     stack.authority.identity_mut().stop().await.unwrap();
     let before = stack.footprint().await.unwrap();
 
@@ -865,7 +875,11 @@ async fn the_identity_exchange_down_is_a_deny() {
         .unwrap_err();
     unavailable(&end, "identity");
     assert!(!logs_in(&stack, &db).await, "the credential still logs in");
-    assert!(stack.deps.pg.roles_like("v-").await.unwrap().is_empty());
+    assert_eq!(
+        stack.deps.pg.roles_like("v-").await.unwrap(),
+        [other_db.username.clone()],
+        "only the other session's role is left"
+    );
     let cancelled = stack
         .approvals
         .store()
@@ -874,6 +888,30 @@ async fn the_identity_exchange_down_is_a_deny() {
         .unwrap()
         .unwrap();
     assert_eq!(cancelled.state.as_str(), "CANCELLED");
+
+    // An operator can still cut a session off in an incident: its owner
+    // cannot be looked up and its token not revoked (said), but its
+    // credential dies all the same.
+    let admin = tether_proto::facade::v1::session_admin_client::SessionAdminClient::new(
+        stack
+            .pki()
+            .channel("admin", stack.addr(), "agent-facade")
+            .unwrap(),
+    );
+    let end = admin
+        .clone()
+        .end_session(pb::AdminEndSessionRequest {
+            session_id: other.session_id.clone(),
+            reason: "incident".into(),
+        })
+        .await
+        .unwrap_err();
+    unavailable(&end, "identity");
+    assert!(
+        !logs_in(&stack, &other_db).await,
+        "the operator's end left the credential alive"
+    );
+    assert!(stack.deps.pg.roles_like("v-").await.unwrap().is_empty());
 }
 
 #[tokio::test]

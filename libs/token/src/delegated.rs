@@ -67,7 +67,13 @@ impl<K: KeySource, R: RevocationCheck> DelegatedTokenVerifier<K, R> {
         }
     }
 
+    /// The verification policy, to change; tokens verified under the old
+    /// one are forgotten.
     pub fn policy_mut(&mut self) -> &mut VerifyPolicy {
+        self.verified
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         &mut self.policy
     }
 

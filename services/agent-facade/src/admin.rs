@@ -194,13 +194,32 @@ impl FacadeService {
         check_session_id(&req.session_id)?;
         check_text("reason", &req.reason, MAX_REASON_BYTES)?;
         // Who the session belongs to, for its records; and NOT_FOUND
-        // before anything is revoked anywhere.
-        let facts = self.session_facts(&req.session_id).await?;
-        let owner = SessionOwner {
-            sid: facts.sid,
-            agent: facts.agent_id,
-            user_idp: facts.user_issuer,
-            user_sub: facts.user_subject,
+        // before anything is revoked anywhere. An identity exchange that
+        // cannot answer must not stop an operator cutting a session off
+        // (an incident is when it matters): the end goes ahead everywhere
+        // it can, its records naming an owner not known then.
+        let owner = match self.session_facts(&req.session_id).await {
+            Ok(facts) => SessionOwner {
+                sid: facts.sid,
+                agent: facts.agent_id,
+                user_idp: facts.user_issuer,
+                user_sub: facts.user_subject,
+            },
+            Err(FacadeError::Dependency { dependency, detail }) => {
+                tracing::warn!(
+                    session_id = %req.session_id,
+                    dependency = dependency.as_str(),
+                    error = %detail,
+                    "ending a session whose owner cannot be looked up now"
+                );
+                SessionOwner {
+                    sid: req.session_id.clone(),
+                    agent: String::new(),
+                    user_idp: String::new(),
+                    user_sub: String::new(),
+                }
+            }
+            Err(e) => return Err(e),
         };
         let reason = if req.reason.trim().is_empty() {
             DEFAULT_REASON.to_owned()

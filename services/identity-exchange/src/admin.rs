@@ -6,7 +6,9 @@
 //! start time, then `sid`), so sessions that start while an operator pages
 //! never shift a page. The page token carries the last row's position and
 //! the filters it was read with; a token presented with other filters, or
-//! altered, is INVALID_ARGUMENT.
+//! one that does not parse, is INVALID_ARGUMENT. It is not signed: a caller
+//! who edits the position only pages differently through what it may list
+//! anyway (every caller of this RPC may list every session).
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};

@@ -548,13 +548,23 @@ impl Authzen {
             let resource = e.resource.as_ref().or(defaults.resource.as_ref());
             // An evaluation's context replaces the default, as any other member.
             let context = e.context.as_ref().or(defaults.context.as_ref());
-            requests.push(check_request(
+            let request = check_request(
                 subject.ok_or_else(|| required("subject"))?,
                 action.ok_or_else(|| required("action"))?,
                 resource.ok_or_else(|| required("resource"))?,
                 context,
                 request_id,
-            )?);
+            )?;
+            // Defaults are copied into every item: an item over the limit
+            // is dropped here, refused in its place in the answer, so a
+            // large default times many items is never held in memory.
+            let size = prost::Message::encoded_len(&request);
+            let limit = self.service.limits().max_request_bytes;
+            requests.push(if size > limit {
+                Err(PdpError::RequestTooLarge { size, limit })
+            } else {
+                Ok(request)
+            });
         }
         let pack = self.service.pack()?;
         let _span = tracing::info_span!(
@@ -565,8 +575,8 @@ impl Authzen {
         )
         .entered();
         let mut decisions = Vec::with_capacity(requests.len());
-        for req in &requests {
-            let (answer, allowed) = match self.evaluate(&pack, req) {
+        for req in requests {
+            let (answer, allowed) = match req.and_then(|req| self.evaluate(&pack, &req)) {
                 Ok(answer) => {
                     let allowed = answer["decision"] == Value::Bool(true);
                     (answer, allowed)
