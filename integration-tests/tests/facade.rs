@@ -877,7 +877,7 @@ async fn the_identity_exchange_down_is_a_deny() {
     assert!(!logs_in(&stack, &db).await, "the credential still logs in");
     assert_eq!(
         stack.deps.pg.roles_like("v-").await.unwrap(),
-        [other_db.username.clone()],
+        std::slice::from_ref(&other_db.username),
         "only the other session's role is left"
     );
     let cancelled = stack
