@@ -1534,3 +1534,72 @@ async fn sessions_and_replay_cache_live_in_postgresql_when_configured() {
     let err = identity.client().exchange(request).await.unwrap_err();
     assert!(err.message().contains("already used"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn a_repeated_form_parameter_is_invalid_request_and_nothing_is_minted() {
+    let s = stack().await;
+    let user = alice_token(&s.idp).await;
+    let http = s.identity.http();
+    let baseline = s.sessions().await;
+    let params = [
+        "grant_type",
+        "subject_token",
+        "subject_token_type",
+        "actor_token",
+        "actor_token_type",
+        "audience",
+        "scope",
+        "authorization_details",
+    ];
+    for repeated in params {
+        // A good exchange (a fresh assertion each time), with one parameter
+        // sent twice with the same value: "last one wins" would mint.
+        let assertion = s.assertion(&s.agent);
+        let form = [
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", user.as_str()),
+            ("subject_token_type", ACCESS),
+            ("actor_token", assertion.as_str()),
+            ("actor_token_type", JWT),
+            ("audience", FACADE_AUDIENCE),
+            ("scope", "hr:read"),
+            ("authorization_details", INTENT),
+        ];
+        let mut body: Vec<(&str, &str)> = form.to_vec();
+        let again = form.iter().find(|(name, _)| *name == repeated).unwrap();
+        body.push(*again);
+        let response = http
+            .post(format!("{}/token", s.identity.issuer()))
+            .form(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{repeated}");
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"], "invalid_request", "{repeated}: {answer}");
+        assert_eq!(
+            answer["error_description"],
+            format!("`{repeated}` is given more than once"),
+        );
+        assert!(answer.get("access_token").is_none());
+        assert!(!answer.to_string().contains(&user[..30]), "token echoed");
+    }
+    assert_eq!(s.sessions().await, baseline, "nothing was minted");
+
+    // Introspection and revocation read `token` the same way.
+    for endpoint in ["introspect", "revoke"] {
+        let response = http
+            .post(format!("{}/{endpoint}", s.identity.issuer()))
+            .form(&[("token", "a"), ("token", "b")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{endpoint}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"], "invalid_request", "{endpoint}: {answer}");
+    }
+}

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -106,6 +106,35 @@ impl<S: Send + Sync> FromRequestParts<S> for Connection {
             identity: peer.and_then(|p| p.identity.clone()),
             ip: peer.and_then(|p| p.remote_addr).map(|a| a.ip()),
         })
+    }
+}
+
+/// A form body in which every parameter appears at most once. RFC 6749
+/// §3.2: parameters "MUST NOT be included more than once"; a repeated one
+/// is `invalid_request`, never "last one wins" — a proxy in front that
+/// read the first value while Tether reads another is parameter pollution.
+/// A body that is not a form is refused as axum's `Form` refuses it.
+#[derive(Debug)]
+struct OAuthForm(HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequest<S> for OAuthForm {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        let Form(pairs) = Form::<Vec<(String, String)>>::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let mut form = HashMap::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            if form.contains_key(&name) {
+                return Err(error(&ExchangeError::oauth(
+                    OAuthCode::InvalidRequest,
+                    format!("`{}` is given more than once", clip(&name)),
+                )));
+            }
+            form.insert(name, value);
+        }
+        Ok(Self(form))
     }
 }
 
@@ -287,10 +316,7 @@ fn error(err: &ExchangeError) -> Response {
     no_store(response)
 }
 
-async fn token(
-    State(state): State<Arc<HttpState>>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
+async fn token(State(state): State<Arc<HttpState>>, OAuthForm(form): OAuthForm) -> Response {
     let ex = &state.exchanger;
     let field = |k: &str| form.get(k).cloned().unwrap_or_default();
     if field("grant_type") != GRANT_TYPE_TOKEN_EXCHANGE {
@@ -356,7 +382,7 @@ fn required_token(form: &HashMap<String, String>) -> Result<String, ExchangeErro
 async fn introspect(
     State(state): State<Arc<HttpState>>,
     connection: Connection,
-    Form(form): Form<HashMap<String, String>>,
+    OAuthForm(form): OAuthForm,
 ) -> Response {
     let client = match state.client(&form, &connection, "/introspect").await {
         Ok(client) => client,
@@ -396,7 +422,7 @@ async fn introspect(
 async fn revoke(
     State(state): State<Arc<HttpState>>,
     connection: Connection,
-    Form(form): Form<HashMap<String, String>>,
+    OAuthForm(form): OAuthForm,
 ) -> Response {
     let client = match state.client(&form, &connection, "/revoke").await {
         Ok(client) => client,
