@@ -1100,6 +1100,10 @@ async fn every_bad_input_is_refused_over_grpc_and_http_and_nothing_is_minted() {
             forge(idp_key, &s.idp, json!({}), json!({"nbf": now + 600})),
         ),
         grant(
+            "empty sub",
+            forge(idp_key, &s.idp, json!({}), json!({"sub": ""})),
+        ),
+        grant(
             "wrong iss",
             forge(
                 idp_key,

@@ -223,6 +223,13 @@ pub async fn verify<C: DeserializeOwned, K: KeySource + ?Sized>(
             other => TokenError::Malformed(format!("{other:?}")),
         })?;
 
+    // INVARIANT: `sub` names someone. jsonwebtoken counts any `sub`, `""`
+    // included, as present: a token for nobody would act for nobody in
+    // particular, and an empty id matches too much downstream.
+    match data.claims.get("sub") {
+        Some(Value::String(sub)) if !sub.trim().is_empty() => {}
+        _ => return Err(TokenError::MissingClaim("sub".into())),
+    }
     let now = crate::unix_now();
     let leeway = i64::try_from(policy.leeway.as_secs()).unwrap_or(i64::MAX);
     let iat = data.claims.get("iat").and_then(Value::as_i64);

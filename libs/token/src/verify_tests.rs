@@ -111,6 +111,24 @@ async fn hostile_tokens_are_refused_with_the_right_reason() {
             TokenError::IssuedInFuture,
         ),
         (
+            "empty sub",
+            key.sign_raw(&h, &with(c.clone(), "sub", json!("")))
+                .unwrap(),
+            TokenError::MissingClaim("sub".into()),
+        ),
+        (
+            "blank sub",
+            key.sign_raw(&h, &with(c.clone(), "sub", json!("  ")))
+                .unwrap(),
+            TokenError::MissingClaim("sub".into()),
+        ),
+        (
+            "sub not a string",
+            key.sign_raw(&h, &with(c.clone(), "sub", json!(42)))
+                .unwrap(),
+            TokenError::MissingClaim("sub".into()),
+        ),
+        (
             "wrong iss",
             key.sign_raw(&h, &with(c.clone(), "iss", json!("https://evil.example")))
                 .unwrap(),
