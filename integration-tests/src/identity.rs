@@ -226,6 +226,7 @@ impl IdentitySandboxBuilder {
                 audiences: vec![crate::idp::API_RESOURCE.into(), "tether-cli".into()],
                 algorithms: vec!["ES256".into()],
                 jwks_uri: None,
+                allow_multi_audience: false,
             }],
             agents: self.agents,
             spiffe,

@@ -1104,6 +1104,15 @@ async fn every_bad_input_is_refused_over_grpc_and_http_and_nothing_is_minted() {
             forge(idp_key, &s.idp, json!({}), json!({"sub": ""})),
         ),
         grant(
+            "an aud array that also names an untrusted audience",
+            forge(
+                idp_key,
+                &s.idp,
+                json!({}),
+                json!({"aud": [API_RESOURCE, "https://payments.example"]}),
+            ),
+        ),
+        grant(
             "wrong iss",
             forge(
                 idp_key,

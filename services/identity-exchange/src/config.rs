@@ -124,6 +124,12 @@ pub struct TrustedIssuer {
     /// JWKS URL. When absent it is found by OIDC discovery.
     #[serde(default)]
     pub jwks_uri: Option<String>,
+    /// Accept subject tokens whose `aud` array also names audiences not
+    /// listed in `audiences`. Off by default: a token minted for several
+    /// services is also a token for each of them, so whoever holds one
+    /// of those services' copies could present it here.
+    #[serde(default)]
+    pub allow_multi_audience: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -647,6 +647,15 @@ impl Exchanger {
             .await
             .map_err(ExchangeError::subject)?
             .claims;
+        if let Some(other) = entry.untrusted_audience(claims.get("aud")) {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidGrant,
+                format!(
+                    "subject token rejected: it is also for `{}`, an audience this server does not trust (a token for several services is refused unless its issuer's `allow_multi_audience` is set)",
+                    clip(other)
+                ),
+            ));
+        }
         let sub = claims
             .get("sub")
             .and_then(Value::as_str)

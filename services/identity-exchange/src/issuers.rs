@@ -18,6 +18,7 @@ const DISCOVERY_RETRY: Duration = Duration::from_secs(2);
 pub struct IssuerEntry {
     pub issuer: String,
     audiences: Vec<String>,
+    allow_multi_audience: bool,
     algorithms: Vec<Algorithm>,
     jwks_uri: Option<String>,
     keys: OnceCell<JwksCache>,
@@ -33,6 +34,7 @@ impl IssuerEntry {
         Ok(Self {
             issuer: config.issuer.clone(),
             audiences: config.audiences.clone(),
+            allow_multi_audience: config.allow_multi_audience,
             algorithms: parse_algorithms(&config.algorithms)?,
             jwks_uri: config.jwks_uri.clone(),
             keys: OnceCell::new(),
@@ -55,6 +57,16 @@ impl IssuerEntry {
         policy.leeway = self.leeway;
         policy.max_token_bytes = self.max_token_bytes;
         policy
+    }
+
+    /// The first `aud` value of a subject token that this issuer's
+    /// configuration does not trust, unless it allows multi-audience
+    /// tokens. (Verification already required one trusted value.)
+    pub fn untrusted_audience<'a>(&self, aud: Option<&'a serde_json::Value>) -> Option<&'a str> {
+        if self.allow_multi_audience {
+            return None;
+        }
+        untrusted_audience(&self.audiences, aud)
     }
 
     /// The issuer's key cache, discovering its JWKS URL on first use.
@@ -123,5 +135,43 @@ impl TrustedIssuers {
 
     pub fn get(&self, issuer: &str) -> Option<&Arc<IssuerEntry>> {
         self.by_issuer.get(issuer)
+    }
+}
+
+/// The first value of an `aud` array that is not in `trusted`.
+fn untrusted_audience<'a>(
+    trusted: &[String],
+    aud: Option<&'a serde_json::Value>,
+) -> Option<&'a str> {
+    let values = aud?.as_array()?;
+    values.iter().find_map(|v| match v.as_str() {
+        Some(a) if trusted.iter().any(|t| t == a) => None,
+        Some(a) => Some(a),
+        None => Some("(not a string)"),
+    })
+}
+
+#[cfg(test)]
+mod audience_tests {
+    use serde_json::json;
+
+    use super::untrusted_audience;
+
+    #[test]
+    fn an_aud_array_may_only_name_trusted_audiences() {
+        let trusted = vec!["api".to_owned(), "cli".to_owned()];
+        let check =
+            |aud: serde_json::Value| untrusted_audience(&trusted, Some(&aud)).map(str::to_owned);
+        assert_eq!(
+            check(json!("api")),
+            None,
+            "a single value was checked by verify"
+        );
+        assert_eq!(check(json!(["api"])), None);
+        assert_eq!(check(json!(["api", "cli"])), None);
+        assert_eq!(check(json!(["api", "payments"])), Some("payments".into()));
+        assert_eq!(check(json!(["payments", "api"])), Some("payments".into()));
+        assert_eq!(check(json!(["api", 7])), Some("(not a string)".into()));
+        assert_eq!(untrusted_audience(&trusted, None), None);
     }
 }
