@@ -744,16 +744,11 @@ impl pb::credential_issuer_server::CredentialIssuer for CredentialIssuerService 
             session_id = tracing::field::Empty,
         );
         let inner = Arc::clone(&self.inner);
-        tracing::Instrument::instrument(
-            async move {
-                let caller = inner.caller(&metadata).await?;
-                inner.renew(caller, req).await
-            },
-            span.clone(),
-        )
+        in_span(span, async move {
+            let caller = inner.caller(&metadata).await?;
+            inner.renew(caller, req).await
+        })
         .await
-        .map(Response::new)
-        .map_err(|e| span.in_scope(|| into_status(e)))
     }
 
     async fn revoke_session(
@@ -763,13 +758,7 @@ impl pb::credential_issuer_server::CredentialIssuer for CredentialIssuerService 
         let req = request.into_inner();
         let span = tracing::info_span!("credentials.revoke_session", session_id = %truncate(&req.session_id));
         let inner = Arc::clone(&self.inner);
-        tracing::Instrument::instrument(
-            async move { inner.revoke_session(req).await },
-            span.clone(),
-        )
-        .await
-        .map(Response::new)
-        .map_err(|e| span.in_scope(|| into_status(e)))
+        in_span(span, async move { inner.revoke_session(req).await }).await
     }
 
     async fn revoke_lease(
@@ -783,16 +772,11 @@ impl pb::credential_issuer_server::CredentialIssuer for CredentialIssuerService 
             session_id = tracing::field::Empty,
         );
         let inner = Arc::clone(&self.inner);
-        tracing::Instrument::instrument(
-            async move {
-                let caller = inner.caller(&metadata).await?;
-                inner.revoke_lease(caller, req).await
-            },
-            span.clone(),
-        )
+        in_span(span, async move {
+            let caller = inner.caller(&metadata).await?;
+            inner.revoke_lease(caller, req).await
+        })
         .await
-        .map(Response::new)
-        .map_err(|e| span.in_scope(|| into_status(e)))
     }
 
     async fn list_leases(
@@ -803,11 +787,20 @@ impl pb::credential_issuer_server::CredentialIssuer for CredentialIssuerService 
         let span =
             tracing::info_span!("credentials.list_leases", session_id = %truncate(&req.session_id));
         let inner = Arc::clone(&self.inner);
-        tracing::Instrument::instrument(async move { inner.list_leases(req).await }, span.clone())
-            .await
-            .map(Response::new)
-            .map_err(|e| span.in_scope(|| into_status(e)))
+        in_span(span, async move { inner.list_leases(req).await }).await
     }
+}
+
+/// Runs a handler's work in its span; a failure becomes its status inside
+/// the span, so the error is logged with the request's fields.
+async fn in_span<T>(
+    span: tracing::Span,
+    work: impl std::future::Future<Output = Result<T, IssuerError>>,
+) -> Result<Response<T>, Status> {
+    tracing::Instrument::instrument(work, span.clone())
+        .await
+        .map(Response::new)
+        .map_err(|e| span.in_scope(|| into_status(e)))
 }
 
 /// Caller-supplied ids go into spans only up to the id size limit.
