@@ -1,0 +1,26 @@
+//! The end-to-end tests, one module per capability, linked into one test
+//! binary: every module starts the real services and dependencies it
+//! needs, and nextest runs each test in its own process. (One binary
+//! instead of one per file keeps a clean build's target directory small.)
+
+mod approvals;
+mod approvals_logs;
+mod approvals_refusals;
+mod audit;
+mod authzen;
+mod ciba;
+mod client;
+mod demo;
+mod device_page;
+mod facade;
+mod facade_audit;
+mod facade_cancel;
+mod facade_refusals;
+mod facade_traces;
+mod identity;
+mod identity_logs;
+mod issuer;
+mod pdp;
+mod python_agent;
+mod session_admin;
+mod transport;
