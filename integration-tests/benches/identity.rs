@@ -1,9 +1,10 @@
-//! Identity exchange benchmark (issue 3, section 8).
+//! Identity exchange benchmark (issue 3, section 8; issue 11, section 4).
 //!
 //! In one run, over loopback: Tether's gRPC `Exchange` (user access token
 //! from the real test IdP + a fresh agent assertion each call) sequential
-//! p50/p99 and throughput at concurrency 32, and the same for the IdP's own
-//! OAuth `client_credentials` token endpoint (the peer).
+//! p50/p99 and throughput at concurrency 32, with its sessions and replay
+//! store on SQLite and on PostgreSQL (default durability), and the same for
+//! the IdP's own OAuth `client_credentials` token endpoint (the peer).
 //!
 //!     integration-tests/run.sh bench
 //!
@@ -18,6 +19,7 @@ use anyhow::{Context as _, ensure};
 use tether_integration_tests::bench::{Caller, Stats, Throughput, sequential, throughput};
 use tether_integration_tests::identity::{FACADE_AUDIENCE, IdentitySandbox, TestAgent};
 use tether_integration_tests::idp::Idp;
+use tether_integration_tests::postgres::PgCluster;
 use tether_proto::identity::v1::ExchangeRequest;
 use tether_proto::identity::v1::identity_exchange_client::IdentityExchangeClient;
 use tether_runtime::client::InternalChannel;
@@ -29,7 +31,7 @@ const CHANNELS: usize = 4;
 const WARMUP: Duration = Duration::from_secs(1);
 const DURATION: Duration = Duration::from_secs(5);
 /// Enough pre-signed assertions for every call of the run.
-const ASSERTIONS: usize = 60_000;
+const ASSERTIONS: usize = 100_000;
 const INTENT: &str = r#"[{"type":"hr_record_access","actions":["read"]}]"#;
 
 fn main() -> anyhow::Result<()> {
@@ -41,20 +43,70 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let idp = Idp::start().await?;
-    let agent = TestAgent::new("hr-assistant")?;
-    let identity = IdentitySandbox::builder(idp.issuer())
-        .agent(&agent, &["hr:read"], &["hr"])
-        .start()
-        .await?;
     let user = idp
         .login("alice", &["openid", "profile", "hr:read"])
         .await?
         .access_token;
 
+    let sqlite = measure_tether(&idp, &user, None).await?;
+    // PostgreSQL with its default durability: every commit is flushed.
+    let pg = PgCluster::start_durable().await?;
+    pg.create_database("identity").await?;
+    let postgres = measure_tether(&idp, &user, Some(pg.admin_url("identity"))).await?;
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build()?;
+    let peer = |_: usize| PeerCaller {
+        http: http.clone(),
+        url: format!("{}/token", idp.issuer()),
+    };
+    let peer_seq = sequential(&mut peer(0), SEQUENTIAL_WARMUP, SEQUENTIAL_ITERATIONS).await?;
+    let peer_tput = throughput((0..CONCURRENCY).map(peer).collect(), WARMUP, DURATION).await?;
+
+    print_table(&[
+        (
+            "Tether `Exchange` (gRPC, mTLS), SQLite",
+            &sqlite.0,
+            &sqlite.1,
+        ),
+        (
+            "Tether `Exchange` (gRPC, mTLS), PostgreSQL 15 (fsync on)",
+            &postgres.0,
+            &postgres.1,
+        ),
+        (
+            "IdP `client_credentials` (HTTP, oidc-provider 9.13.3)",
+            &peer_seq,
+            &peer_tput,
+        ),
+    ]);
+    println!(
+        "Tether/peer throughput at c={CONCURRENCY}: SQLite {:.2}x, PostgreSQL {:.2}x",
+        sqlite.1.per_second / peer_tput.per_second,
+        postgres.1.per_second / peer_tput.per_second,
+    );
+    Ok(())
+}
+
+/// Sequential and c=32 figures of an identity exchange on `store_url`
+/// (SQLite in its directory when `None`).
+async fn measure_tether(
+    idp: &Idp,
+    user: &str,
+    store_url: Option<String>,
+) -> anyhow::Result<(Stats, Throughput)> {
+    let agent = TestAgent::new("hr-assistant")?;
+    let mut builder = IdentitySandbox::builder(idp.issuer()).agent(&agent, &["hr:read"], &["hr"]);
+    if let Some(url) = store_url {
+        builder = builder.store_url(url);
+    }
+    let identity = builder.start().await?;
+
     eprintln!("pre-signing {ASSERTIONS} agent assertions…");
-    let endpoint = identity.token_endpoint();
+    let audience = identity.issuer().to_owned();
     let assertions: Vec<String> = (0..ASSERTIONS)
-        .map(|_| agent.assertion_valid_for(&endpoint, 280))
+        .map(|_| agent.assertion_valid_for(&audience, 280))
         .collect::<anyhow::Result<_>>()?;
     let pool = Arc::new(Assertions {
         items: assertions,
@@ -63,7 +115,7 @@ async fn run() -> anyhow::Result<()> {
 
     let channels = connect(&identity).await?;
     let template = ExchangeRequest {
-        subject_token: user,
+        subject_token: user.to_owned(),
         subject_token_type: "urn:ietf:params:oauth:token-type:access_token".into(),
         actor_token: String::new(),
         actor_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
@@ -77,52 +129,26 @@ async fn run() -> anyhow::Result<()> {
         template: template.clone(),
         assertions: Arc::clone(&pool),
     };
-    let tether_seq = sequential(&mut caller(0), SEQUENTIAL_WARMUP, SEQUENTIAL_ITERATIONS).await?;
-    let tether_tput = throughput((0..CONCURRENCY).map(caller).collect(), WARMUP, DURATION).await?;
-
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(CONCURRENCY)
-        .build()?;
-    let peer = |_: usize| PeerCaller {
-        http: http.clone(),
-        url: format!("{}/token", idp.issuer()),
-    };
-    let peer_seq = sequential(&mut peer(0), SEQUENTIAL_WARMUP, SEQUENTIAL_ITERATIONS).await?;
-    let peer_tput = throughput((0..CONCURRENCY).map(peer).collect(), WARMUP, DURATION).await?;
-
-    print_table(&tether_seq, &tether_tput, &peer_seq, &peer_tput);
-    Ok(())
+    let seq = sequential(&mut caller(0), SEQUENTIAL_WARMUP, SEQUENTIAL_ITERATIONS).await?;
+    let tput = throughput((0..CONCURRENCY).map(caller).collect(), WARMUP, DURATION).await?;
+    Ok((seq, tput))
 }
 
-fn print_table(
-    tether_seq: &Stats,
-    tether_tput: &Throughput,
-    peer_seq: &Stats,
-    peer_tput: &Throughput,
-) {
+fn print_table(rows: &[(&str, &Stats, &Throughput)]) {
     println!();
     println!(
         "| system | sequential p50 / p99 (µs) | c={CONCURRENCY}: requests/s | c={CONCURRENCY}: p50 / p99 (µs) |"
     );
     println!("|---|---|---|---|");
-    println!(
-        "| Tether `Exchange` (gRPC) | {} | {:.0} | {} |",
-        tether_seq.p50_p99(),
-        tether_tput.per_second,
-        tether_tput.latency.p50_p99()
-    );
-    println!(
-        "| IdP `client_credentials` (HTTP, oidc-provider 9.13.3) | {} | {:.0} | {} |",
-        peer_seq.p50_p99(),
-        peer_tput.per_second,
-        peer_tput.latency.p50_p99()
-    );
+    for (name, seq, tput) in rows {
+        println!(
+            "| {name} | {} | {:.0} | {} |",
+            seq.p50_p99(),
+            tput.per_second,
+            tput.latency.p50_p99()
+        );
+    }
     println!();
-    println!(
-        "Tether/peer throughput: {:.1}x; Tether sequential p99: {:.2} ms",
-        tether_tput.per_second / peer_tput.per_second,
-        tether_seq.micros(0.99) / 1000.0
-    );
 }
 
 /// Channels as the agent facade (mTLS, the production path).

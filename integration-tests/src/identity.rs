@@ -89,13 +89,32 @@ fn agent_config(id: &str, scopes: &[&str], groups: &[&str]) -> AgentConfig {
             groups: groups.iter().map(|s| (*s).to_owned()).collect(),
         },
         algorithms: vec!["ES256".into()],
+        may_delegate_to: Vec::new(),
+    }
+}
+
+/// The test IdP as a trusted issuer: its access tokens (for the API) and,
+/// for the tests that use them, its ID tokens (for `tether-cli`).
+fn test_idp(issuer: &str) -> TrustedIssuer {
+    TrustedIssuer {
+        issuer: issuer.into(),
+        audiences: vec![crate::idp::API_RESOURCE.into(), "tether-cli".into()],
+        algorithms: vec!["ES256".into()],
+        jwks_uri: None,
+        allow_multi_audience: false,
+        clients: vec!["tether-cli".into()],
+        access_token_types: vec!["at+jwt".into()],
+        scope_claim: "scope".into(),
+        claims: None,
+        allow_service_subjects: false,
+        allow_id_tokens: true,
     }
 }
 
 /// Builds an [`IdentitySandbox`].
 #[derive(Debug)]
 pub struct IdentitySandboxBuilder {
-    idp_issuer: String,
+    idp: TrustedIssuer,
     agents: Vec<AgentConfig>,
     store_url: Option<String>,
     max_depth: usize,
@@ -131,6 +150,21 @@ impl IdentitySandboxBuilder {
     /// Rotate signing keys this often (default: daily).
     pub fn rotate_after_secs(mut self, secs: u64) -> Self {
         self.rotate_after_secs = secs;
+        self
+    }
+
+    /// Changes how the one trusted IdP is configured (by default: the test
+    /// IdP, its `tether-cli` client, `at+jwt` access tokens and ID tokens).
+    pub fn idp(mut self, edit: impl FnOnce(&mut TrustedIssuer)) -> Self {
+        edit(&mut self.idp);
+        self
+    }
+
+    /// Lets the registered agent `from` delegate to agent `to`.
+    pub fn may_delegate(mut self, from: &str, to: &str) -> Self {
+        if let Some(agent) = self.agents.iter_mut().find(|a| a.id == from) {
+            agent.may_delegate_to.push(to.into());
+        }
         self
     }
 
@@ -221,13 +255,7 @@ impl IdentitySandboxBuilder {
                 rotate_after_secs: self.rotate_after_secs,
                 ..TokenConfig::default()
             },
-            trusted_issuers: vec![TrustedIssuer {
-                issuer: self.idp_issuer.clone(),
-                audiences: vec![crate::idp::API_RESOURCE.into(), "tether-cli".into()],
-                algorithms: vec!["ES256".into()],
-                jwks_uri: None,
-                allow_multi_audience: false,
-            }],
+            trusted_issuers: vec![self.idp],
             agents: self.agents,
             spiffe,
             http: tether_identity_exchange::HttpConfig {
@@ -304,7 +332,7 @@ impl IdentitySandbox {
 
     pub fn builder(idp_issuer: &str) -> IdentitySandboxBuilder {
         IdentitySandboxBuilder {
-            idp_issuer: idp_issuer.into(),
+            idp: test_idp(idp_issuer),
             agents: Vec::new(),
             store_url: None,
             max_depth: 3,
@@ -351,6 +379,13 @@ impl IdentitySandbox {
 
     pub fn pki(&self) -> &Arc<TestPki> {
         &self.pki
+    }
+
+    /// The SPIFFE trust bundle file the service reads, when one is
+    /// configured ([`IdentitySandboxBuilder::spiffe_bundle`]); rewrite it
+    /// to rotate the bundle.
+    pub fn spiffe_bundle_path(&self) -> Option<&std::path::Path> {
+        self.config.spiffe.as_ref().map(|s| s.bundle_path.as_path())
     }
 
     pub fn keys_dir(&self) -> &PathBuf {

@@ -112,6 +112,20 @@ impl Idp {
         &self.issuer
     }
 
+    /// Its JWKS URL, from its OIDC discovery document.
+    pub async fn jwks_uri(&self) -> anyhow::Result<String> {
+        let discovery: serde_json::Value =
+            reqwest::get(format!("{}/.well-known/openid-configuration", self.issuer))
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+        discovery["jwks_uri"]
+            .as_str()
+            .map(str::to_owned)
+            .context("the discovery document has no `jwks_uri`")
+    }
+
     /// The device page where a person plays `user`'s phone (pending CIBA
     /// requests with Approve and Deny buttons; the IdP's README).
     pub fn device_url(&self, user: &str) -> anyhow::Result<String> {

@@ -44,3 +44,22 @@ pub fn capture_trace() -> LogCapture {
         .init();
     capture
 }
+
+/// Installs the process-wide subscriber with the services' own text format
+/// ([`tether_runtime::telemetry::text_layer`], what `TETHER_LOG_FORMAT`
+/// unset gives), at TRACE, without terminal colours. Call once per test
+/// process.
+pub fn capture_text() -> LogCapture {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let capture = LogCapture::default();
+    let writer = capture.clone();
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::TRACE)
+        .with(tether_runtime::telemetry::text_layer(
+            move || writer.clone(),
+            false,
+        ))
+        .init();
+    capture
+}

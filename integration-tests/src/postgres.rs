@@ -1,5 +1,6 @@
-//! A throwaway PostgreSQL 15 cluster: `initdb` with scram-sha-256, `fsync=off`,
-//! a free loopback port, stopped (`pg_ctl stop -m immediate`) on drop.
+//! A throwaway PostgreSQL 15 cluster: `initdb` with scram-sha-256, `fsync=off`
+//! (or PostgreSQL's default durability, for benchmarks and drills), a free
+//! loopback port, stopped (`pg_ctl stop -m immediate`) on drop.
 //!
 //! PostgreSQL refuses to run as root: when the tests run as root, every
 //! server command runs as the `postgres` user (`runuser -u postgres --`) in a
@@ -25,6 +26,8 @@ pub struct PgCluster {
     port: u16,
     password: String,
     as_postgres: bool,
+    /// PostgreSQL's default durability (`fsync`, `synchronous_commit`).
+    durable: bool,
 }
 
 fn is_root() -> bool {
@@ -42,8 +45,19 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 impl PgCluster {
-    /// `initdb` + start, with an `hr` schema holding `hr.employees`.
+    /// `initdb` + start, with an `hr` schema holding `hr.employees`; no
+    /// fsync (tests do not survive power losses).
     pub async fn start() -> anyhow::Result<Self> {
+        Self::launch(false).await
+    }
+
+    /// Like [`PgCluster::start`], with PostgreSQL's default durability
+    /// (every commit flushed): what benchmarks and drills measure.
+    pub async fn start_durable() -> anyhow::Result<Self> {
+        Self::launch(true).await
+    }
+
+    async fn launch(durable: bool) -> anyhow::Result<Self> {
         if !Path::new(BIN).join("initdb").exists() {
             bail!(
                 "PostgreSQL 15 server binaries are missing from {BIN}: install Debian's postgresql-15 \
@@ -72,6 +86,7 @@ impl PgCluster {
             dir,
             password,
             as_postgres,
+            durable,
         };
         if as_postgres {
             Command::new("chown")
@@ -226,9 +241,14 @@ impl PgCluster {
 
     /// Starts the server on the same port and data.
     pub fn start_again(&self) -> anyhow::Result<()> {
+        let durability = if self.durable {
+            ""
+        } else {
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+        };
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c unix_socket_directories={} -c max_connections=200",
+            "-c listen_addresses=127.0.0.1 -c port={} {durability}-c unix_socket_directories={} \
+             -c max_connections=200",
             self.port,
             self.dir.path().display()
         );

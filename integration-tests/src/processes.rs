@@ -284,8 +284,9 @@ impl ProcessStack {
                 "tokens": { "keys_dir": dir.join("identity-keys") },
                 "trusted_issuers": [{
                     "issuer": self.idp.issuer(),
-                    "audiences": [API_RESOURCE, "tether-cli"],
+                    "audiences": [API_RESOURCE],
                     "algorithms": ["ES256"],
+                    "clients": ["tether-cli"],
                 }],
                 "agents": [{
                     "id": AGENT,

@@ -53,7 +53,8 @@ async fn stack_with(
     let builder = IdentitySandbox::builder(idp.issuer())
         .agent(&agent, &["hr:read", "hr:offboard"], &["hr"])
         .agent(&sub_agent, &["hr:read"], &["hr"])
-        .agent(&third_agent, &["hr:read"], &["hr"]);
+        .agent(&third_agent, &["hr:read"], &["hr"])
+        .may_delegate("hr-assistant", "report-writer");
     let identity = configure(builder).start().await.unwrap();
     Stack {
         idp,
@@ -371,7 +372,11 @@ async fn login_exchange_and_verify_with_libs_token() {
 
 #[tokio::test]
 async fn re_exchange_for_a_sub_agent_nests_act_and_keeps_the_session() {
-    let s = stack_with(|b| b.max_delegation_depth(2)).await;
+    let s = stack_with(|b| {
+        b.max_delegation_depth(2)
+            .may_delegate("report-writer", "formatter")
+    })
+    .await;
     let user = s.alice().await;
     let parent = s
         .exchange(s.request(&user, ACCESS, s.assertion(&s.agent)))

@@ -18,6 +18,8 @@ mod facade_cancel;
 mod facade_refusals;
 mod facade_traces;
 mod identity;
+mod identity_edge;
+mod identity_idps;
 mod identity_logs;
 mod issuer;
 mod pdp;

@@ -6,7 +6,10 @@
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set (nothing is exported otherwise).
 //! - [`propagation`]: W3C trace context across every gRPC hop.
 //! - [`server`]: serving on a pre-bound listener with health, reflection,
-//!   message-size limits and a bounded graceful drain.
+//!   message-size limits (over the limit: RESOURCE_EXHAUSTED, see
+//!   [`message_limit`]) and a bounded graceful drain.
+//! - [`log_format`]: the text log format, escaped so values cannot forge
+//!   lines.
 //! - [`error`]: the one mapping from domain errors to `tonic::Status`.
 //! - [`process`]: the `main` every service binary shares (exit code 64 on
 //!   invalid configuration, `--validate-only`).
@@ -19,6 +22,8 @@ pub mod config;
 #[cfg(any(test, feature = "dev-pki"))]
 pub mod dev_pki;
 pub mod error;
+pub mod log_format;
+pub mod message_limit;
 pub mod process;
 pub mod propagation;
 pub mod server;

@@ -10,6 +10,7 @@ use tonic_health::ServingStatus;
 
 use crate::authz::{Authorizer, AuthzLayer};
 use crate::config::{ConfigError, ServerConfig};
+use crate::message_limit::MessageLimitLayer;
 use crate::propagation::ServerTraceLayer;
 use crate::tls::TlsSource;
 
@@ -39,7 +40,9 @@ pub enum ServeError {
 /// files change) unless `server.tls.insecure_plaintext = true`, which is
 /// logged at WARN.
 /// Message-size limits are set by the caller on each generated server
-/// (`max_decoding_message_size`), from the same [`ServerConfig`].
+/// (`max_decoding_message_size`), from the same [`ServerConfig`]; a request
+/// message over `server.max_message_bytes` is refused here first, with
+/// RESOURCE_EXHAUSTED ([`crate::message_limit`]).
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
@@ -125,6 +128,7 @@ async fn serve_inner(
             Arc::new(authorizer),
             config.request_timeout(),
         ))
+        .layer(MessageLimitLayer::new(config.max_message_bytes))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);
     let deadline = async {

@@ -1,7 +1,9 @@
 //! Logs and traces.
 //!
-//! Logs go to stderr: human-readable by default, one JSON object per line
-//! with `TETHER_LOG_FORMAT=json`; the filter comes from `TETHER_LOG` (or
+//! Logs go to stderr: human-readable by default (values escaped so no
+//! caller-supplied text can start a line of its own, see
+//! [`crate::log_format`]), one JSON object per line with
+//! `TETHER_LOG_FORMAT=json`; the filter comes from `TETHER_LOG` (or
 //! `RUST_LOG`), default `info`. Spans are exported over OTLP/gRPC only when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (Jaeger accepts OTLP directly);
 //! otherwise nothing leaves the process.
@@ -50,10 +52,7 @@ pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
             .with_writer(std::io::stderr)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer()
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
-            .boxed()
+        text_layer(std::io::stderr, std::io::stderr().is_terminal()).boxed()
     };
 
     let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
@@ -71,6 +70,24 @@ pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
         .try_init()
         .context("installing the tracing subscriber")?;
     Ok(TelemetryGuard { provider })
+}
+
+/// The human-readable format: tracing-subscriber's default layout, with
+/// every field value and message escaped by
+/// [`crate::log_format::EscapingFields`], so caller-supplied text cannot
+/// forge a log line. Public so tests capture exactly what services write.
+pub fn text_layer<S, W>(
+    writer: W,
+    ansi: bool,
+) -> impl tracing_subscriber::Layer<S> + Send + Sync + 'static
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .fmt_fields(crate::log_format::EscapingFields)
+        .with_writer(writer)
 }
 
 fn otlp_provider(service: &'static str) -> anyhow::Result<SdkTracerProvider> {

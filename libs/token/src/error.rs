@@ -33,8 +33,15 @@ pub enum TokenError {
     UntrustedIssuer(String),
     #[error("token is not intended for this audience")]
     WrongAudience,
+    #[error(
+        "`aud` must be exactly one value, this server's identifier (the token also names other audiences)"
+    )]
+    MultipleAudiences,
     #[error("required claim `{0}` is missing or malformed")]
     MissingClaim(String),
+    /// RFC 9449: the DPoP proof does not prove possession for this request.
+    #[error("DPoP proof rejected: {0}")]
+    InvalidDpopProof(String),
     #[error("session has been revoked")]
     SessionRevoked,
     /// The keys could not be fetched: not the token's fault, but still a deny.

@@ -14,11 +14,14 @@
 //! - [`RevocationList`] kept current by [`spawn_revocation_sync`] from a
 //!   [`RevocationFeed`] ([`GrpcRevocationFeed`]: the identity service's
 //!   `ListRevokedSessions`): the piece every verifying service runs.
+//! - [`verify_dpop_proof`]: RFC 9449 DPoP proofs, for sender-constrained
+//!   (`cnf.jkt`) tokens.
 //! - [`Sessions`]: the session a call acts for, from its `authorization:
 //!   Bearer` delegated token ([`SessionsConfig`] is the `[sessions]` table).
 
 mod claims;
 mod delegated;
+mod dpop;
 mod error;
 mod jwks;
 mod oidc_http;
@@ -32,6 +35,7 @@ pub use claims::{Actor, DelegatedClaims, TOKEN_TYPE_AT_JWT};
 pub use delegated::{
     DelegatedTokenVerifier, RevocationCheck, RevocationList, RevocationPage, RevokedSession,
 };
+pub use dpop::{DPOP_TYP, DpopProof, DpopRequest, token_hash, verify_dpop_proof};
 pub use error::TokenError;
 pub use jsonwebtoken::jwk::JwkSet;
 pub use jsonwebtoken::{Algorithm, DecodingKey};

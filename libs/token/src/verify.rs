@@ -78,6 +78,10 @@ pub struct VerifyPolicy {
     pub require_iat: bool,
     /// Longest accepted `exp - iat` (e.g. for short-lived client assertions).
     pub max_lifetime: Option<Duration>,
+    /// `aud` must be one value (a string, or an array of one): assertions
+    /// naming this server alongside others could be replayed here by any
+    /// of the others (draft-ietf-oauth-rfc7523bis audience injection).
+    pub single_audience: bool,
 }
 
 impl VerifyPolicy {
@@ -91,6 +95,7 @@ impl VerifyPolicy {
             max_token_bytes: 16 * 1024,
             require_iat: true,
             max_lifetime: None,
+            single_audience: false,
         }
     }
 }
@@ -229,6 +234,12 @@ pub async fn verify<C: DeserializeOwned, K: KeySource + ?Sized>(
     match data.claims.get("sub") {
         Some(Value::String(sub)) if !sub.trim().is_empty() => {}
         _ => return Err(TokenError::MissingClaim("sub".into())),
+    }
+    if policy.single_audience
+        && let Some(Value::Array(values)) = data.claims.get("aud")
+        && values.len() != 1
+    {
+        return Err(TokenError::MultipleAudiences);
     }
     let now = crate::unix_now();
     let leeway = i64::try_from(policy.leeway.as_secs()).unwrap_or(i64::MAX);

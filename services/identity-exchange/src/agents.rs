@@ -43,6 +43,7 @@ pub struct Agent {
     issuer: Option<String>,
     subjects: Vec<String>,
     groups: Vec<String>,
+    may_delegate_to: Vec<String>,
 }
 
 impl Agent {
@@ -72,6 +73,7 @@ impl Agent {
             issuer: config.may_act_for.issuer.clone(),
             subjects: config.may_act_for.subjects.clone(),
             groups: config.may_act_for.groups.clone(),
+            may_delegate_to: config.may_delegate_to.clone(),
         })
     }
 
@@ -83,6 +85,11 @@ impl Agent {
         }
         self.subjects.iter().any(|s| s == "*" || s == sub)
             || self.groups.iter().any(|g| groups.contains(g))
+    }
+
+    /// Whether a token this agent acts in may be re-exchanged by `agent`.
+    pub fn may_delegate_to(&self, agent: &str) -> bool {
+        self.may_delegate_to.iter().any(|a| a == agent)
     }
 }
 
@@ -148,6 +155,7 @@ mod tests {
             issuer: issuer.map(str::to_owned),
             subjects: vec!["alice".into()],
             groups: vec!["hr".into()],
+            may_delegate_to: Vec::new(),
         }
     }
 

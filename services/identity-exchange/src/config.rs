@@ -22,6 +22,7 @@ use tether_runtime::{ConfigError, ServerConfig, ServiceConfig};
 /// issuer = "https://login.example.com"
 /// audiences = ["https://tether.example.com"]
 /// algorithms = ["ES256", "RS256"]
+/// clients = ["tether-console"]
 ///
 /// [[agents]]
 /// id = "hr-assistant"
@@ -130,6 +131,48 @@ pub struct TrustedIssuer {
     /// of those services' copies could present it here.
     #[serde(default)]
     pub allow_multi_audience: bool,
+    /// The IdP clients whose tokens are accepted as subject tokens: the
+    /// token's `azp`, `client_id`, `cid` (Okta) or `appid` (Entra ID v1),
+    /// or an ID token's single `aud`. Required; `["*"]` accepts any client
+    /// of this IdP, deliberately.
+    #[serde(default)]
+    pub clients: Vec<String>,
+    /// Accepted `typ` headers of access tokens (case-insensitive).
+    /// `at+jwt` (RFC 9068, also matching `application/at+jwt`) by default;
+    /// Keycloak and Entra ID issue `JWT`; `none` accepts a token with no
+    /// `typ` header (Okta).
+    #[serde(default = "default_access_token_types")]
+    pub access_token_types: Vec<String>,
+    /// The claim that holds the user's scopes: `scope` (Keycloak, Auth0,
+    /// RFC 9068) or `scp` (Entra ID, Okta); a space-separated string or an
+    /// array of strings. No other claim is read.
+    #[serde(default = "default_scope_claim")]
+    pub scope_claim: String,
+    /// User attributes from the token's claims: attribute name → claim
+    /// path, with `.` between nested names (Keycloak's
+    /// `realm_access.roles`). The `groups` attribute is what agents'
+    /// `may_act_for.groups` matches. Absent: `tokens.propagate_claims`,
+    /// each from the claim of the same name.
+    #[serde(default)]
+    pub claims: Option<std::collections::BTreeMap<String, String>>,
+    /// Accept tokens that name no human user (client-credentials tokens:
+    /// `sub` is a client) as subject tokens. Off by default: a delegated
+    /// token names the human an agent acts for.
+    #[serde(default)]
+    pub allow_service_subjects: bool,
+    /// Accept ID tokens (`subject_token_type` id_token) as subject tokens.
+    /// Off by default: an ID token tells a client who logged in, it is not
+    /// a grant to any API.
+    #[serde(default)]
+    pub allow_id_tokens: bool,
+}
+
+fn default_access_token_types() -> Vec<String> {
+    vec!["at+jwt".into()]
+}
+
+fn default_scope_claim() -> String {
+    "scope".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +200,48 @@ pub struct AgentConfig {
     /// Accepted assertion algorithms.
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
+    /// The agents this one may delegate to: a delegated token acted by
+    /// this agent may be re-exchanged by these agents only (sub-agent
+    /// delegation). Empty means none.
+    #[serde(default)]
+    pub may_delegate_to: Vec<String>,
+}
+
+impl TrustedIssuer {
+    /// The per-IdP token shape: clients, `typ`s, scope claim, claim paths.
+    fn validate_token_shape(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| {
+            Err(ConfigError::Invalid(format!(
+                "trusted issuer `{}`: {m}",
+                self.issuer
+            )))
+        };
+        if self.clients.is_empty() || self.clients.iter().any(|c| c.trim().is_empty()) {
+            return invalid(
+                "`clients` must list the IdP clients whose tokens are accepted (`[\"*\"]` for any)",
+            );
+        }
+        if self.access_token_types.is_empty()
+            || self.access_token_types.iter().any(|t| t.trim().is_empty())
+        {
+            return invalid("`access_token_types` must list at least one non-empty `typ`");
+        }
+        if self.scope_claim != "scope" && self.scope_claim != "scp" {
+            return invalid("`scope_claim` must be `scope` or `scp`");
+        }
+        for (attribute, path) in self.claims.iter().flatten() {
+            if attribute.is_empty()
+                || attribute == "idp"
+                || path.is_empty()
+                || path.split('.').any(str::is_empty)
+            {
+                return invalid(&format!(
+                    "claims: `{attribute} = \"{path}\"` is not an attribute name (not `idp`) and a claim path"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `may_act`-style constraint: the user comes from `issuer` (required when
@@ -175,7 +260,12 @@ pub struct MayActFor {
 #[serde(deny_unknown_fields)]
 pub struct SpiffeConfig {
     pub trust_domain: String,
-    /// The trust bundle's JWT authorities as a JWKS file.
+    /// The trust bundle's JWT authorities as a JWKS file (what the SPIRE
+    /// agent or `spiffe-helper` writes; `"use": "x509-svid"` keys are
+    /// ignored). Read again on the first SVID after
+    /// `http.jwks_min_refresh_secs` and replaced when its content changed,
+    /// so a SPIRE key rotation needs no restart; a new file that cannot be
+    /// used is logged and the last good keys keep serving.
     pub bundle_path: PathBuf,
 }
 
@@ -183,7 +273,8 @@ pub struct SpiffeConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub timeout_secs: u64,
-    /// Smallest interval between JWKS refreshes caused by unknown `kid`s.
+    /// Smallest interval between JWKS refreshes caused by unknown `kid`s,
+    /// and between two looks at the SPIFFE bundle file.
     pub jwks_min_refresh_secs: u64,
 }
 
@@ -325,6 +416,7 @@ impl ServiceConfig for Config {
             parse_algorithms(&issuer.algorithms).map_err(|e| {
                 ConfigError::Invalid(format!("trusted issuer `{}`: {e}", issuer.issuer))
             })?;
+            issuer.validate_token_shape()?;
         }
         let mut seen = std::collections::HashSet::new();
         for agent in &self.agents {
@@ -370,14 +462,22 @@ impl ServiceConfig for Config {
             parse_algorithms(&agent.algorithms)
                 .map_err(|e| ConfigError::Invalid(format!("agent `{}`: {e}", agent.id)))?;
         }
+        for agent in &self.agents {
+            if let Some(unknown) = agent
+                .may_delegate_to
+                .iter()
+                .find(|to| !self.agents.iter().any(|a| &a.id == *to))
+            {
+                return invalid(format!(
+                    "agent `{}`: `may_delegate_to` names `{unknown}`, which is not a registered agent",
+                    agent.id
+                ));
+            }
+        }
         self.oauth.validate()?;
-        if let Some(spiffe) = &self.spiffe
-            && !spiffe.bundle_path.exists()
-        {
-            return invalid(format!(
-                "spiffe.bundle_path `{}` does not exist",
-                spiffe.bundle_path.display()
-            ));
+        if let Some(spiffe) = &self.spiffe {
+            // The bundle as start-up will read it: JWT signing keys, or exit 64.
+            crate::spiffe::check_bundle(&spiffe.bundle_path).map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

@@ -14,6 +14,8 @@ pub enum OAuthCode {
     InvalidScope,
     UnauthorizedClient,
     UnsupportedGrantType,
+    /// RFC 9449 §5: the DPoP proof is missing what this request needs.
+    InvalidDpopProof,
 }
 
 impl OAuthCode {
@@ -26,6 +28,7 @@ impl OAuthCode {
             Self::InvalidScope => "invalid_scope",
             Self::UnauthorizedClient => "unauthorized_client",
             Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
         }
     }
 }
@@ -133,9 +136,9 @@ impl ServiceError for ExchangeError {
                 OAuthCode::InvalidRequest | OAuthCode::UnsupportedGrantType => {
                     ServiceErrorCode::InvalidArgument
                 }
-                OAuthCode::InvalidGrant | OAuthCode::InvalidClient => {
-                    ServiceErrorCode::Unauthenticated
-                }
+                OAuthCode::InvalidGrant
+                | OAuthCode::InvalidClient
+                | OAuthCode::InvalidDpopProof => ServiceErrorCode::Unauthenticated,
                 OAuthCode::InvalidTarget
                 | OAuthCode::InvalidScope
                 | OAuthCode::UnauthorizedClient => ServiceErrorCode::PermissionDenied,

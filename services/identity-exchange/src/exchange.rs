@@ -7,15 +7,15 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tether_runtime::clip;
 use tether_token::{
-    Actor, DelegatedClaims, KeyRing, StaticKeys, TOKEN_TYPE_AT_JWT, TokenError, TypRule,
-    VerifyPolicy, peek_issuer, unix_now, verify,
+    Actor, DelegatedClaims, DpopRequest, KeyRing, TOKEN_TYPE_AT_JWT, TokenError, TypRule,
+    VerifyPolicy, peek_issuer, unix_now, verify, verify_dpop_proof,
 };
 
 use crate::agents::{Agent, AgentRegistry};
 use crate::config::Config;
 use crate::error::{ExchangeError, OAuthCode};
-use crate::issuers::TrustedIssuers;
-use crate::store::{SessionRecord, Store};
+use crate::issuers::{SubjectKind, TrustedIssuers};
+use crate::store::{SessionRecord, Store, UsedAssertion};
 
 pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
 pub const TOKEN_TYPE_ID: &str = "urn:ietf:params:oauth:token-type:id_token";
@@ -27,6 +27,8 @@ const MAX_SCOPE_BYTES: usize = 1024;
 const MAX_SCOPE_TOKENS: usize = 64;
 const MAX_INTENT_BYTES: usize = 8 * 1024;
 const MAX_REASON_BYTES: usize = 256;
+/// How old a DPoP proof may be (RFC 9449 §11.1: seconds, not minutes).
+const DPOP_MAX_AGE: Duration = Duration::from_secs(60);
 /// What an agent's assertion is called in errors, by its use.
 const ACTOR_TOKEN: &str = "actor token";
 const CLIENT_ASSERTION: &str = "client assertion";
@@ -42,6 +44,9 @@ pub struct ExchangeInput {
     pub scope: String,
     pub requested_token_type: String,
     pub authorization_details: String,
+    /// The request's RFC 9449 `DPoP` header (HTTP only): the proof of
+    /// possession a sender-constrained subject token needs.
+    pub dpop_proof: Option<String>,
 }
 
 /// A minted delegated token.
@@ -69,10 +74,9 @@ pub struct Exchanger {
     leeway: Duration,
     max_token_bytes: usize,
     max_assertion_lifetime: Duration,
-    propagate: Vec<String>,
     issuers: TrustedIssuers,
     agents: AgentRegistry,
-    spiffe: Option<(String, StaticKeys)>,
+    spiffe: Option<(String, crate::spiffe::BundleKeys)>,
     ring: Arc<KeyRing>,
     store: Store,
     /// How tokens this service minted are verified (built once).
@@ -114,6 +118,9 @@ struct ProvenActor {
     /// `act.sub`: the agent id, or its SPIFFE id.
     sub: String,
     agent: Arc<Agent>,
+    /// The assertion's single-use id, recorded with the exchange's other
+    /// writes (none for a JWT-SVID).
+    used: Option<UsedAssertion>,
 }
 
 /// The user, from a verified subject token.
@@ -125,8 +132,13 @@ struct Subject {
     scopes: Option<Vec<String>>,
     groups: Vec<String>,
     user: Map<String, Value>,
+    /// The delegation chain the subject token carries: an IdP's `act`, or
+    /// a re-exchanged delegated token's.
+    act: Option<Actor>,
     /// Set when the subject token is one of ours (re-exchange).
     parent: Option<DelegatedClaims>,
+    /// Its RFC 7800 confirmation (`cnf`): whom it is bound to.
+    cnf: Option<Value>,
 }
 
 impl Exchanger {
@@ -138,11 +150,14 @@ impl Exchanger {
     ) -> anyhow::Result<Self> {
         let issuer = config.issuer.trim_end_matches('/').to_owned();
         let spiffe = match &config.spiffe {
-            Some(s) => {
-                let text = std::fs::read_to_string(&s.bundle_path)?;
-                let set: tether_token::JwkSet = serde_json::from_str(&text)?;
-                Some((s.trust_domain.clone(), StaticKeys::new(&set)))
-            }
+            // Re-read when SPIRE rotates its keys (crate::spiffe).
+            Some(s) => Some((
+                s.trust_domain.clone(),
+                crate::spiffe::BundleKeys::open(
+                    &s.bundle_path,
+                    Duration::from_secs(config.http.jwks_min_refresh_secs),
+                )?,
+            )),
             None => None,
         };
         let agents = AgentRegistry::new(config, http).map_err(anyhow::Error::msg)?;
@@ -163,7 +178,6 @@ impl Exchanger {
             leeway: Duration::from_secs(config.tokens.leeway_secs),
             max_token_bytes: config.tokens.max_token_bytes,
             max_assertion_lifetime: Duration::from_secs(config.tokens.max_assertion_lifetime_secs),
-            propagate: config.tokens.propagate_claims.clone(),
             issuers: TrustedIssuers::new(config, http).map_err(anyhow::Error::msg)?,
             agents,
             spiffe,
@@ -195,12 +209,35 @@ impl Exchanger {
     /// RFC 8693 token exchange.
     pub async fn exchange(&self, input: &ExchangeInput) -> Result<Minted, ExchangeError> {
         let intent = self.check_input(input)?;
-        // The actor first: its assertion is single-use, consumed here.
+        // The actor first: its assertion is single-use, spent by this
+        // request whatever its outcome.
         let actor = self.verify_actor(&input.actor_token).await?;
+        let minted = self.exchange_as(&actor, intent, input).await;
+        if minted.is_err()
+            && let Some(used) = &actor.used
+            && let Err(e) = self
+                .store
+                .consume_assertion(&used.issuer, &used.jti, used.keep_until_ms)
+                .await
+        {
+            tracing::warn!(error = %e, agent = %used.issuer, "a refused exchange's assertion could not be recorded as used");
+        }
+        minted
+    }
+
+    /// The exchange once the actor is proven: the subject, the checks, the
+    /// session and the token.
+    async fn exchange_as(
+        &self,
+        actor: &ProvenActor,
+        intent: Option<Value>,
+        input: &ExchangeInput,
+    ) -> Result<Minted, ExchangeError> {
         let subject = self
             .verify_subject(&input.subject_token, &input.subject_token_type)
             .await?;
 
+        self.check_possession(subject.cnf.as_ref(), input).await?;
         if subject.parent.is_some() && intent.is_some() {
             return Err(ExchangeError::oauth(
                 OAuthCode::InvalidRequest,
@@ -212,6 +249,9 @@ impl Exchanger {
                 OAuthCode::InvalidRequest,
                 "`authorization_details` (the agent's declared intent) is required",
             ));
+        }
+        if let Some(parent) = &subject.parent {
+            self.check_delegation(parent, &actor.agent.id)?;
         }
         if !actor
             .agent
@@ -235,15 +275,11 @@ impl Exchanger {
         let scope = grant_scope(&input.scope, subject.scopes.as_deref(), &actor.agent.scopes)?;
 
         let now = unix_now();
-        let act = match &subject.parent {
-            Some(parent) => Actor {
-                sub: actor.sub.clone(),
-                act: Some(Box::new(parent.act.clone())),
-            },
-            None => Actor {
-                sub: actor.sub.clone(),
-                act: None,
-            },
+        // The new actor goes on top of the chain the subject token carries
+        // (RFC 8693 §4.1), never in its place; the limit counts it all.
+        let act = Actor {
+            sub: actor.sub.clone(),
+            act: subject.act.clone().map(Box::new),
         };
         if act.depth() > self.max_depth {
             return Err(ExchangeError::oauth(
@@ -262,31 +298,38 @@ impl Exchanger {
                 "subject token has expired",
             ));
         }
-        let (sid, session_expires_at) = match &subject.parent {
+        let (sid, session_expires_at, new_session) = match &subject.parent {
             Some(parent) => {
                 let session = self.live_session(&parent.sid, now).await?;
-                (parent.sid.clone(), session.expires_at_ms / 1000)
+                (parent.sid.clone(), session.expires_at_ms / 1000, None)
             }
             None => {
                 let sid = format!("s_{}", uuid::Uuid::new_v4().simple());
-                self.store
-                    .insert_session(&SessionRecord {
-                        sid: sid.clone(),
-                        user_issuer: subject.idp.clone(),
-                        sub: subject.sub.clone(),
-                        agent: actor.agent.id.clone(),
-                        audience: input.audience.clone(),
-                        scope: scope.clone(),
-                        intent: intent.as_ref().map(Value::to_string).unwrap_or_default(),
-                        created_at_ms: now * 1000,
-                        expires_at_ms: exp * 1000,
-                        revoked_at_ms: None,
-                        revoke_reason: None,
-                    })
-                    .await?;
-                (sid, exp)
+                let record = SessionRecord {
+                    sid: sid.clone(),
+                    user_issuer: subject.idp.clone(),
+                    sub: subject.sub.clone(),
+                    agent: actor.agent.id.clone(),
+                    audience: input.audience.clone(),
+                    scope: scope.clone(),
+                    intent: intent.as_ref().map(Value::to_string).unwrap_or_default(),
+                    created_at_ms: now * 1000,
+                    expires_at_ms: exp * 1000,
+                    revoked_at_ms: None,
+                    revoke_reason: None,
+                };
+                (sid, exp, Some(record))
             }
         };
+        // One commit: the assertion is spent and the session exists, or
+        // neither (a concurrent replay of the assertion loses here).
+        if !self
+            .store
+            .record_exchange(actor.used.as_ref(), new_session.as_ref())
+            .await?
+        {
+            return Err(replayed(ACTOR_TOKEN));
+        }
         let exp = exp.min(session_expires_at);
         let claims = DelegatedClaims {
             iss: self.issuer.clone(),
@@ -328,6 +371,103 @@ impl Exchanger {
             claims,
             session_expires_at,
         })
+    }
+
+    /// A sender-constrained subject token (RFC 7800 `cnf`) is accepted
+    /// only with proof that the caller holds its key: a DPoP proof (RFC
+    /// 9449) whose key's thumbprint is `cnf.jkt`, used once. A stolen bound
+    /// token must not work as a bearer token. Certificate-bound tokens
+    /// (`x5t#S256`, RFC 8705) are refused: this server accepts only Tether's
+    /// own certificates, so an agent cannot prove it holds the one the IdP
+    /// bound the token to.
+    async fn check_possession(
+        &self,
+        cnf: Option<&Value>,
+        input: &ExchangeInput,
+    ) -> Result<(), ExchangeError> {
+        let Some(cnf) = cnf else {
+            return Ok(());
+        };
+        let rejected = |why: &str| {
+            ExchangeError::oauth(
+                OAuthCode::InvalidGrant,
+                format!("subject token rejected: {why}"),
+            )
+        };
+        let jkt = match (cnf.get("jkt"), cnf.get("x5t#S256")) {
+            (Some(Value::String(jkt)), None) if !jkt.is_empty() => jkt,
+            (_, Some(_)) => {
+                return Err(rejected(
+                    "it is bound to a client certificate (`cnf.x5t#S256`), whose possession this server cannot check; ask the IdP for a DPoP-bound or bearer token",
+                ));
+            }
+            _ => {
+                return Err(rejected(
+                    "its `cnf` names no confirmation method this server checks (`jkt`)",
+                ));
+            }
+        };
+        let Some(proof) = &input.dpop_proof else {
+            return Err(rejected(
+                "it is sender-constrained (`cnf.jkt`): exchange it at /token with a DPoP proof of its key in the `DPoP` header (RFC 9449)",
+            ));
+        };
+        let request = DpopRequest {
+            htm: "POST",
+            htu: &self.token_endpoint,
+            token: &input.subject_token,
+            max_age: DPOP_MAX_AGE,
+            leeway: self.leeway,
+        };
+        let dpop_error =
+            |e: TokenError| ExchangeError::oauth(OAuthCode::InvalidDpopProof, e.to_string());
+        let verified = verify_dpop_proof(proof, &request).map_err(dpop_error)?;
+        if verified.jkt != *jkt {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidDpopProof,
+                "DPoP proof rejected: its key is not the one the subject token is bound to (`cnf.jkt`)",
+            ));
+        }
+        let keep_until = verified
+            .iat
+            .saturating_add(i64::try_from((DPOP_MAX_AGE + self.leeway).as_secs()).unwrap_or(0))
+            .saturating_add(1)
+            .saturating_mul(1000);
+        let replay_scope = format!("dpop:{}", verified.jkt);
+        if !self
+            .store
+            .consume_assertion(&replay_scope, &verified.jti, keep_until)
+            .await?
+        {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidDpopProof,
+                "DPoP proof rejected: it was already used (`jti` replay)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sub-agent delegation: the agent acting in `parent` must list `to`
+    /// in its `may_delegate_to`. Being registered (or allowed to act for
+    /// the same user) is not enough: the chain grows only where its
+    /// current agent chose to extend it.
+    fn check_delegation(&self, parent: &DelegatedClaims, to: &str) -> Result<(), ExchangeError> {
+        let allowed = self
+            .agents
+            .get(&parent.client_id)
+            .is_some_and(|from| from.may_delegate_to(to));
+        if allowed {
+            Ok(())
+        } else {
+            Err(ExchangeError::oauth(
+                OAuthCode::UnauthorizedClient,
+                format!(
+                    "agent `{}` may not delegate to agent `{}` (its `may_delegate_to`)",
+                    clip(&parent.client_id),
+                    clip(to)
+                ),
+            ))
+        }
     }
 
     /// Field checks before any token is looked at. Returns the parsed intent.
@@ -433,30 +573,40 @@ impl Exchanger {
         if sub.starts_with("spiffe://") {
             return self.verify_svid(token, &sub).await;
         }
-        let agent = self
-            .verify_agent_assertion(
-                token,
-                std::slice::from_ref(&self.token_endpoint),
-                ACTOR_TOKEN,
-            )
+        let (agent, used) = self
+            .verify_agent_assertion(token, &self.own_audiences(), ACTOR_TOKEN)
             .await?;
+        // Refused here already when it was used before; recorded (and
+        // checked again, atomically) when the exchange commits.
+        if self.store.assertion_used(&used.issuer, &used.jti).await? {
+            return Err(replayed(ACTOR_TOKEN));
+        }
         Ok(ProvenActor {
             sub: agent.id.clone(),
             agent,
+            used: Some(used),
         })
+    }
+
+    /// What an actor token's `aud` may be: this server's issuer identifier
+    /// (draft-ietf-oauth-rfc7523bis), or its token endpoint URL for
+    /// compatibility; always exactly one value.
+    fn own_audiences(&self) -> Vec<String> {
+        vec![self.issuer.clone(), self.token_endpoint.clone()]
     }
 
     /// An agent's RFC 7523 assertion, the one verifier for actor tokens and
     /// client authentication: `iss` = `sub` = a registered agent, signed by
-    /// one of its keys with an algorithm it is registered for, `aud` one of
-    /// `audiences`, unexpired and not too long-lived, and a `jti` never seen
-    /// before (consumed here, durably). `what` names the assertion in errors.
+    /// one of its keys with an algorithm it is registered for, `aud`
+    /// exactly one value and one of `audiences`, unexpired and not too
+    /// long-lived, with a single-use `jti`, returned for the caller to
+    /// record. `what` names the assertion in errors.
     async fn verify_agent_assertion(
         &self,
         token: &str,
         audiences: &[String],
         what: &str,
-    ) -> Result<Arc<Agent>, ExchangeError> {
+    ) -> Result<(Arc<Agent>, UsedAssertion), ExchangeError> {
         let reject = |m: &str| {
             ExchangeError::oauth(OAuthCode::InvalidClient, format!("{what} rejected: {m}"))
         };
@@ -478,6 +628,7 @@ impl Exchanger {
         policy.leeway = self.leeway;
         policy.max_token_bytes = self.max_token_bytes;
         policy.max_lifetime = Some(self.max_assertion_lifetime);
+        policy.single_audience = true;
         let verified = verify::<Map<String, Value>, _>(token, &policy, &agent.keys)
             .await
             .map_err(|e| ExchangeError::assertion(what, e))?;
@@ -502,14 +653,12 @@ impl Exchanger {
             .saturating_add(i64::try_from(self.leeway.as_secs()).unwrap_or(0))
             .saturating_add(1)
             .saturating_mul(1000);
-        if !self
-            .store
-            .consume_assertion(&agent.id, jti, keep_until)
-            .await?
-        {
-            return Err(reject("assertion was already used (replay)"));
-        }
-        Ok(Arc::clone(agent))
+        let used = UsedAssertion {
+            issuer: agent.id.clone(),
+            jti: jti.to_owned(),
+            keep_until_ms: keep_until,
+        };
+        Ok((Arc::clone(agent), used))
     }
 
     /// RFC 7523 client authentication (`private_key_jwt`) at the endpoint
@@ -558,15 +707,23 @@ impl Exchanger {
             self.token_endpoint.clone(),
             format!("{}{path}", self.issuer),
         ];
-        let agent = self
+        let (agent, used) = self
             .verify_agent_assertion(assertion, &audiences, CLIENT_ASSERTION)
             .await?;
+        if !self
+            .store
+            .consume_assertion(&used.issuer, &used.jti, used.keep_until_ms)
+            .await?
+        {
+            return Err(replayed(CLIENT_ASSERTION));
+        }
         Ok(OAuthClient::Agent(agent.id.clone()))
     }
 
     /// A SPIFFE JWT-SVID: signed by the trust bundle, `sub` a registered
-    /// SPIFFE id in the trust domain, `aud` this token endpoint. SVIDs are
-    /// reusable within their (short) lifetime, so no `jti` is required.
+    /// SPIFFE id in the trust domain, `aud` one value naming this server (as
+    /// for assertions). SVIDs are reusable within their (short) lifetime,
+    /// so no `jti` is required.
     async fn verify_svid(&self, token: &str, sub: &str) -> Result<ProvenActor, ExchangeError> {
         let reject = |m: String| {
             ExchangeError::oauth(
@@ -594,11 +751,9 @@ impl Exchanger {
         // JWT-SVIDs carry no fixed issuer: accept the token's own `iss`
         // only after the signature proves it came from the bundle.
         let iss = peek_issuer(token, self.max_token_bytes).unwrap_or_default();
-        let mut policy = VerifyPolicy::new(
-            vec![iss],
-            vec![self.token_endpoint.clone()],
-            agent.algorithms.clone(),
-        );
+        let mut policy =
+            VerifyPolicy::new(vec![iss], self.own_audiences(), agent.algorithms.clone());
+        policy.single_audience = true;
         policy.typ = TypRule::OneOf(vec![String::new(), "JWT".into(), "JOSE".into()]);
         policy.leeway = self.leeway;
         policy.max_token_bytes = self.max_token_bytes;
@@ -610,6 +765,7 @@ impl Exchanger {
         Ok(ProvenActor {
             sub: sub.to_owned(),
             agent: Arc::clone(agent),
+            used: None,
         })
     }
 
@@ -637,25 +793,26 @@ impl Exchanger {
                 ),
             ));
         };
-        let typ = if token_type == TOKEN_TYPE_ACCESS {
-            TypRule::AccessToken
+        let kind = if token_type == TOKEN_TYPE_ACCESS {
+            SubjectKind::AccessToken
         } else {
-            TypRule::JwtOrAbsent
+            SubjectKind::IdToken
         };
+        let rejected = |why: String| {
+            ExchangeError::oauth(
+                OAuthCode::InvalidGrant,
+                format!("subject token rejected: {why}"),
+            )
+        };
+        let policy = entry
+            .policy(kind)
+            .map_err(|why| ExchangeError::oauth(OAuthCode::InvalidRequest, why))?;
         let keys = entry.keys().await.map_err(ExchangeError::subject)?;
-        let claims = verify::<Map<String, Value>, _>(token, &entry.policy(typ), keys)
+        let claims = verify::<Map<String, Value>, _>(token, &policy, keys)
             .await
             .map_err(ExchangeError::subject)?
             .claims;
-        if let Some(other) = entry.untrusted_audience(claims.get("aud")) {
-            return Err(ExchangeError::oauth(
-                OAuthCode::InvalidGrant,
-                format!(
-                    "subject token rejected: it is also for `{}`, an audience this server does not trust (a token for several services is refused unless its issuer's `allow_multi_audience` is set)",
-                    clip(other)
-                ),
-            ));
-        }
+        let user = entry.user(&claims, kind).map_err(rejected)?;
         let sub = claims
             .get("sub")
             .and_then(Value::as_str)
@@ -665,33 +822,16 @@ impl Exchanger {
             .get("exp")
             .and_then(Value::as_i64)
             .unwrap_or_default();
-        let scopes = scopes_of(&claims);
-        let groups = claims
-            .get("groups")
-            .and_then(Value::as_array)
-            .map(|g| {
-                g.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut user: Map<String, Value> = self
-            .propagate
-            .iter()
-            .filter_map(|name| claims.get(name).map(|v| (name.clone(), v.clone())))
-            .collect();
-        // Users are named by (IdP, sub): `alice` at one IdP is not `alice`
-        // at another. The IdP travels with the token for every later check.
-        user.insert("idp".into(), Value::String(iss.clone()));
         Ok(Subject {
             idp: iss,
             sub,
             exp,
-            scopes: Some(scopes),
-            groups,
-            user,
+            scopes: Some(user.scopes),
+            groups: user.groups,
+            user: user.attributes,
+            act: user.act,
             parent: None,
+            cnf: claims.get("cnf").cloned(),
         })
     }
 
@@ -726,7 +866,9 @@ impl Exchanger {
             scopes: Some(claims.scopes().map(str::to_owned).collect()),
             groups,
             user: claims.user.clone(),
+            act: Some(claims.act.clone()),
             parent: Some(claims),
+            cnf: None,
         })
     }
 
@@ -887,19 +1029,6 @@ fn grant_scope(
     Ok(granted.join(" "))
 }
 
-/// A token's `scope` (space-separated) or `scp` (array) claim.
-fn scopes_of(claims: &Map<String, Value>) -> Vec<String> {
-    match (claims.get("scope"), claims.get("scp")) {
-        (Some(Value::String(s)), _) => s.split_ascii_whitespace().map(str::to_owned).collect(),
-        (_, Some(Value::Array(items))) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// Claims of an unverified token, only to route it to the right verifier.
 fn unverified_claims(token: &str, limit: usize) -> Result<Map<String, Value>, TokenError> {
     use base64::Engine as _;
@@ -920,6 +1049,14 @@ fn unverified_claims(token: &str, limit: usize) -> Result<Map<String, Value>, To
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(TokenError::Malformed("payload is not a JSON object".into())),
     }
+}
+
+/// A single-use assertion presented again.
+fn replayed(what: &str) -> ExchangeError {
+    ExchangeError::oauth(
+        OAuthCode::InvalidClient,
+        format!("{what} rejected: assertion was already used (replay)"),
+    )
 }
 
 pub fn unix_now_ms() -> i64 {

@@ -99,6 +99,8 @@ impl pb::identity_exchange_server::IdentityExchange for IdentityService {
             scope: r.scope,
             requested_token_type: r.requested_token_type,
             authorization_details: r.authorization_details,
+            // gRPC has no DPoP binding: a bound subject token is refused.
+            dpop_proof: None,
         };
         let span = tracing::info_span!(
             "identity.exchange",

@@ -7,6 +7,10 @@
 //! the mTLS certificate of an allowed Tether service (RFC 8705
 //! `tls_client_auth`; any token). Both are rate-limited per client, and
 //! failed attempts per source address.
+//!
+//! `/token` takes no client authentication; transport-level refusals
+//! (size, content type, method) are OAuth errors too: see
+//! [`crate::http_refusals`].
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -18,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context as _;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
@@ -36,7 +40,7 @@ use crate::exchange::{
 };
 
 /// Largest form body accepted on any endpoint.
-const MAX_FORM_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_FORM_BYTES: usize = 64 * 1024;
 
 /// RFC 7523 §2.2 `client_assertion_type`.
 const CLIENT_ASSERTION_TYPE_JWT: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -82,6 +86,10 @@ pub fn router(
         .route("/token", post(token))
         .route("/introspect", post(introspect))
         .route("/revoke", post(revoke))
+        // Only the OAuth endpoints above: their 405 is an OAuth error.
+        .route_layer(axum::middleware::map_response(
+            crate::http_refusals::method_refusal,
+        ))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
@@ -123,7 +131,7 @@ impl<S: Send + Sync> FromRequest<S> for OAuthForm {
     async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
         let Form(pairs) = Form::<Vec<(String, String)>>::from_request(request, state)
             .await
-            .map_err(IntoResponse::into_response)?;
+            .map_err(|e| crate::http_refusals::form_refusal(&e))?;
         let mut form = HashMap::with_capacity(pairs.len());
         for (name, value) in pairs {
             if form.contains_key(&name) {
@@ -295,7 +303,7 @@ fn no_store(mut response: Response) -> Response {
     response
 }
 
-fn error(err: &ExchangeError) -> Response {
+pub(crate) fn error(err: &ExchangeError) -> Response {
     let description = tether_runtime::ServiceError::public_message(err);
     let mut response = (
         err.http_status(),
@@ -316,8 +324,36 @@ fn error(err: &ExchangeError) -> Response {
     no_store(response)
 }
 
-async fn token(State(state): State<Arc<HttpState>>, OAuthForm(form): OAuthForm) -> Response {
+async fn token(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    OAuthForm(form): OAuthForm,
+) -> Response {
     let ex = &state.exchanger;
+    if let Err(e) = crate::http_refusals::no_client_authentication(&form, &headers) {
+        tracing::info!(error = %e, "exchange refused");
+        return error(&e);
+    }
+    // RFC 9449 §4.3: exactly one `DPoP` header, when there is one.
+    let mut proofs = headers.get_all("dpop").iter();
+    let dpop_proof = match (proofs.next(), proofs.next()) {
+        (None, _) => None,
+        (Some(proof), None) => match proof.to_str() {
+            Ok(proof) => Some(proof.to_owned()),
+            Err(_) => {
+                return error(&ExchangeError::oauth(
+                    OAuthCode::InvalidDpopProof,
+                    "DPoP proof rejected: the header is not ASCII",
+                ));
+            }
+        },
+        (Some(_), Some(_)) => {
+            return error(&ExchangeError::oauth(
+                OAuthCode::InvalidDpopProof,
+                "DPoP proof rejected: send exactly one `DPoP` header",
+            ));
+        }
+    };
     let field = |k: &str| form.get(k).cloned().unwrap_or_default();
     if field("grant_type") != GRANT_TYPE_TOKEN_EXCHANGE {
         return error(&ExchangeError::oauth(
@@ -346,6 +382,7 @@ async fn token(State(state): State<Arc<HttpState>>, OAuthForm(form): OAuthForm) 
         scope: field("scope"),
         requested_token_type: field("requested_token_type"),
         authorization_details: field("authorization_details"),
+        dpop_proof,
     };
     match ex.exchange(&input).await {
         Ok(minted) => {
@@ -461,8 +498,7 @@ async fn metadata(State(state): State<Arc<HttpState>>) -> Response {
         "revocation_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
         "revocation_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA"],
         "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
-        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA"],
+        "token_endpoint_auth_methods_supported": crate::http_refusals::TOKEN_AUTH_METHODS,
         "subject_token_types_supported": [TOKEN_TYPE_ACCESS, TOKEN_TYPE_ID],
         "actor_token_types_supported": [TOKEN_TYPE_JWT],
         "authorization_details_types_supported": ["*"],

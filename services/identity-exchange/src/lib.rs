@@ -13,7 +13,9 @@ mod error;
 mod exchange;
 mod grpc;
 mod http;
+mod http_refusals;
 mod issuers;
+mod spiffe;
 mod store;
 
 use std::future::Future;

@@ -73,14 +73,28 @@ pub struct Store {
     pool: AnyPool,
 }
 
+/// A single-use assertion id to record: who issued it, and until when it
+/// must be remembered (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsedAssertion {
+    pub issuer: String,
+    pub jti: String,
+    pub keep_until_ms: i64,
+}
+
 impl Store {
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        let pool = tether_store::open(
-            url,
-            "identity_exchange",
-            &tether_store::PoolSettings::default(),
-        )
-        .await?;
+        // SQLite has one writer at a time; several connections would make
+        // concurrent exchanges wait in SQLite's busy handler, which sleeps
+        // in milliseconds. One connection queues them without sleeping.
+        let settings = match tether_store::Backend::of(url) {
+            Some(tether_store::Backend::Sqlite) => tether_store::PoolSettings {
+                max_connections: 1,
+                ..tether_store::PoolSettings::default()
+            },
+            _ => tether_store::PoolSettings::default(),
+        };
+        let pool = tether_store::open(url, "identity_exchange", &settings).await?;
         tether_store::migrate(&pool, &MIGRATOR).await?;
         Ok(Self { pool })
     }
@@ -104,23 +118,63 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
-    pub async fn insert_session(&self, s: &SessionRecord) -> Result<(), ExchangeError> {
-        sqlx::query(
-            "INSERT INTO sessions (sid, user_issuer, sub, agent, audience, scope, intent, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&s.sid)
-        .bind(&s.user_issuer)
-        .bind(&s.sub)
-        .bind(&s.agent)
-        .bind(&s.audience)
-        .bind(&s.scope)
-        .bind(&s.intent)
-        .bind(s.created_at_ms)
-        .bind(s.expires_at_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(ExchangeError::store)?;
-        Ok(())
+    /// Whether a single-use assertion id was already recorded.
+    pub async fn assertion_used(&self, issuer: &str, jti: &str) -> Result<bool, ExchangeError> {
+        let row =
+            sqlx::query("SELECT 1 AS used FROM used_assertions WHERE issuer = $1 AND jti = $2")
+                .bind(issuer)
+                .bind(jti)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(ExchangeError::store)?;
+        Ok(row.is_some())
+    }
+
+    /// What a successful exchange writes, in one transaction (one commit
+    /// on the exchange's path): the actor assertion's id, and the new
+    /// session when there is one. `false`, with nothing written, when the
+    /// assertion was already used (a concurrent replay that passed
+    /// [`Store::assertion_used`] too).
+    pub async fn record_exchange(
+        &self,
+        assertion: Option<&UsedAssertion>,
+        session: Option<&SessionRecord>,
+    ) -> Result<bool, ExchangeError> {
+        let mut tx = self.pool.begin().await.map_err(ExchangeError::store)?;
+        if let Some(a) = assertion {
+            let inserted = sqlx::query(
+                "INSERT INTO used_assertions (issuer, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT (issuer, jti) DO NOTHING",
+            )
+            .bind(&a.issuer)
+            .bind(&a.jti)
+            .bind(a.keep_until_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(ExchangeError::store)?;
+            if inserted.rows_affected() != 1 {
+                tx.rollback().await.map_err(ExchangeError::store)?;
+                return Ok(false);
+            }
+        }
+        if let Some(s) = session {
+            sqlx::query(
+                "INSERT INTO sessions (sid, user_issuer, sub, agent, audience, scope, intent, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(&s.sid)
+            .bind(&s.user_issuer)
+            .bind(&s.sub)
+            .bind(&s.agent)
+            .bind(&s.audience)
+            .bind(&s.scope)
+            .bind(&s.intent)
+            .bind(s.created_at_ms)
+            .bind(s.expires_at_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(ExchangeError::store)?;
+        }
+        tx.commit().await.map_err(ExchangeError::store)?;
+        Ok(true)
     }
 
     pub async fn session(&self, sid: &str) -> Result<Option<SessionRecord>, ExchangeError> {
@@ -288,6 +342,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_exchange_records_its_assertion_and_session_together_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let used = UsedAssertion {
+            issuer: "hr-assistant".into(),
+            jti: "j-1".into(),
+            keep_until_ms: i64::MAX,
+        };
+        assert!(!store.assertion_used("hr-assistant", "j-1").await.unwrap());
+        let first = session("s_1", "alice", "hr-assistant", 1_000);
+        assert!(
+            store
+                .record_exchange(Some(&used), Some(&first))
+                .await
+                .unwrap()
+        );
+        assert!(store.assertion_used("hr-assistant", "j-1").await.unwrap());
+        assert!(!store.assertion_used("report-writer", "j-1").await.unwrap());
+        // A replay of the same assertion writes nothing, its session neither.
+        let second = session("s_2", "alice", "hr-assistant", 2_000);
+        assert!(
+            !store
+                .record_exchange(Some(&used), Some(&second))
+                .await
+                .unwrap()
+        );
+        assert!(store.session("s_2").await.unwrap().is_none());
+        assert!(store.session("s_1").await.unwrap().is_some());
+        // And the single-use check outside an exchange agrees.
+        assert!(
+            !store
+                .consume_assertion("hr-assistant", "j-1", i64::MAX)
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
     async fn sessions_list_newest_first_with_filters_and_stable_pages() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
@@ -298,7 +390,7 @@ mod tests {
             session("s_c", "carol", "hr-assistant", 2_000),
             session("s_d", "alice", "report-writer", 3_000),
         ] {
-            store.insert_session(&s).await.unwrap();
+            assert!(store.record_exchange(None, Some(&s)).await.unwrap());
         }
         store.revoke("s_b", "done", 2_500).await.unwrap();
 
@@ -320,7 +412,7 @@ mod tests {
         // session that starts meanwhile does not shift them.
         let first = store.list_sessions(&all, None, 2).await.unwrap();
         store
-            .insert_session(&session("s_e", "alice", "hr-assistant", 4_000))
+            .record_exchange(None, Some(&session("s_e", "alice", "hr-assistant", 4_000)))
             .await
             .unwrap();
         let last = first.last().unwrap();

@@ -63,8 +63,20 @@ fn validate_only_and_invalid_configurations() {
             "agent `a` needs `jwks`, `jwks_uri` or `spiffe_id`",
         ),
         (
-            "[[trusted_issuers]]\nissuer = \"https://a\"\naudiences = [\"x\"]\n[[trusted_issuers]]\nissuer = \"https://b\"\naudiences = [\"x\"]\n[[agents]]\nid = \"a\"\naudiences = [\"x\"]\njwks_uri = \"https://a/jwks\"\n",
+            "[[trusted_issuers]]\nissuer = \"https://a\"\naudiences = [\"x\"]\nclients = [\"*\"]\n[[trusted_issuers]]\nissuer = \"https://b\"\naudiences = [\"x\"]\nclients = [\"*\"]\n[[agents]]\nid = \"a\"\naudiences = [\"x\"]\njwks_uri = \"https://a/jwks\"\n",
             "`may_act_for.issuer` is required when more than one issuer is trusted",
+        ),
+        (
+            "[[trusted_issuers]]\nissuer = \"https://idp\"\naudiences = [\"a\"]\n",
+            "`clients` must list the IdP clients whose tokens are accepted",
+        ),
+        (
+            "[[trusted_issuers]]\nissuer = \"https://idp\"\naudiences = [\"a\"]\nclients = [\"c\"]\nscope_claim = \"roles\"\n",
+            "`scope_claim` must be `scope` or `scp`",
+        ),
+        (
+            "[[agents]]\nid = \"a\"\naudiences = [\"x\"]\njwks_uri = \"https://a/jwks\"\nmay_delegate_to = [\"ghost\"]\n",
+            "`may_delegate_to` names `ghost`, which is not a registered agent",
         ),
         (
             "[[agents]]\nid = \"a\"\naudiences = [\"x\"]\njwks = { keys = [{ kty = \"oct\", k = \"c2VjcmV0\" }] }\n",
