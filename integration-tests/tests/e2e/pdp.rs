@@ -166,6 +166,68 @@ async fn an_erroring_forbid_is_a_deny_with_the_error_reported() {
 }
 
 #[tokio::test]
+async fn one_approval_prompt_names_every_step_up_policy_in_a_stable_order() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("s.cedarschema"),
+        "entity User; entity Doc;\ntype A = { granted: Bool };\n\
+         action \"export\" appliesTo { principal: User, resource: Doc, context: { approval?: A } };",
+    )
+    .unwrap();
+    let lifted = "unless { context has approval && context.approval.granted };";
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        format!(
+            "@id(\"all-export\") permit(principal, action, resource);\n\
+             @id(\"zz-bulk-export\") @step_up(\"ciba\") @binding_message(\"Export all of {{resource.id}}?\")\n\
+             forbid(principal, action, resource) {lifted}\n\
+             @id(\"aa-personal-data\") @step_up(\"ciba\") @binding_message(\"Share personal data in {{resource.id}}?\")\n\
+             forbid(principal, action, resource) {lifted}\n"
+        ),
+    )
+    .unwrap();
+    let pdp = PdpSandbox::builder()
+        .pack(dir.path())
+        .start()
+        .await
+        .unwrap();
+    let req = CheckRequest {
+        principal: uid("User", "u"),
+        action: uid("Action", "export"),
+        resource: uid("Doc", "payroll"),
+        ..Default::default()
+    };
+    let first = check(&pdp, req.clone()).await.unwrap();
+    assert_eq!(first.decision(), Decision::ApprovalRequired);
+    assert_eq!(first.policy_ids, ["aa-personal-data", "zz-bulk-export"]);
+    assert_eq!(
+        first.reasons,
+        [
+            "`aa-personal-data` requires the user's approval",
+            "`zz-bulk-export` requires the user's approval"
+        ]
+    );
+    let step_up = first.step_up.clone().unwrap();
+    assert_eq!(step_up.policy_ids, first.policy_ids);
+    // One approval lifts both forbids, so the prompt names both.
+    assert_eq!(
+        step_up.binding_message,
+        "Share personal data in payroll? + Export all of payroll?"
+    );
+    for _ in 0..10 {
+        assert_eq!(check(&pdp, req.clone()).await.unwrap(), first);
+    }
+
+    let approved = CheckRequest {
+        context_json: json!({"approval": {"granted": true}}).to_string(),
+        ..req
+    };
+    let resp = check(&pdp, approved).await.unwrap();
+    assert_eq!(resp.decision(), Decision::Allow);
+    assert_eq!(resp.policy_ids, ["all-export"]);
+}
+
+#[tokio::test]
 async fn bad_input_is_refused_with_the_right_code() {
     let limits = RequestLimits {
         max_request_bytes: 64 * 1024,
@@ -270,6 +332,24 @@ async fn bad_input_is_refused_with_the_right_code() {
         r,
         Code::ResourceExhausted,
         "the limit is 65536",
+    ));
+    // Read by neither path: only JSON whitespace is an empty context, and
+    // Cedar's entity format requires `attrs` and `parents`.
+    let mut r = ok.clone();
+    r.context_json = "\u{3000}".into();
+    cases.push((
+        "unicode space as the context",
+        r,
+        Code::InvalidArgument,
+        "context is not valid JSON",
+    ));
+    let mut r = ok.clone();
+    r.entities_json = r#"[{"uid":{"type":"Group","id":"people"},"parents":[]}]"#.into();
+    cases.push((
+        "request entity without attrs",
+        r,
+        Code::InvalidArgument,
+        "missing field `attrs`",
     ));
     let mut r = ok.clone();
     r.request_id = "x".repeat(200);

@@ -9,10 +9,10 @@ use cedar_policy::{
 use serde_json::Value;
 
 use crate::pack::PolicyPack;
-use crate::step_up::Fields;
+use crate::step_up::{Fields, StepUpPolicy, prompt};
 
 /// One authorization question, with context and entities in Cedar's JSON
-/// formats (empty strings mean `{}` and `[]`).
+/// formats (empty strings, or JSON whitespace only, mean `{}` and `[]`).
 #[derive(Debug, Clone, Copy)]
 pub struct Query<'a> {
     /// `(entity type, id)` of the principal.
@@ -73,7 +73,9 @@ pub enum Outcome {
 pub struct StepUp {
     /// `ciba`.
     pub method: String,
-    /// Filled `@binding_message`, empty when the policy has none.
+    /// The prompt for the one approval that lifts every policy in
+    /// `policy_ids`: each one's filled `@binding_message` (its id when it
+    /// has none), joined with ` + `; empty when none of them has one.
     pub binding_message: String,
     /// The step-up policies that denied.
     pub policy_ids: Vec<String>,
@@ -103,6 +105,21 @@ impl PolicyPack {
     /// evaluation; every `Ok` that is not [`Outcome::Allow`] is a deny of some
     /// kind.
     pub fn evaluate(&self, query: &Query<'_>, limits: &Limits) -> Result<Decision, RequestError> {
+        let (principal, action, resource) = self.checked_uids(query, limits)?;
+        let uids = (&principal, &action, &resource);
+        match self.evaluate_direct(query, limits, uids) {
+            Some(decision) => Ok(decision),
+            None => self.evaluate_general(query, limits, uids),
+        }
+    }
+
+    /// What both paths take for granted: the size limit, and uids of a
+    /// declared action and declared entity types.
+    fn checked_uids(
+        &self,
+        query: &Query<'_>,
+        limits: &Limits,
+    ) -> Result<(EntityUid, EntityUid, EntityUid), RequestError> {
         let json_bytes = query.context_json.len() + query.entities_json.len();
         if json_bytes > limits.max_json_bytes {
             return Err(RequestError::TooLarge(format!(
@@ -127,12 +144,7 @@ impl PolicyPack {
                 )));
             }
         }
-
-        let uids = (&principal, &action, &resource);
-        match self.evaluate_direct(query, limits, uids) {
-            Some(decision) => Ok(decision),
-            None => self.evaluate_general(query, limits, uids),
-        }
+        Ok((principal, action, resource))
     }
 
     /// Cedar's own JSON parsers, every error reported, step-up handled.
@@ -387,15 +399,15 @@ impl PolicyPack {
             action: query.action.1,
             resource: query.resource,
         };
+        // INVARIANT: `deny.policy_ids` is sorted, so the prompt and the ids
+        // are the same on every call.
         let method = step_ups
             .first()
             .map(|(_, s)| s.method.clone())
             .unwrap_or_default();
-        let binding_message = step_ups
-            .iter()
-            .find_map(|(_, s)| s.binding_message.as_ref())
-            .map(|t| t.render(&fields))
-            .unwrap_or_default();
+        let named: Vec<(&str, &StepUpPolicy)> =
+            step_ups.iter().map(|(id, s)| (id.as_str(), *s)).collect();
+        let binding_message = prompt(&named, &fields);
         let policy_ids: Vec<String> = step_ups.iter().map(|(id, _)| (*id).clone()).collect();
         Decision {
             outcome: Outcome::ApprovalRequired(StepUp {
@@ -458,7 +470,7 @@ fn parse_json(
     what: &str,
     empty: impl FnOnce() -> Value,
 ) -> Result<Value, RequestError> {
-    if text.trim().is_empty() {
+    if crate::fast::is_blank(text) {
         return Ok(empty());
     }
     crate::fast::reject_duplicate_keys(text)
@@ -502,3 +514,7 @@ fn clip(text: &str) -> String {
 #[cfg(test)]
 #[path = "eval_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "eval_differential_tests.rs"]
+mod differential_tests;

@@ -491,3 +491,305 @@ fn user_reads_doc(action: &str) -> Query<'_> {
         entities_json: "",
     }
 }
+
+/// Both paths' answers for `q`: the direct path's (`None` when it
+/// declines) and Cedar's own.
+fn both_paths(
+    pack: &PolicyPack,
+    q: &Query<'_>,
+    limits: &Limits,
+) -> (Option<Decision>, Result<Decision, RequestError>) {
+    let principal = pack.uid("principal", q.principal).unwrap();
+    let action = pack.uid("action", q.action).unwrap();
+    let resource = pack.uid("resource", q.resource).unwrap();
+    let uids = (&principal, &action, &resource);
+    (
+        pack.evaluate_direct(q, limits, uids),
+        pack.evaluate_general(q, limits, uids),
+    )
+}
+
+#[test]
+fn request_entities_without_attrs_or_parents_are_refused() {
+    // Cedar's entity format requires both keys, even when empty; a request
+    // entity missing one is malformed, whichever path reads it.
+    let pack = hr_pack();
+    let ctx = context(10, None);
+    let no_attrs = HR_ENTITIES.replace(
+        "\n]",
+        ",\n  {\"uid\":{\"type\":\"Group\",\"id\":\"people\"},\"parents\":[]}\n]",
+    );
+    let no_parents = HR_ENTITIES.replace(
+        r#"{"department":"sales"},"parents":[]}"#,
+        r#"{"department":"sales"}}"#,
+    );
+    assert_ne!(no_parents, HR_ENTITIES);
+    for (entities, missing) in [(no_attrs, "attrs"), (no_parents, "parents")] {
+        let q = query("read", &ctx, &entities);
+        let err = pack.evaluate(&q, &Limits::default()).unwrap_err();
+        assert!(matches!(err, RequestError::Invalid(_)), "{err:?}");
+        assert!(err.to_string().contains(missing), "{err}");
+        assert_eq!(both_paths(&pack, &q, &Limits::default()).0, None);
+    }
+}
+
+const OWNER_SCHEMA: &str = r#"
+entity User;
+entity Doc;
+action "read" appliesTo { principal: User, resource: Doc, context: { owner: User } };
+"#;
+
+#[test]
+fn an_entity_escape_is_two_levels_of_context_depth() {
+    // `{"owner": {"__entity": {…}}}` is nested three levels deep: the
+    // general path counts the escape as the two objects it is.
+    let pack = inline_pack(
+        OWNER_SCHEMA,
+        r#"@id("owner-reads") permit(principal, action, resource) when { context.owner == principal };"#,
+    );
+    let ctx = r#"{"owner":{"__entity":{"type":"User","id":"u"}}}"#;
+    let q = Query {
+        context_json: ctx,
+        ..user_reads_doc("read")
+    };
+    let two = Limits {
+        max_context_depth: 2,
+        ..Limits::default()
+    };
+    let err = pack.evaluate(&q, &two).unwrap_err();
+    assert!(err.to_string().contains("nested 3 levels"), "{err}");
+    assert_eq!(both_paths(&pack, &q, &two).0, None);
+
+    // One level more and both paths allow; the direct path still answers.
+    let three = Limits {
+        max_context_depth: 3,
+        ..Limits::default()
+    };
+    let (direct, general) = both_paths(&pack, &q, &three);
+    assert_eq!(general.as_ref().unwrap().outcome, Outcome::Allow);
+    assert_eq!(direct.as_ref(), general.as_ref().ok());
+}
+
+#[test]
+fn reserved_keys_are_left_to_cedar_at_every_level() {
+    let pack = inline_pack(
+        r#"
+        entity User;
+        entity Doc;
+        type Call = { "fn": String, arg: String };
+        action "read" appliesTo { principal: User, resource: Doc,
+            context: { "__extn"?: Call, rec?: { "__expr"?: String, "__x"?: Long } } };
+        "#,
+        r#"@id("anyone") permit(principal, action, resource);"#,
+    );
+    // A top-level `__extn` key is an extension escape to Cedar (here an
+    // unknown function), not a context attribute of that name.
+    let extn = r#"{"__extn":{"fn":"unknown","arg":"x"}}"#;
+    let q = Query {
+        context_json: extn,
+        ..user_reads_doc("read")
+    };
+    assert!(matches!(
+        pack.evaluate(&q, &Limits::default()),
+        Err(RequestError::Invalid(_))
+    ));
+    // Whatever Cedar makes of the others, it is Cedar that decides.
+    for ctx in [
+        extn,
+        r#"{"rec":{"__expr":"1 == 1"}}"#,
+        r#"{"rec":{"__x":1}}"#,
+        r#"{"rec":{"__entity":{"type":"User","id":"u"},"__x":1}}"#,
+    ] {
+        let q = Query {
+            context_json: ctx,
+            ..user_reads_doc("read")
+        };
+        let (direct, general) = both_paths(&pack, &q, &Limits::default());
+        assert_eq!(direct, None, "{ctx}");
+        assert_eq!(pack.evaluate(&q, &Limits::default()), general, "{ctx}");
+    }
+}
+
+#[test]
+fn a_blank_context_is_an_empty_object_under_every_depth_limit() {
+    let pack = inline_pack(
+        ERR_SCHEMA
+            .replace("context: { n: Long }", "context: {}")
+            .as_str(),
+        r#"@id("anyone") permit(principal, action, resource);"#,
+    );
+    let zero = Limits {
+        max_context_depth: 0,
+        ..Limits::default()
+    };
+    for ctx in ["", "{}", " \n\t\r"] {
+        let q = Query {
+            context_json: ctx,
+            ..user_reads_doc("read")
+        };
+        let err = pack.evaluate(&q, &zero).unwrap_err();
+        assert!(
+            err.to_string().contains("nested 1 levels"),
+            "{ctx:?}: {err}"
+        );
+        let one = Limits {
+            max_context_depth: 1,
+            ..Limits::default()
+        };
+        assert_eq!(pack.evaluate(&q, &one).unwrap().outcome, Outcome::Allow);
+    }
+}
+
+#[test]
+fn only_json_whitespace_counts_as_empty() {
+    let pack = inline_pack(
+        ERR_SCHEMA
+            .replace("context: { n: Long }", "context: {}")
+            .as_str(),
+        r#"@id("anyone") permit(principal, action, resource);"#,
+    );
+    for blank in ["", " ", "\t\r\n "] {
+        let q = Query {
+            context_json: blank,
+            entities_json: blank,
+            ..user_reads_doc("read")
+        };
+        assert_eq!(
+            pack.evaluate(&q, &Limits::default()).unwrap().outcome,
+            Outcome::Allow,
+            "{blank:?}"
+        );
+    }
+    // Unicode spaces are not JSON whitespace: Cedar refuses them as
+    // invalid JSON, and so does every path.
+    for space in ["\u{a0}", "\u{2028}", "\u{3000}", " \u{85} ", "\u{feff}"] {
+        for (context_json, entities_json, what) in [(space, "", "context"), ("", space, "entities")]
+        {
+            let q = Query {
+                context_json,
+                entities_json,
+                ..user_reads_doc("read")
+            };
+            let err = pack.evaluate(&q, &Limits::default()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("{what} is not valid JSON")),
+                "{space:?}: {err}"
+            );
+            assert_eq!(both_paths(&pack, &q, &Limits::default()).0, None);
+        }
+    }
+}
+
+const TWO_STEP_UPS: &str = r#"
+@id("permit-all") permit(principal, action, resource);
+@id("zz-large-export") @step_up("ciba") @binding_message("Export all of {resource.id}?")
+forbid(principal, action, resource) unless { context has approval && context.approval.granted };
+@id("aa-after-hours") @step_up("ciba") @binding_message("Read {resource.id} after hours?")
+forbid(principal, action, resource) unless { context has approval && context.approval.granted };
+@id("mm-no-message") @step_up("ciba")
+forbid(principal, action, resource) unless { context has approval && context.approval.granted };
+"#;
+
+const APPROVAL_SCHEMA: &str = r#"
+entity User;
+entity Doc;
+type A = { granted: Bool };
+action "read" appliesTo { principal: User, resource: Doc, context: { approval?: A } };
+"#;
+
+#[test]
+fn the_approval_prompt_names_every_step_up_policy_it_lifts() {
+    let pack = inline_pack(APPROVAL_SCHEMA, TWO_STEP_UPS);
+    let q = user_reads_doc("read");
+    let first = pack.evaluate(&q, &Limits::default()).unwrap();
+    let Outcome::ApprovalRequired(step_up) = &first.outcome else {
+        panic!("expected approval required, got {first:?}");
+    };
+    let ids = ["aa-after-hours", "mm-no-message", "zz-large-export"];
+    assert_eq!(step_up.policy_ids, ids);
+    assert_eq!(first.policy_ids, ids);
+    assert_eq!(
+        step_up.binding_message,
+        "Read d after hours? + mm-no-message + Export all of d?"
+    );
+    for _ in 0..20 {
+        assert_eq!(pack.evaluate(&q, &Limits::default()).unwrap(), first);
+    }
+    // The one approval lifts all three.
+    let q = Query {
+        context_json: r#"{"approval":{"granted":true}}"#,
+        ..q
+    };
+    let d = pack.evaluate(&q, &Limits::default()).unwrap();
+    assert_eq!(d.outcome, Outcome::Allow);
+    assert_eq!(d.policy_ids, ["permit-all"]);
+}
+
+#[test]
+fn a_long_prompt_keeps_a_part_for_every_step_up_policy() {
+    let pack = inline_pack(
+        APPROVAL_SCHEMA,
+        r#"
+        @id("permit-all") permit(principal, action, resource);
+        @id("b") @step_up("ciba") @binding_message("Second: {resource.id}")
+        forbid(principal, action, resource) unless { context has approval && context.approval.granted };
+        @id("a") @step_up("ciba") @binding_message("First: {resource.id}")
+        forbid(principal, action, resource) unless { context has approval && context.approval.granted };
+        @id("c") @step_up("ciba") @binding_message("Third")
+        forbid(principal, action, resource) unless { context has approval && context.approval.granted };
+        "#,
+    );
+    let long = "x".repeat(300);
+    let q = Query {
+        resource: ("Doc", &long),
+        ..user_reads_doc("read")
+    };
+    let d = pack.evaluate(&q, &Limits::default()).unwrap();
+    let Outcome::ApprovalRequired(step_up) = d.outcome else {
+        panic!("expected approval required, got {d:?}");
+    };
+    let message = step_up.binding_message;
+    assert!(message.chars().count() <= 100, "{message}");
+    let parts: Vec<&str> = message.split(" + ").collect();
+    assert_eq!(parts.len(), 3, "{message}");
+    assert!(
+        parts[0].starts_with("First: xxx") && parts[0].ends_with('…'),
+        "{message}"
+    );
+    assert!(
+        parts[1].starts_with("Second: xxx") && parts[1].ends_with('…'),
+        "{message}"
+    );
+    assert_eq!(parts[2], "Third");
+}
+
+#[test]
+fn determining_policy_ids_and_reasons_are_sorted_on_every_call() {
+    // Cedar reports the determining policies as a hash set; twelve of them
+    // come back in a different order from call to call unless sorted.
+    let mut policies = String::new();
+    let ids: Vec<String> = (0..12)
+        .map(|i| format!("forbid-{:02}", (i * 7) % 12))
+        .collect();
+    for id in &ids {
+        policies.push_str(&format!(
+            "@id(\"{id}\") forbid(principal, action, resource);\n"
+        ));
+    }
+    policies.push_str("@id(\"permit-all\") permit(principal, action, resource);\n");
+    let pack = inline_pack(APPROVAL_SCHEMA, &policies);
+    let mut sorted = ids.clone();
+    sorted.sort();
+    let q = user_reads_doc("read");
+    for _ in 0..20 {
+        let d = pack.evaluate(&q, &Limits::default()).unwrap();
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert_eq!(d.policy_ids, sorted);
+        let reasons: Vec<String> = sorted
+            .iter()
+            .map(|id| format!("forbidden by `{id}`"))
+            .collect();
+        assert_eq!(d.reasons, reasons);
+    }
+}

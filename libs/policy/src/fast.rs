@@ -5,10 +5,15 @@
 //!
 //! INVARIANT: the fast path never decides anything on its own. What it
 //! builds is validated against the schema by `Request::new` and
-//! `Entities::add_entities`, and on any doubt (an `__extn`, an implicit
-//! entity reference, a number that is not a `Long`, `null`, entity tags,
-//! duplicate keys, a limit, a validation failure) the caller takes the
-//! general path, Cedar's own parser, which also writes the error message.
+//! `Entities::add_entities`, and on any doubt (a `__`-prefixed key other
+//! than a lone `__entity` escape, at any level; an implicit entity
+//! reference; a number that is not a `Long`; `null`; an entity without
+//! `attrs` or `parents`, or with `tags`; duplicate keys; a limit; a
+//! validation failure) the caller takes the general path, Cedar's own
+//! parser, which also writes the error message. Limits are counted as the
+//! general path counts them: an `__entity` escape is the two objects it is.
+//! `eval_differential_tests.rs` checks this against Cedar's own path on
+//! generated schemas, policies and requests.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -81,16 +86,18 @@ impl<'de> Visitor<'de> for Expr<'_> {
         let mut fields = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
-                "__extn" => {
-                    return Err(A::Error::custom("extension values go the general way"));
-                }
                 "__entity" if fields.is_empty() => {
+                    // `{"__entity": {"type", "id"}}` is two objects deep,
+                    // as the general path's depth limit counts it.
+                    inner.nested().ok_or_else(|| A::Error::custom("too deep"))?;
                     let uid = map.next_value_seed(Uid(self.types))?;
                     if map.next_key::<IgnoredAny>()?.is_some() {
                         return Err(A::Error::custom("`__entity` stands alone"));
                     }
                     return Ok(RestrictedExpression::new_entity_uid(uid));
                 }
+                // `__extn`, `__expr`, and whatever Cedar reserves next.
+                _ if is_reserved(&key) => return Err(reserved()),
                 _ => {
                     let value = map.next_value_seed(inner)?;
                     fields.push((key, value));
@@ -99,6 +106,25 @@ impl<'de> Visitor<'de> for Expr<'_> {
         }
         RestrictedExpression::new_record(fields).map_err(A::Error::custom)
     }
+}
+
+/// Cedar's JSON formats give `__`-prefixed keys meanings of their own
+/// (`__entity`, `__extn`, the removed `__expr`), including at the top level
+/// of a context: the fast path reads none of them as plain keys.
+fn is_reserved(key: &str) -> bool {
+    key.starts_with("__")
+}
+
+fn reserved<E: serde::de::Error>() -> E {
+    E::custom("`__` keys go the general way")
+}
+
+/// Blank JSON text, read as `{}` or `[]`. Only JSON's own whitespace (RFC
+/// 8259: space, tab, line feed, carriage return) counts: text made of other
+/// Unicode spaces is not JSON, and Cedar refuses it.
+pub(crate) fn is_blank(text: &str) -> bool {
+    text.bytes()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
 }
 
 impl Expr<'_> {
@@ -168,6 +194,9 @@ impl<'de> Visitor<'de> for ContextFields<'_> {
             .ok_or_else(|| A::Error::custom("too deep"))?;
         let mut fields = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
+            if is_reserved(&key) {
+                return Err(reserved());
+            }
             let value = map.next_value_seed(inner)?;
             fields.push((key, value));
         }
@@ -182,9 +211,9 @@ pub(crate) fn context(
     max_depth: usize,
     types: &TypeNames,
 ) -> Option<Vec<(String, RestrictedExpression)>> {
-    if text.trim().is_empty() {
-        return Some(Vec::new());
-    }
+    // Blank is `{}`, one level deep like any object: a depth limit of 0
+    // refuses both.
+    let text = if is_blank(text) { "{}" } else { text };
     let mut de = serde_json::Deserializer::from_str(text);
     let fields = de
         .deserialize_map(ContextFields(Expr {
@@ -229,9 +258,13 @@ impl<'de> Visitor<'de> for EntityVisitor<'_> {
                 _ => return Err(A::Error::custom("not on the fast path")),
             }
         }
-        let uid = uid.ok_or_else(|| A::Error::custom("an entity needs a `uid`"))?;
-        Entity::new(uid, attrs.unwrap_or_default(), parents.unwrap_or_default())
-            .map_err(A::Error::custom)
+        // Cedar's entity format requires all three, empty or not.
+        let (Some(uid), Some(attrs), Some(parents)) = (uid, attrs, parents) else {
+            return Err(A::Error::custom(
+                "an entity has `uid`, `attrs` and `parents`",
+            ));
+        };
+        Entity::new(uid, attrs, parents).map_err(A::Error::custom)
     }
 }
 
@@ -254,6 +287,9 @@ impl<'de> Visitor<'de> for Attrs<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut attrs = HashMap::new();
         while let Some(key) = map.next_key::<String>()? {
+            if is_reserved(&key) {
+                return Err(reserved());
+            }
             let value = map.next_value_seed(self.0)?;
             if attrs.insert(key, value).is_some() {
                 return Err(A::Error::custom("duplicate attribute"));
@@ -315,7 +351,7 @@ impl<'de> Visitor<'de> for EntityList<'_> {
 /// The request entities, when the text is an array of at most `max`
 /// entities in explicit forms.
 pub(crate) fn entities(text: &str, max: usize, types: &TypeNames) -> Option<Vec<Entity>> {
-    if text.trim().is_empty() {
+    if is_blank(text) {
         return Some(Vec::new());
     }
     let mut de = serde_json::Deserializer::from_str(text);

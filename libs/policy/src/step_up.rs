@@ -118,6 +118,68 @@ impl Template {
     }
 }
 
+/// Between the parts of a prompt for several step-up policies.
+const PART_SEPARATOR: &str = " + ";
+
+/// The one prompt for an approval that lifts every policy in `policies`
+/// (sorted by id): each policy's rendered `@binding_message`, or its id
+/// when it has none, each text once. The user approves all of them with one
+/// answer, so all of them are named; when they do not fit in 100
+/// characters, the longest parts are shortened alike rather than the last
+/// ones dropped. Empty when no policy has a `@binding_message`: the caller
+/// then describes the request itself.
+pub(crate) fn prompt(policies: &[(&str, &StepUpPolicy)], fields: &Fields<'_>) -> String {
+    if policies.iter().all(|(_, p)| p.binding_message.is_none()) {
+        return String::new();
+    }
+    let mut parts: Vec<String> = Vec::with_capacity(policies.len());
+    for (id, policy) in policies {
+        let part = match &policy.binding_message {
+            Some(template) => template.render(fields),
+            None => sanitize_binding_message(id),
+        };
+        if !part.is_empty() && !parts.contains(&part) {
+            parts.push(part);
+        }
+    }
+    let separators = PART_SEPARATOR.len() * parts.len().saturating_sub(1);
+    let cap = fair_share(&parts, MAX_BINDING_MESSAGE_CHARS.saturating_sub(separators));
+    let joined = parts
+        .iter()
+        .map(|part| shorten(part, cap))
+        .collect::<Vec<_>>()
+        .join(PART_SEPARATOR);
+    // More parts than fit even at one character each: cut at the end.
+    sanitize_binding_message(&joined)
+}
+
+/// The largest length every part may keep so that all of them fit in
+/// `budget` characters, parts shorter than that keeping all of theirs (at
+/// least 1).
+fn fair_share(parts: &[String], budget: usize) -> usize {
+    let mut lengths: Vec<usize> = parts.iter().map(|p| p.chars().count()).collect();
+    lengths.sort_unstable();
+    let mut left = budget;
+    for (index, length) in lengths.iter().enumerate() {
+        let share = left / (lengths.len() - index);
+        if *length > share {
+            return share.max(1);
+        }
+        left -= length;
+    }
+    usize::MAX
+}
+
+/// `text` cut to `max` characters, the last one `…` when cut.
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 /// Unicode format characters that can reorder or hide text on a phone
 /// screen (bidi overrides and isolates, zero-width characters, soft hyphen).
 fn is_invisible_format(c: char) -> bool {
