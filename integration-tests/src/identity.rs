@@ -123,6 +123,10 @@ pub struct IdentitySandboxBuilder {
     oauth: OAuthConfig,
     pki: Option<Arc<TestPki>>,
     plaintext: bool,
+    /// `(issuer, keys_dir)` of the replica this one joins.
+    replica_of: Option<(String, PathBuf)>,
+    /// `(server.replicas, tokens.keys_reload_secs, tokens.key_activation_secs)`.
+    replicas: Option<(u32, u64, u64)>,
 }
 
 impl IdentitySandboxBuilder {
@@ -199,6 +203,25 @@ impl IdentitySandboxBuilder {
         self
     }
 
+    /// Run as one of `count` replicas: `server.replicas = count`, no
+    /// rotation of its own, the keys directory re-read every
+    /// `reload_secs` and a new key signing `activation_secs` after it was
+    /// first seen.
+    pub fn replicas(mut self, count: u32, reload_secs: u64, activation_secs: u64) -> Self {
+        self.replicas = Some((count, reload_secs, activation_secs));
+        self.rotate_after_secs = 0;
+        self
+    }
+
+    /// Another replica of `first`: its issuer URL, store, keys directory
+    /// and PKI (what a second pod of the same Deployment gets).
+    pub fn replica_of(mut self, first: &IdentitySandbox) -> Self {
+        self.replica_of = Some((first.issuer.clone(), first.keys_dir.clone()));
+        self.store_url = Some(first.config.store.url.clone());
+        self.pki = Some(Arc::clone(&first.pki));
+        self
+    }
+
     /// Use this store URL (default: SQLite in the sandbox's directory).
     pub fn store_url(mut self, url: impl Into<String>) -> Self {
         self.store_url = Some(url.into());
@@ -214,10 +237,10 @@ impl IdentitySandboxBuilder {
         let dir = tempfile::tempdir()?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let issuer = if self.plaintext {
-            format!("http://{addr}")
-        } else {
-            format!("https://{addr}")
+        let issuer = match &self.replica_of {
+            Some((issuer, _)) => issuer.clone(),
+            None if self.plaintext => format!("http://{addr}"),
+            None => format!("https://{addr}"),
         };
         let pki = match self.pki {
             Some(pki) => pki,
@@ -241,6 +264,7 @@ impl IdentitySandboxBuilder {
                 } else {
                     pki.tls(SERVICE)?
                 },
+                replicas: self.replicas.map_or(1, |(count, _, _)| count),
                 ..ServerConfig::default()
             },
             issuer: issuer.clone(),
@@ -249,11 +273,21 @@ impl IdentitySandboxBuilder {
                     .store_url
                     .unwrap_or_else(|| tether_store::sqlite_url(&dir.path().join("identity.db"))),
             },
-            tokens: TokenConfig {
-                keys_dir: dir.path().join("keys"),
-                max_delegation_depth: self.max_depth,
-                rotate_after_secs: self.rotate_after_secs,
-                ..TokenConfig::default()
+            tokens: {
+                let mut tokens = TokenConfig {
+                    keys_dir: match &self.replica_of {
+                        Some((_, keys_dir)) => keys_dir.clone(),
+                        None => dir.path().join("keys"),
+                    },
+                    max_delegation_depth: self.max_depth,
+                    rotate_after_secs: self.rotate_after_secs,
+                    ..TokenConfig::default()
+                };
+                if let Some((_, reload, activation)) = self.replicas {
+                    tokens.keys_reload_secs = reload;
+                    tokens.key_activation_secs = activation;
+                }
+                tokens
             },
             trusted_issuers: vec![self.idp],
             agents: self.agents,
@@ -341,6 +375,8 @@ impl IdentitySandbox {
             oauth: OAuthConfig::default(),
             pki: None,
             plaintext: false,
+            replica_of: None,
+            replicas: None,
         }
     }
 

@@ -21,6 +21,7 @@ mod identity;
 mod identity_edge;
 mod identity_idps;
 mod identity_logs;
+mod identity_replicas;
 mod issuer;
 mod pdp;
 mod python_agent;

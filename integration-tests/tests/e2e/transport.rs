@@ -332,6 +332,7 @@ async fn identity_exchange_serves_each_rpc_to_its_callers_only() {
         since_unix_ms: 0,
         page_size: 0,
         after_sid: String::new(),
+        after_sequence: 0,
     };
 
     // Every Tether service reads the revocation feed; operators do not.

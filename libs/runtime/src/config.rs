@@ -63,6 +63,11 @@ pub struct ServerConfig {
     /// (a Tether service name such as `agent-facade`, `admin`, or a full
     /// `spiffe://` URI). Keys replace the service's built-in defaults.
     pub authorization: BTreeMap<String, Vec<String>>,
+    /// How many replicas of this service run on the same store. The Helm
+    /// chart sets it from the Deployment's replica count
+    /// (`TETHER_SERVER__REPLICAS`); more than one needs a shared store
+    /// (PostgreSQL): see [`ServerConfig::require_shared_store`].
+    pub replicas: u32,
 }
 
 /// Transport security (`[server.tls]`). TLS with client-certificate
@@ -168,6 +173,7 @@ impl Default for ServerConfig {
             request_timeout_secs: 30,
             tls: TlsConfig::default(),
             authorization: BTreeMap::new(),
+            replicas: 1,
         }
     }
 }
@@ -185,8 +191,27 @@ impl ServerConfig {
                 "server.request_timeout_secs must be at least 1".into(),
             ));
         }
+        if self.replicas == 0 {
+            return Err(ConfigError::Invalid(
+                "server.replicas must be at least 1".into(),
+            ));
+        }
         self.tls.validate()?;
         crate::authz::validate_overrides(&self.authorization, &self.tls.trust_domain)?;
+        Ok(())
+    }
+
+    /// Refuses SQLite when more than one replica runs: a SQLite file lives
+    /// on one machine, so each replica would keep its own sessions, replay
+    /// cache, leases and revocations, and none would see the others'.
+    /// Every service with a store calls this from its `validate`.
+    pub fn require_shared_store(&self, store_url: &str) -> Result<(), ConfigError> {
+        if self.replicas > 1 && store_url.starts_with("sqlite:") {
+            return Err(ConfigError::Invalid(format!(
+                "server.replicas = {} needs a store every replica shares: set `store.url` to a `postgres://` URL (SQLite is a file on one machine)",
+                self.replicas
+            )));
+        }
         Ok(())
     }
 

@@ -160,8 +160,12 @@ struct RevocationState {
     /// dropped after expiry.
     revoked: std::collections::HashMap<String, (i64, i64)>,
     synced_at: Option<std::time::Instant>,
-    /// Server time of the last sync (Unix ms), the next `since`.
-    cursor_ms: i64,
+    /// Where the next sync starts: the feed's `next_after_sequence` after
+    /// the last complete sync. A number the database assigned, not a time:
+    /// no clock (the revoking replica's, the serving replica's or this
+    /// one's) moves it, and the feed never shows a number before every
+    /// smaller one, so nothing behind it can appear later.
+    cursor_seq: i64,
 }
 
 /// One revoked session as the identity service lists it.
@@ -171,9 +175,6 @@ pub struct RevokedSession {
     pub revoked_at_ms: i64,
     pub expires_at_ms: i64,
 }
-
-/// Overlap between polls, covering clock differences between replicas.
-const SYNC_OVERLAP_MS: i64 = 5_000;
 
 /// How long past a session's expiry its revocation is remembered (covers
 /// verification leeway and clock skew).
@@ -186,10 +187,12 @@ const MAX_SYNC_PAGES: usize = 1_000;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RevocationPage {
     pub entries: Vec<RevokedSession>,
-    /// The server's clock when the page was read (Unix ms).
+    /// The server's clock when the page was read (Unix ms); informative.
     pub server_time_ms: i64,
     /// More entries follow the last one.
     pub more: bool,
+    /// Where the next page (or the next sync) starts.
+    pub next_after_sequence: i64,
 }
 
 impl RevocationList {
@@ -207,27 +210,18 @@ impl RevocationList {
     }
 
     /// Pulls every revocation since the last sync, page by page, with
-    /// `fetch(since_ms, after_sid)`. The copy counts as current (and the
-    /// cursor moves) only once the last page has arrived: a sync that fails
-    /// or is cut short leaves it to go stale, and a stale list denies.
+    /// `fetch(after_sequence)`. The copy counts as current (and the cursor
+    /// moves) only once the last page has arrived: a sync that fails or is
+    /// cut short leaves it to go stale, and a stale list denies.
     pub async fn sync<F, Fut>(&self, mut fetch: F) -> Result<usize, TokenError>
     where
-        F: FnMut(i64, String) -> Fut,
+        F: FnMut(i64) -> Fut,
         Fut: Future<Output = Result<RevocationPage, String>>,
     {
-        let mut since = (self.read().cursor_ms - SYNC_OVERLAP_MS).max(0);
-        let mut after = String::new();
-        let mut server_time_ms = None;
+        let mut after = self.read().cursor_seq;
         let mut count = 0;
         for _ in 0..MAX_SYNC_PAGES {
-            let page = fetch(since, after.clone())
-                .await
-                .map_err(TokenError::KeysUnavailable)?;
-            let started_at = *server_time_ms.get_or_insert(page.server_time_ms);
-            let last = page
-                .entries
-                .last()
-                .map(|e| (e.revoked_at_ms, e.sid.clone()));
+            let page = fetch(after).await.map_err(TokenError::KeysUnavailable)?;
             count += page.entries.len();
             {
                 // Revocations are applied as they arrive: knowing more
@@ -242,25 +236,23 @@ impl RevocationList {
                         .insert(entry.sid, (entry.expires_at_ms, entry.revoked_at_ms));
                 }
                 if !page.more {
+                    // Forgotten by this verifier's own clock, the one it
+                    // checks `exp` with.
+                    let now_ms = crate::unix_now().saturating_mul(1000);
                     state.revoked.retain(|_, (expires, _)| {
-                        expires.saturating_add(REVOKED_MARGIN_MS) > started_at
+                        expires.saturating_add(REVOKED_MARGIN_MS) > now_ms
                     });
-                    state.cursor_ms = started_at;
+                    state.cursor_seq = state.cursor_seq.max(page.next_after_sequence);
                     state.synced_at = Some(std::time::Instant::now());
                     return Ok(count);
                 }
             }
-            match last {
-                Some((at, sid)) => {
-                    since = at;
-                    after = sid;
-                }
-                None => {
-                    return Err(TokenError::KeysUnavailable(
-                        "revocation list paging made no progress".into(),
-                    ));
-                }
+            if page.next_after_sequence <= after {
+                return Err(TokenError::KeysUnavailable(
+                    "revocation list paging made no progress".into(),
+                ));
             }
+            after = page.next_after_sequence;
         }
         Err(TokenError::KeysUnavailable(format!(
             "revocation list did not fit in {MAX_SYNC_PAGES} pages; not current"

@@ -20,13 +20,12 @@ use crate::error::TokenError;
 /// One page of the identity service's session revocation list
 /// (`ListRevokedSessions`).
 pub trait RevocationFeed: Send + Sync {
-    /// The revocations recorded at or after `since_ms` (after `after_sid`
-    /// at that instant). `Err` carries why the page could not be read, in
-    /// one line without any token in it.
+    /// The revocations numbered after `after_sequence` (0: all). `Err`
+    /// carries why the page could not be read, in one line without any
+    /// token in it.
     fn page(
         &self,
-        since_ms: i64,
-        after_sid: String,
+        after_sequence: i64,
     ) -> impl Future<Output = Result<RevocationPage, String>> + Send;
 }
 
@@ -52,14 +51,14 @@ where
     T::ResponseBody: Body<Data = Bytes> + Send + 'static,
     <T::ResponseBody as Body>::Error: Into<StdError> + Send,
 {
-    async fn page(&self, since_ms: i64, after_sid: String) -> Result<RevocationPage, String> {
+    async fn page(&self, after_sequence: i64) -> Result<RevocationPage, String> {
         let mut client = self.client.clone();
         let response = client
             .list_revoked_sessions(ListRevokedSessionsRequest {
-                since_unix_ms: since_ms,
                 // 0: the server's maximum page.
                 page_size: 0,
-                after_sid,
+                after_sequence,
+                ..ListRevokedSessionsRequest::default()
             })
             .await
             .map_err(|status| {
@@ -82,6 +81,7 @@ where
                 .collect(),
             server_time_ms: response.server_time_unix_ms,
             more: response.more,
+            next_after_sequence: response.next_after_sequence,
         })
     }
 }
@@ -92,7 +92,7 @@ impl RevocationList {
         &self,
         feed: &F,
     ) -> Result<usize, TokenError> {
-        self.sync(|since, after| feed.page(since, after)).await
+        self.sync(|after| feed.page(after)).await
     }
 }
 
@@ -179,15 +179,22 @@ mod tests {
     }
 
     impl RevocationFeed for Arc<Feed> {
-        async fn page(&self, _since: i64, _after: String) -> Result<RevocationPage, String> {
+        async fn page(&self, after: i64) -> Result<RevocationPage, String> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             if self.down.load(Ordering::SeqCst) {
                 return Err("connection refused".into());
             }
+            // Every entry is numbered by its position, as the database does.
+            let revoked = self.revoked.lock().unwrap().clone();
+            let next_after_sequence = i64::try_from(revoked.len()).unwrap();
             Ok(RevocationPage {
-                entries: self.revoked.lock().unwrap().clone(),
+                entries: revoked
+                    .into_iter()
+                    .skip(usize::try_from(after).unwrap())
+                    .collect(),
                 server_time_ms: crate::unix_now() * 1000,
                 more: false,
+                next_after_sequence,
             })
         }
     }

@@ -42,6 +42,9 @@ pub struct SigningKey {
     kid: String,
     /// Creation time, Unix milliseconds.
     created_ms: i64,
+    /// From when a ring signs with it (Unix milliseconds); before that it
+    /// is published only (see [`KeyRing::reload`]).
+    active_from_ms: i64,
     encoding: EncodingKey,
     decoding: DecodingKey,
     public: Jwk,
@@ -93,6 +96,7 @@ impl SigningKey {
         Some(Self {
             kid,
             created_ms: now_ms(),
+            active_from_ms: 0,
             encoding: EncodingKey::from_ec_der(der),
             decoding,
             public,
@@ -238,11 +242,20 @@ fn thumbprint(x: &str, y: &str) -> String {
 /// The keys a token service signs with: the newest signs, all published
 /// ones verify. Rotation adds a key; retiring removes one once no token it
 /// signed can still be valid.
+///
+/// Replicas share one key directory. A key that appears in it while a ring
+/// runs ([`KeyRing::reload`]) is published at once but signs only
+/// `activation` later, so that every replica publishes a key before any
+/// replica signs with it: a verifier that fetches the JWKS from any replica
+/// knows every `kid` it is shown.
 #[derive(Debug, Default)]
 pub struct KeyRing {
     /// Newest first.
     keys: RwLock<Vec<Arc<SigningKey>>>,
     dir: Option<PathBuf>,
+    /// How long a key found in the directory is published before it signs
+    /// (milliseconds).
+    activation_ms: i64,
 }
 
 impl KeyRing {
@@ -251,17 +264,56 @@ impl KeyRing {
         Self {
             keys: RwLock::new(keys.into_iter().map(Arc::new).collect()),
             dir: None,
+            activation_ms: 0,
         }
     }
 
-    /// Loads every `*.pem` in `dir` (newest modification first); generates
-    /// and saves one when there is none.
+    /// Loads every `*.pem` in `dir` (newest name first); generates and
+    /// saves one when there is none. Every key signs as soon as it is the
+    /// newest.
     pub fn open_dir(dir: &Path) -> Result<Self, KeyError> {
+        Self::open_dir_with_activation(dir, std::time::Duration::ZERO)
+    }
+
+    /// [`KeyRing::open_dir`] for a directory replicas share: a key file
+    /// written less than `activation` ago, and any key a later
+    /// [`KeyRing::reload`] finds, is published but does not sign until
+    /// `activation` has passed (unless no key is active yet: then the
+    /// oldest signs).
+    pub fn open_dir_with_activation(
+        dir: &Path,
+        activation: std::time::Duration,
+    ) -> Result<Self, KeyError> {
+        std::fs::create_dir_all(dir).map_err(|source| KeyError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let activation_ms = i64::try_from(activation.as_millis()).unwrap_or(i64::MAX);
+        let keys = Self::read_dir(dir, &[], activation_ms)?;
+        let ring = Self {
+            keys: RwLock::new(keys),
+            dir: Some(dir.to_path_buf()),
+            activation_ms,
+        };
+        if ring.is_empty() {
+            ring.rotate()?;
+        }
+        Ok(ring)
+    }
+
+    /// The keys in `dir`, newest name first. A key already in `known`
+    /// (by `kid`) is reused as it is; a new one becomes active
+    /// `activation_ms` after the later of its file's modification and now
+    /// (for the ring's first read: after its modification).
+    fn read_dir(
+        dir: &Path,
+        known: &[Arc<SigningKey>],
+        activation_ms: i64,
+    ) -> Result<Vec<Arc<SigningKey>>, KeyError> {
         let io = |source| KeyError::Io {
             path: dir.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
         let mut found = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io)? {
             let path = entry.map_err(io)?.path();
@@ -272,18 +324,62 @@ impl KeyRing {
         // Files are named `<created, ms since epoch, zero-padded>-<kid>.pem`:
         // name order is age order. Newest first.
         found.sort_by(|a, b| b.cmp(a));
+        let first_read = known.is_empty();
+        let now = now_ms();
         let mut keys = Vec::with_capacity(found.len());
         for path in found {
-            keys.push(Arc::new(SigningKey::load(&path)?));
+            let mut key = SigningKey::load(&path)?;
+            if let Some(same) = known.iter().find(|k| k.kid() == key.kid()) {
+                keys.push(Arc::clone(same));
+                continue;
+            }
+            let written = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(now, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let seen = if first_read {
+                written
+            } else {
+                written.max(now)
+            };
+            key.active_from_ms = seen.saturating_add(activation_ms);
+            keys.push(Arc::new(key));
         }
-        let ring = Self {
-            keys: RwLock::new(keys),
-            dir: Some(dir.to_path_buf()),
+        Ok(keys)
+    }
+
+    /// Reads the key directory again: keys added there (by an operator,
+    /// or into a Secret every replica mounts) are published at once and
+    /// sign once active; keys removed there stop being published. A
+    /// directory that cannot be read, holds a file that is not a key, or
+    /// holds no key at all changes nothing (the error says why): the last
+    /// good ring keeps serving. Returns whether the set of keys changed.
+    pub fn reload(&self) -> Result<bool, KeyError> {
+        let Some(dir) = &self.dir else {
+            return Ok(false);
         };
-        if ring.is_empty() {
-            ring.rotate()?;
+        let known: Vec<Arc<SigningKey>> = self.read().clone();
+        let keys = Self::read_dir(dir, &known, self.activation_ms)?;
+        if keys.is_empty() {
+            return Err(KeyError::Empty);
         }
-        Ok(ring)
+        let kids = |keys: &[Arc<SigningKey>]| -> Vec<String> {
+            keys.iter().map(|k| k.kid().to_owned()).collect()
+        };
+        let changed = kids(&keys) != kids(&known);
+        if changed {
+            let added: Vec<String> = kids(&keys)
+                .into_iter()
+                .filter(|kid| !known.iter().any(|k| k.kid() == kid))
+                .collect();
+            *self
+                .keys
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
+            tracing::info!(added = ?added, "signing keys reloaded from the key directory");
+        }
+        Ok(changed)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<SigningKey>>> {
@@ -296,9 +392,16 @@ impl KeyRing {
         self.read().is_empty()
     }
 
-    /// The key that signs new tokens.
+    /// The key that signs new tokens: the newest active one, or the
+    /// oldest when none is active yet.
     pub fn current(&self) -> Result<Arc<SigningKey>, KeyError> {
-        self.read().first().cloned().ok_or(KeyError::Empty)
+        let keys = self.read();
+        let now = now_ms();
+        keys.iter()
+            .find(|k| k.active_from_ms <= now)
+            .or_else(|| keys.last())
+            .cloned()
+            .ok_or(KeyError::Empty)
     }
 
     /// Generates a new signing key; the previous ones keep verifying.
@@ -324,15 +427,14 @@ impl KeyRing {
 
     /// Stops publishing `kid` (never the current key).
     pub fn retire(&self, kid: &str) -> Result<bool, KeyError> {
+        let current = self.current()?;
         let mut keys = self
             .keys
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(pos) = keys
             .iter()
-            .skip(1)
-            .position(|k| k.kid() == kid)
-            .map(|p| p + 1)
+            .position(|k| k.kid() == kid && k.kid() != current.kid())
         else {
             return Ok(false);
         };
@@ -355,7 +457,7 @@ impl KeyRing {
         Ok(true)
     }
 
-    /// Rotates when the current key is older than `rotate_after`, and retires
+    /// Rotates when the newest key is older than `rotate_after`, and retires
     /// previous keys older than `rotate_after + keep_after_rotation` (by then
     /// no token they signed can still be valid). Returns whether anything
     /// changed.
@@ -366,14 +468,18 @@ impl KeyRing {
     ) -> Result<bool, KeyError> {
         let now = now_ms();
         let mut changed = false;
-        if self.current()?.created_ms() + rotate_after_ms <= now {
+        // The newest key's age, not the signing one's: a newer key that is
+        // not active yet is already the rotation.
+        let newest = self.read().first().cloned().ok_or(KeyError::Empty)?;
+        if newest.created_ms() + rotate_after_ms <= now {
             self.rotate()?;
             changed = true;
         }
+        let current = self.current()?;
         let stale: Vec<String> = self
             .read()
             .iter()
-            .skip(1)
+            .filter(|k| k.kid() != current.kid())
             .filter(|k| k.created_ms() + rotate_after_ms + keep_after_rotation_ms <= now)
             .map(|k| k.kid().to_owned())
             .collect();

@@ -264,8 +264,8 @@ async fn revocation_list_fails_closed_when_stale() {
     // Never synced: deny.
     assert!(list.is_revoked("s1").await.is_err());
     let now_ms = crate::unix_now() * 1000;
-    list.sync(|since, after| async move {
-        assert_eq!((since, after.as_str()), (0, ""));
+    list.sync(|after| async move {
+        assert_eq!(after, 0);
         Ok(RevocationPage {
             entries: vec![RevokedSession {
                 sid: "s1".into(),
@@ -274,6 +274,7 @@ async fn revocation_list_fails_closed_when_stale() {
             }],
             server_time_ms: now_ms,
             more: false,
+            next_after_sequence: 1,
         })
     })
     .await
@@ -282,7 +283,7 @@ async fn revocation_list_fails_closed_when_stale() {
     assert!(!list.is_revoked("s2").await.unwrap());
     // A failed sync keeps the copy but not its freshness.
     assert!(
-        list.sync(|_, _| async { Err("down".to_string()) })
+        list.sync(|_| async { Err("down".to_string()) })
             .await
             .is_err()
     );
@@ -294,8 +295,8 @@ async fn revocation_list_fails_closed_when_stale() {
 async fn revocation_sync_reads_every_page_before_it_counts_as_current() {
     use crate::delegated::{RevocationCheck as _, RevocationList, RevocationPage, RevokedSession};
     let now_ms = crate::unix_now() * 1000;
-    // 2,500 revocations at the same instant, served 1,000 per page with a
-    // (revoked_at, sid) cursor, as the identity service does.
+    // 2,500 revocations at the same instant, numbered 1..=2,500, served
+    // 1,000 per page after a sequence cursor, as the identity service does.
     let all: Vec<RevokedSession> = (0..2_500)
         .map(|i| RevokedSession {
             sid: format!("s{i:05}"),
@@ -303,20 +304,18 @@ async fn revocation_sync_reads_every_page_before_it_counts_as_current() {
             expires_at_ms: now_ms + 60_000,
         })
         .collect();
-    let serve = |since: i64, after: String| {
-        let page: Vec<RevokedSession> = all
-            .iter()
-            .filter(|e| e.revoked_at_ms > since || (e.revoked_at_ms == since && e.sid > after))
-            .take(1_001)
-            .cloned()
-            .collect();
+    let serve = |after: i64| {
+        let skip = usize::try_from(after).unwrap();
+        let page: Vec<RevokedSession> = all.iter().skip(skip).take(1_001).cloned().collect();
         let more = page.len() > 1_000;
-        let entries = page.into_iter().take(1_000).collect();
+        let entries: Vec<RevokedSession> = page.into_iter().take(1_000).collect();
+        let next_after_sequence = after + i64::try_from(entries.len()).unwrap();
         async move {
             Ok(RevocationPage {
                 entries,
                 server_time_ms: now_ms,
                 more,
+                next_after_sequence,
             })
         }
     };
@@ -328,10 +327,10 @@ async fn revocation_sync_reads_every_page_before_it_counts_as_current() {
     let cut = RevocationList::new(Duration::from_secs(30));
     let mut calls = 0;
     let result = cut
-        .sync(|since, after| {
+        .sync(|after| {
             calls += 1;
             let fail = calls > 1;
-            let page = serve(since, after);
+            let page = serve(after);
             async move {
                 if fail {
                     Err("connection reset".to_string())
@@ -442,4 +441,72 @@ async fn an_oversized_jwks_is_refused_without_buffering_it() {
         matches!(&err, TokenError::KeysUnavailable(m) if m.contains("over")),
         "{err:?}"
     );
+}
+
+/// Two replicas' rings on one key directory: a key another writes there is
+/// published on the next reload but signs only once active; a removed key
+/// stops being published; a bad file changes nothing.
+#[test]
+fn rings_sharing_a_directory_publish_new_keys_before_signing_with_them() {
+    let dir = std::env::temp_dir().join(format!("tether-token-shared-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let hour = Duration::from_secs(3600);
+    let a = crate::KeyRing::open_dir_with_activation(&dir, hour).unwrap();
+    let b = crate::KeyRing::open_dir_with_activation(&dir, hour).unwrap();
+    let old = a.current().unwrap().kid().to_owned();
+    assert_eq!(b.current().unwrap().kid(), old, "one key, found by both");
+    assert!(!b.reload().unwrap(), "nothing changed");
+
+    // An operator (here: another ring on the directory) adds a key.
+    let new = crate::KeyRing::open_dir(&dir)
+        .unwrap()
+        .rotate()
+        .unwrap()
+        .kid()
+        .to_owned();
+    assert_eq!(a.jwks().keys.len(), 1, "not seen before a reload");
+    for ring in [&a, &b] {
+        assert!(ring.reload().unwrap());
+        let kids: Vec<_> = ring
+            .jwks()
+            .keys
+            .iter()
+            .map(|k| k.common.key_id.clone().unwrap())
+            .collect();
+        assert_eq!(kids, [new.clone(), old.clone()]);
+        assert_eq!(
+            ring.current().unwrap().kid(),
+            old,
+            "published, not signing yet"
+        );
+        assert!(
+            !ring.retire(&old).unwrap(),
+            "the key that signs is never retired"
+        );
+    }
+    // Without an activation delay a reloaded key signs at once.
+    let c = crate::KeyRing::open_dir_with_activation(&dir, Duration::ZERO).unwrap();
+    assert_eq!(c.current().unwrap().kid(), new);
+
+    // A file that is not a key: the last good keys keep serving.
+    std::fs::write(dir.join("999999999999999-broken.pem"), "not a key").unwrap();
+    assert!(a.reload().is_err());
+    assert_eq!(a.jwks().keys.len(), 2);
+    std::fs::remove_file(dir.join("999999999999999-broken.pem")).unwrap();
+
+    // The old key's file is removed after its tokens expired.
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().ends_with(&format!("-{old}.pem")) {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    assert!(a.reload().unwrap());
+    assert_eq!(a.jwks().keys.len(), 1);
+    assert_eq!(
+        a.current().unwrap().kid(),
+        new,
+        "the only key signs, active or not"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

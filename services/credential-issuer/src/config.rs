@@ -327,6 +327,8 @@ impl ServiceConfig for Config {
             }
         }
         self.store.validate().map_err(ConfigError::Invalid)?;
+        self.server
+            .require_shared_store(&self.store.effective_url(STORE_FILE))?;
         let r = &self.revocation;
         if r.sweep_interval_ms == 0
             || r.orphan_sweep_interval_ms == 0

@@ -85,6 +85,16 @@ pub struct TokenConfig {
     /// one keeps verifying until every token it signed has expired. 0 turns
     /// rotation off (keys managed outside, e.g. a shared Kubernetes Secret).
     pub rotate_after_secs: u64,
+    /// How often `keys_dir` is read again, so that keys added or removed
+    /// by another replica or from outside (a shared Kubernetes Secret) are
+    /// published and used without a restart. 0: never.
+    pub keys_reload_secs: u64,
+    /// A key that appears in `keys_dir` while the service runs signs only
+    /// this long after this replica first saw it (and after the file was
+    /// written); until then it is published only. Longer than
+    /// `keys_reload_secs`, so every replica publishes a key before any
+    /// replica signs with it and a verifier never meets an unknown `kid`.
+    pub key_activation_secs: u64,
     /// Longest `act` chain (1 = an agent, 2 = a sub-agent of it, …).
     pub max_delegation_depth: usize,
     /// Subject-token claims copied into the delegated token's `user` claim.
@@ -102,6 +112,8 @@ impl Default for TokenConfig {
             leeway_secs: 30,
             keys_dir: PathBuf::from("keys"),
             rotate_after_secs: 24 * 3600,
+            keys_reload_secs: 30,
+            key_activation_secs: 120,
             max_delegation_depth: 3,
             propagate_claims: ["groups", "roles", "department", "email"]
                 .map(String::from)
@@ -406,6 +418,25 @@ impl ServiceConfig for Config {
                 tether_store::redact_url(&self.store.url)
             ));
         }
+        self.server.require_shared_store(&self.store.url)?;
+        // Replicas share one key directory. Each rotating on its own clock
+        // would write keys the others do not sign with or publish until
+        // they re-read the directory: rotation is done outside (a new key
+        // file in the shared Secret) and every replica picks it up.
+        if self.server.replicas > 1
+            && (t.keys_reload_secs == 0 || t.key_activation_secs <= t.keys_reload_secs)
+        {
+            return invalid(format!(
+                "with server.replicas = {} every replica must re-read the shared keys: tokens.keys_reload_secs must be at least 1 and tokens.key_activation_secs longer than it",
+                self.server.replicas
+            ));
+        }
+        if self.server.replicas > 1 && t.rotate_after_secs != 0 {
+            return invalid(format!(
+                "tokens.rotate_after_secs must be 0 with server.replicas = {}: replicas share `tokens.keys_dir` and a new key is added to it from outside (see the README)",
+                self.server.replicas
+            ));
+        }
         for issuer in &self.trusted_issuers {
             if issuer.audiences.is_empty() {
                 return invalid(format!(
@@ -559,5 +590,47 @@ mod tests {
                 .to_string()
                 .contains("oauth.burst")
         );
+    }
+
+    fn replicated(url: &str, edit: impl FnOnce(&mut Config)) -> Result<(), ConfigError> {
+        let mut config = Config {
+            server: ServerConfig {
+                tls: tether_runtime::TlsConfig::plaintext(),
+                replicas: 2,
+                ..ServerConfig::default()
+            },
+            issuer: "https://tether.example".into(),
+            store: StoreConfig { url: url.into() },
+            tokens: TokenConfig {
+                rotate_after_secs: 0,
+                ..TokenConfig::default()
+            },
+            trusted_issuers: Vec::new(),
+            agents: Vec::new(),
+            spiffe: None,
+            http: HttpConfig::default(),
+            oauth: OAuthConfig::default(),
+        };
+        edit(&mut config);
+        config.validate()
+    }
+
+    #[test]
+    fn replicas_need_a_shared_store_and_shared_keys() {
+        let pg = "postgres://tether@db/tether";
+        assert!(replicated(pg, |_| {}).is_ok());
+        let err = replicated("sqlite:///data/id.db", |_| {}).unwrap_err();
+        assert!(err.to_string().contains("server.replicas = 2"), "{err}");
+        assert!(replicated("sqlite:///data/id.db", |c| c.server.replicas = 1).is_ok());
+        let err = replicated(pg, |c| c.tokens.rotate_after_secs = 3600).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("tokens.rotate_after_secs must be 0"),
+            "{err}"
+        );
+        let err = replicated(pg, |c| c.tokens.keys_reload_secs = 0).unwrap_err();
+        assert!(err.to_string().contains("keys_reload_secs"), "{err}");
+        let err = replicated(pg, |c| c.tokens.key_activation_secs = 30).unwrap_err();
+        assert!(err.to_string().contains("key_activation_secs"), "{err}");
     }
 }

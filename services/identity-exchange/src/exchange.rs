@@ -576,11 +576,8 @@ impl Exchanger {
         let (agent, used) = self
             .verify_agent_assertion(token, &self.own_audiences(), ACTOR_TOKEN)
             .await?;
-        // Refused here already when it was used before; recorded (and
-        // checked again, atomically) when the exchange commits.
-        if self.store.assertion_used(&used.issuer, &used.jti).await? {
-            return Err(replayed(ACTOR_TOKEN));
-        }
+        // Its single use is recorded, atomically, when the exchange commits
+        // (a replay is refused there), or when the exchange is refused.
         Ok(ProvenActor {
             sub: agent.id.clone(),
             agent,

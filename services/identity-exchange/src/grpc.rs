@@ -195,7 +195,11 @@ impl pb::identity_exchange_server::IdentityExchange for IdentityService {
     ) -> Result<Response<pb::ListRevokedSessionsResponse>, Status> {
         let r = request.into_inner();
         if r.page_size > 1000 {
-            return Err(Status::invalid_argument("`page_size` is at most 1000"));
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidRequest,
+                "`page_size` is at most 1000",
+            )
+            .into_status());
         }
         let limit = if r.page_size == 0 {
             1000
@@ -203,8 +207,40 @@ impl pb::identity_exchange_server::IdentityExchange for IdentityService {
             i64::from(r.page_size)
         };
         let now = unix_now_ms();
-        // Entries stay listed until their tokens are dead even with clock
-        // skew: the verifier's leeway is at most a minute.
+        let legacy = r.since_unix_ms != 0 || !r.after_sid.is_empty();
+        if r.after_sequence < 0 || (legacy && r.after_sequence != 0) {
+            return Err(ExchangeError::oauth(
+                OAuthCode::InvalidRequest,
+                "`after_sequence` must be 0 or more and is not combined with `since_unix_ms` or `after_sid`",
+            )
+            .into_status());
+        }
+        if !legacy {
+            let page = self
+                .exchanger
+                .store()
+                .revoked_after(r.after_sequence, REVOCATION_MARGIN_MS, limit)
+                .await
+                .map_err(ExchangeError::into_status)?;
+            return Ok(Response::new(pb::ListRevokedSessionsResponse {
+                sessions: page
+                    .entries
+                    .into_iter()
+                    .map(|e| pb::RevokedSession {
+                        sid: e.sid,
+                        revoked_at_unix_ms: e.revoked_at_ms,
+                        session_expires_at_unix_ms: e.expires_at_ms,
+                        sequence: e.seq,
+                    })
+                    .collect(),
+                server_time_unix_ms: now,
+                more: page.more,
+                next_after_sequence: page.next_after_seq,
+            }));
+        }
+        // Deprecated time paging, for verifiers not yet upgraded. Entries
+        // stay listed until their tokens are dead even with clock skew:
+        // the verifier's leeway is at most a minute.
         let rows = self
             .exchanger
             .store()
@@ -225,10 +261,12 @@ impl pb::identity_exchange_server::IdentityExchange for IdentityService {
                     sid,
                     revoked_at_unix_ms: revoked,
                     session_expires_at_unix_ms: expires,
+                    sequence: 0,
                 })
                 .collect(),
             server_time_unix_ms: now,
             more,
+            next_after_sequence: 0,
         }))
     }
 

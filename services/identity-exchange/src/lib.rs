@@ -34,6 +34,9 @@ pub use config::{
 };
 pub use error::{ExchangeError, OAuthCode};
 pub use exchange::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_ID, TOKEN_TYPE_JWT};
+/// The session store, for tools and tests that act as another replica on
+/// the same database.
+pub use store::Store;
 
 /// Opens the store and keys, and serves gRPC + HTTP on `listener` until
 /// `shutdown` resolves.
@@ -48,8 +51,13 @@ pub async fn run(
     let store = store::Store::open(&config.store.url)
         .await
         .context("opening the session store")?;
-    let ring =
-        Arc::new(KeyRing::open_dir(&config.tokens.keys_dir).context("opening the signing keys")?);
+    let ring = Arc::new(
+        KeyRing::open_dir_with_activation(
+            &config.tokens.keys_dir,
+            Duration::from_secs(config.tokens.key_activation_secs),
+        )
+        .context("opening the signing keys")?,
+    );
     let http = tether_token::idp_http_client(Duration::from_secs(config.http.timeout_secs))
         .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
     let exchanger = Arc::new(exchange::Exchanger::new(
@@ -91,6 +99,25 @@ pub async fn run(
         })
     });
 
+    // Keys added to or removed from the shared directory (another
+    // replica's rotation, an operator's new key in the Secret) are picked
+    // up without a restart; a directory that cannot be used keeps the
+    // last good keys serving.
+    let reload = (config.tokens.keys_reload_secs > 0).then(|| {
+        let ring = Arc::clone(exchanger.ring_arc());
+        let every = Duration::from_secs(config.tokens.keys_reload_secs);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = ring.reload() {
+                    tracing::error!(error = %e, "re-reading the signing keys failed; the loaded keys keep serving");
+                }
+            }
+        })
+    });
+
     let max = config.server.max_message_bytes;
     let grpc = IdentityExchangeServer::new(grpc::IdentityService::new(Arc::clone(&exchanger)))
         .max_decoding_message_size(max)
@@ -108,6 +135,9 @@ pub async fn run(
     purge.abort();
     if let Some(rotation) = rotation {
         rotation.abort();
+    }
+    if let Some(reload) = reload {
+        reload.abort();
     }
     result?;
     Ok(())

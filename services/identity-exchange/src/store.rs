@@ -71,7 +71,36 @@ fn session_row(row: &sqlx::any::AnyRow) -> Result<SessionRecord, sqlx::Error> {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    backend: tether_store::Backend,
 }
+
+/// One entry of the revocation feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedEntry {
+    pub sid: String,
+    pub revoked_at_ms: i64,
+    pub expires_at_ms: i64,
+    /// Its number in the feed ([`Store::revoked_after`]).
+    pub seq: i64,
+}
+
+/// A page of the revocation feed and where the next one starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedPage {
+    pub entries: Vec<RevokedEntry>,
+    /// More entries follow the last one.
+    pub more: bool,
+    /// The `after_seq` of the next read: every revocation numbered up to
+    /// it was visible to this read, listed or (expired) left out.
+    pub next_after_seq: i64,
+}
+
+/// The database's clock in Unix milliseconds, as SQL: the one clock every
+/// replica's feed shares when it leaves out expired sessions.
+const DB_NOW_MS_POSTGRES: &str =
+    "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) AS now_ms";
+const DB_NOW_MS_SQLITE: &str =
+    "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) AS now_ms";
 
 /// A single-use assertion id to record: who issued it, and until when it
 /// must be remembered (Unix ms).
@@ -87,16 +116,19 @@ impl Store {
         // SQLite has one writer at a time; several connections would make
         // concurrent exchanges wait in SQLite's busy handler, which sleeps
         // in milliseconds. One connection queues them without sleeping.
-        let settings = match tether_store::Backend::of(url) {
-            Some(tether_store::Backend::Sqlite) => tether_store::PoolSettings {
+        let backend = tether_store::Backend::of(url).ok_or_else(|| {
+            tether_store::StoreError::UnsupportedUrl(tether_store::redact_url(url))
+        })?;
+        let settings = match backend {
+            tether_store::Backend::Sqlite => tether_store::PoolSettings {
                 max_connections: 1,
                 ..tether_store::PoolSettings::default()
             },
-            _ => tether_store::PoolSettings::default(),
+            tether_store::Backend::Postgres => tether_store::PoolSettings::default(),
         };
         let pool = tether_store::open(url, "identity_exchange", &settings).await?;
         tether_store::migrate(&pool, &MIGRATOR).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, backend })
     }
 
     /// Records a single-use assertion id. `false` when it was already used.
@@ -118,43 +150,53 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
-    /// Whether a single-use assertion id was already recorded.
-    pub async fn assertion_used(&self, issuer: &str, jti: &str) -> Result<bool, ExchangeError> {
-        let row =
-            sqlx::query("SELECT 1 AS used FROM used_assertions WHERE issuer = $1 AND jti = $2")
-                .bind(issuer)
-                .bind(jti)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(ExchangeError::store)?;
-        Ok(row.is_some())
-    }
-
-    /// What a successful exchange writes, in one transaction (one commit
-    /// on the exchange's path): the actor assertion's id, and the new
-    /// session when there is one. `false`, with nothing written, when the
-    /// assertion was already used (a concurrent replay that passed
-    /// [`Store::assertion_used`] too).
+    /// What a successful exchange writes: the actor assertion's id, and
+    /// the new session when there is one. `false`, with no session written,
+    /// when the assertion was already used (a replay, concurrent or not).
+    ///
+    /// On PostgreSQL both rows go in one statement, so one commit (one WAL
+    /// flush) per exchange. On SQLite (one connection, commits without
+    /// fsync) two statements are cheaper than a transaction's four round
+    /// trips; should the second fail, the assertion stays spent, as it
+    /// does for every refused exchange.
     pub async fn record_exchange(
         &self,
         assertion: Option<&UsedAssertion>,
         session: Option<&SessionRecord>,
     ) -> Result<bool, ExchangeError> {
-        let mut tx = self.pool.begin().await.map_err(ExchangeError::store)?;
-        if let Some(a) = assertion {
+        if let (tether_store::Backend::Postgres, Some(a), Some(s)) =
+            (self.backend, assertion, session)
+        {
             let inserted = sqlx::query(
-                "INSERT INTO used_assertions (issuer, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT (issuer, jti) DO NOTHING",
+                "WITH used AS ( \
+                   INSERT INTO used_assertions (issuer, jti, expires_at) VALUES ($1, $2, $3) \
+                   ON CONFLICT (issuer, jti) DO NOTHING RETURNING 1) \
+                 INSERT INTO sessions (sid, user_issuer, sub, agent, audience, scope, intent, created_at, expires_at) \
+                 SELECT $4, $5, $6, $7, $8, $9, $10, $11, $12 WHERE EXISTS (SELECT 1 FROM used)",
             )
             .bind(&a.issuer)
             .bind(&a.jti)
             .bind(a.keep_until_ms)
-            .execute(&mut *tx)
+            .bind(&s.sid)
+            .bind(&s.user_issuer)
+            .bind(&s.sub)
+            .bind(&s.agent)
+            .bind(&s.audience)
+            .bind(&s.scope)
+            .bind(&s.intent)
+            .bind(s.created_at_ms)
+            .bind(s.expires_at_ms)
+            .execute(&self.pool)
             .await
             .map_err(ExchangeError::store)?;
-            if inserted.rows_affected() != 1 {
-                tx.rollback().await.map_err(ExchangeError::store)?;
-                return Ok(false);
-            }
+            return Ok(inserted.rows_affected() == 1);
+        }
+        if let Some(a) = assertion
+            && !self
+                .consume_assertion(&a.issuer, &a.jti, a.keep_until_ms)
+                .await?
+        {
+            return Ok(false);
         }
         if let Some(s) = session {
             sqlx::query(
@@ -169,11 +211,10 @@ impl Store {
             .bind(&s.intent)
             .bind(s.created_at_ms)
             .bind(s.expires_at_ms)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await
             .map_err(ExchangeError::store)?;
         }
-        tx.commit().await.map_err(ExchangeError::store)?;
         Ok(true)
     }
 
@@ -247,27 +288,126 @@ impl Store {
         reason: &str,
         now_ms: i64,
     ) -> Result<Option<(i64, bool)>, ExchangeError> {
+        self.begin_revocation(sid, reason, now_ms)
+            .await?
+            .commit()
+            .await
+    }
+
+    /// [`Store::revoke`] up to its commit: the revocation is written in an
+    /// open transaction, visible to nobody until [`PendingRevocation::commit`]
+    /// (dropping it rolls back). Two steps so that a late commit can be
+    /// produced on cue (a replica that stalls between write and commit).
+    pub async fn begin_revocation(
+        &self,
+        sid: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<PendingRevocation<'_>, ExchangeError> {
+        let mut tx = self.pool.begin().await.map_err(ExchangeError::store)?;
+        // INVARIANT: the counter is taken first and in the same transaction
+        // as the session's row. Its row lock (PostgreSQL) or the single
+        // writer (SQLite) is held until commit or rollback, so revocations
+        // get their numbers one at a time and commit in number order; a
+        // number is never visible before every smaller one is. A rollback
+        // (nothing to revoke) gives the number back.
+        let seq: i64 = sqlx::query(
+            "UPDATE revocation_counter SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .and_then(|row| row.try_get("last_seq"))
+        .map_err(ExchangeError::store)?;
         let updated = sqlx::query(
-            "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 WHERE sid = $3 AND revoked_at IS NULL",
+            "UPDATE sessions SET revoked_at = $1, revoke_reason = $2, revoked_seq = $3 WHERE sid = $4 AND revoked_at IS NULL",
         )
         .bind(now_ms)
         .bind(reason)
+        .bind(seq)
         .bind(sid)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(ExchangeError::store)?;
-        if updated.rows_affected() == 1 {
-            return Ok(Some((now_ms, false)));
-        }
-        Ok(self
-            .session(sid)
-            .await?
-            .and_then(|s| s.revoked_at_ms.map(|at| (at, true))))
+        Ok(PendingRevocation {
+            store: self,
+            tx,
+            sid: sid.to_owned(),
+            revoked: (updated.rows_affected() == 1).then_some(now_ms),
+        })
     }
 
-    /// Revocations after the cursor (`revoked_at > since_ms`, or equal and
-    /// `sid > after_sid`) of sessions not expired before `live_after_ms`,
-    /// oldest first, at most `limit`.
+    /// The revocation feed: revocations numbered after `after_seq`, in
+    /// number order, at most `limit`, leaving out sessions that expired
+    /// more than `margin_ms` ago by the database's clock (no replica's
+    /// clock decides what a verifier is sent).
+    ///
+    /// The counter is read before the page: every revocation numbered up
+    /// to it had committed by then, so the page (a later snapshot) sees all
+    /// of them, and when the page is the last one the next read may start
+    /// after the counter even if expired entries were left out below it.
+    pub async fn revoked_after(
+        &self,
+        after_seq: i64,
+        margin_ms: i64,
+        limit: i64,
+    ) -> Result<RevokedPage, ExchangeError> {
+        let high: i64 = sqlx::query("SELECT last_seq FROM revocation_counter WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get("last_seq"))
+            .map_err(ExchangeError::store)?;
+        let db_now = match self.backend {
+            tether_store::Backend::Postgres => DB_NOW_MS_POSTGRES,
+            tether_store::Backend::Sqlite => DB_NOW_MS_SQLITE,
+        };
+        let now_ms: i64 = sqlx::query(db_now)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get("now_ms"))
+            .map_err(ExchangeError::store)?;
+        let rows = sqlx::query(
+            "SELECT sid, revoked_at, expires_at, revoked_seq FROM sessions \
+             WHERE revoked_seq > $1 AND expires_at > $2 \
+             ORDER BY revoked_seq LIMIT $3",
+        )
+        .bind(after_seq)
+        .bind(now_ms.saturating_sub(margin_ms))
+        .bind(limit.saturating_add(1))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ExchangeError::store)?;
+        let mut entries = rows
+            .iter()
+            .map(|row| {
+                Ok(RevokedEntry {
+                    sid: row.try_get("sid")?,
+                    revoked_at_ms: row.try_get("revoked_at")?,
+                    expires_at_ms: row.try_get("expires_at")?,
+                    seq: row.try_get("revoked_seq")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(ExchangeError::store)?;
+        let more = entries.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        entries.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let last = entries.last().map_or(after_seq, |e| e.seq);
+        let next_after_seq = if more {
+            last
+        } else {
+            last.max(high).max(after_seq)
+        };
+        Ok(RevokedPage {
+            entries,
+            more,
+            next_after_seq,
+        })
+    }
+
+    /// The feed as verifiers before the sequence read it: revocations after
+    /// the cursor (`revoked_at > since_ms`, or equal and `sid > after_sid`)
+    /// of sessions not expired before `live_after_ms`, oldest first, at
+    /// most `limit`. Kept for verifiers not yet upgraded; it trusts the
+    /// revoking replica's clock, which is why it is replaced.
     pub async fn revoked_since(
         &self,
         since_ms: i64,
@@ -311,6 +451,38 @@ impl Store {
     }
 }
 
+/// A revocation written but not committed ([`Store::begin_revocation`]).
+#[derive(Debug)]
+pub struct PendingRevocation<'a> {
+    store: &'a Store,
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    sid: String,
+    /// When this transaction revoked the session; `None` when it changed
+    /// nothing (already revoked, or no such session).
+    revoked: Option<i64>,
+}
+
+impl PendingRevocation<'_> {
+    /// Commits: the revocation time and whether the session was already
+    /// revoked; `None` when the session does not exist.
+    pub async fn commit(self) -> Result<Option<(i64, bool)>, ExchangeError> {
+        match self.revoked {
+            Some(at) => {
+                self.tx.commit().await.map_err(ExchangeError::store)?;
+                Ok(Some((at, false)))
+            }
+            None => {
+                self.tx.rollback().await.map_err(ExchangeError::store)?;
+                Ok(self
+                    .store
+                    .session(&self.sid)
+                    .await?
+                    .and_then(|s| s.revoked_at_ms.map(|at| (at, true))))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,7 +514,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_exchange_records_its_assertion_and_session_together_or_not_at_all() {
+    async fn an_exchange_records_its_assertion_and_session_and_a_replay_neither() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
         let used = UsedAssertion {
@@ -350,7 +522,6 @@ mod tests {
             jti: "j-1".into(),
             keep_until_ms: i64::MAX,
         };
-        assert!(!store.assertion_used("hr-assistant", "j-1").await.unwrap());
         let first = session("s_1", "alice", "hr-assistant", 1_000);
         assert!(
             store
@@ -358,8 +529,13 @@ mod tests {
                 .await
                 .unwrap()
         );
-        assert!(store.assertion_used("hr-assistant", "j-1").await.unwrap());
-        assert!(!store.assertion_used("report-writer", "j-1").await.unwrap());
+        assert!(
+            store
+                .consume_assertion("report-writer", "j-1", i64::MAX)
+                .await
+                .unwrap(),
+            "ids are per issuer"
+        );
         // A replay of the same assertion writes nothing, its session neither.
         let second = session("s_2", "alice", "hr-assistant", 2_000);
         assert!(
@@ -455,6 +631,104 @@ mod tests {
                 .await
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_revocation_feed_numbers_revocations_and_skips_only_expired_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let now = crate::exchange::unix_now_ms();
+        let live = |sid: &str| SessionRecord {
+            expires_at_ms: now + 600_000,
+            ..session(sid, "alice", "hr-assistant", now)
+        };
+        for s in [live("s_1"), live("s_2"), live("s_3")] {
+            assert!(store.record_exchange(None, Some(&s)).await.unwrap());
+        }
+        // Expired long ago (by any clock): numbered, never listed.
+        let expired = SessionRecord {
+            expires_at_ms: now - 3_600_000,
+            ..session("s_old", "alice", "hr-assistant", now - 4_000_000)
+        };
+        assert!(store.record_exchange(None, Some(&expired)).await.unwrap());
+
+        // The revocation time is whatever the revoking replica's clock
+        // said; the order is the database's.
+        store.revoke("s_2", "a", now).await.unwrap();
+        store.revoke("s_old", "b", now).await.unwrap();
+        store.revoke("s_1", "c", now - 3_600_000).await.unwrap();
+        // Nothing to revoke: no number is used up.
+        assert_eq!(
+            store.revoke("s_2", "again", now).await.unwrap(),
+            Some((now, true))
+        );
+        assert_eq!(store.revoke("s_none", "x", now).await.unwrap(), None);
+        store.revoke("s_3", "d", now).await.unwrap();
+
+        let page = store.revoked_after(0, 60_000, 2).await.unwrap();
+        let listed: Vec<(&str, i64)> = page
+            .entries
+            .iter()
+            .map(|e| (e.sid.as_str(), e.seq))
+            .collect();
+        assert_eq!(listed, [("s_2", 1), ("s_1", 3)]);
+        assert!(page.more);
+        assert_eq!(page.next_after_seq, 3);
+        let page = store.revoked_after(3, 60_000, 2).await.unwrap();
+        let listed: Vec<(&str, i64)> = page
+            .entries
+            .iter()
+            .map(|e| (e.sid.as_str(), e.seq))
+            .collect();
+        assert_eq!(listed, [("s_3", 4)]);
+        assert!(!page.more);
+        assert_eq!(page.next_after_seq, 4);
+        // Nothing new: the cursor stays; a later expired-only revocation
+        // moves it without listing anything.
+        let page = store.revoked_after(4, 60_000, 2).await.unwrap();
+        assert_eq!(
+            (page.entries.len(), page.more, page.next_after_seq),
+            (0, false, 4)
+        );
+        let gone = SessionRecord {
+            expires_at_ms: now - 3_600_000,
+            ..session("s_gone", "alice", "hr-assistant", now - 4_000_000)
+        };
+        assert!(store.record_exchange(None, Some(&gone)).await.unwrap());
+        store.revoke("s_gone", "e", now).await.unwrap();
+        let page = store.revoked_after(4, 60_000, 2).await.unwrap();
+        assert_eq!(
+            (page.entries.len(), page.more, page.next_after_seq),
+            (0, false, 5)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_uncommitted_revocation_is_not_listed_and_a_dropped_one_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let now = crate::exchange::unix_now_ms();
+        let s = SessionRecord {
+            expires_at_ms: now + 600_000,
+            ..session("s_1", "alice", "hr-assistant", now)
+        };
+        assert!(store.record_exchange(None, Some(&s)).await.unwrap());
+        let pending = store.begin_revocation("s_1", "x", now).await.unwrap();
+        drop(pending);
+        assert_eq!(
+            store.session("s_1").await.unwrap().unwrap().revoked_at_ms,
+            None
+        );
+        let page = store.revoked_after(0, 60_000, 10).await.unwrap();
+        assert_eq!((page.entries.len(), page.next_after_seq), (0, 0));
+        let pending = store.begin_revocation("s_1", "x", now).await.unwrap();
+        assert_eq!(pending.commit().await.unwrap(), Some((now, false)));
+        let page = store.revoked_after(0, 60_000, 10).await.unwrap();
+        assert_eq!(page.entries.len(), 1);
+        assert_eq!(
+            page.entries[0].seq, 1,
+            "the rolled-back number was given back"
         );
     }
 }

@@ -114,3 +114,80 @@ fn validate_only_and_invalid_configurations() {
         assert!(stderr.contains(expect), "`{stderr}` lacks `{expect}`");
     }
 }
+
+/// `--validate-only` of `path` with `vars` set: exit code and stderr.
+fn validate_with(path: &std::path::Path, vars: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(path)
+        .arg("--validate-only")
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The Helm chart tells every replica how many there are
+/// (`TETHER_SERVER__REPLICAS`): more than one on SQLite (a file on one
+/// machine: each replica would have its own sessions, replay cache and
+/// revocation feed) is refused before anything starts, and so is a
+/// replica that would rotate the shared signing keys on its own.
+#[test]
+fn replicas_refuse_sqlite_and_their_own_key_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("identity.toml");
+    std::fs::write(&path, config(dir.path(), "")).unwrap();
+
+    // One replica (the default, or said explicitly) on SQLite is fine.
+    assert_eq!(validate_with(&path, &[]).0, Some(0));
+    assert_eq!(
+        validate_with(&path, &[("TETHER_SERVER__REPLICAS", "1")]).0,
+        Some(0)
+    );
+
+    let (code, stderr) = validate_with(
+        &path,
+        &[
+            ("TETHER_SERVER__REPLICAS", "2"),
+            ("TETHER_TOKENS__ROTATE_AFTER_SECS", "0"),
+        ],
+    );
+    assert_eq!(code, Some(64), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("server.replicas = 2") && stderr.contains("SQLite"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = validate_with(&path, &[("TETHER_SERVER__REPLICAS", "0")]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("server.replicas must be at least 1"),
+        "{stderr}"
+    );
+
+    // On PostgreSQL, two replicas are accepted once keys rotate outside
+    // the service (validation does not connect).
+    let pg = config(dir.path(), "").replace(
+        &format!("url = \"sqlite://{}/id.db\"", dir.path().display()),
+        "url = \"postgres://tether@db.example/tether\"",
+    );
+    std::fs::write(&path, pg).unwrap();
+    let (code, stderr) = validate_with(
+        &path,
+        &[
+            ("TETHER_SERVER__REPLICAS", "2"),
+            ("TETHER_TOKENS__ROTATE_AFTER_SECS", "0"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = validate_with(&path, &[("TETHER_SERVER__REPLICAS", "2")]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("tokens.rotate_after_secs must be 0"),
+        "{stderr}"
+    );
+}
