@@ -24,8 +24,11 @@ pub const HR_READONLY_CREATE: &str = r#"CREATE ROLE "{{name}}" WITH LOGIN PASSWO
 /// `CREATE ROLE` for the HR writer: SELECT, INSERT, UPDATE on schema `hr`.
 pub const HR_WRITER_CREATE: &str = r#"CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT USAGE ON SCHEMA hr TO "{{name}}"; GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA hr TO "{{name}}";"#;
 /// Explicit revocation: revoke the grants, then drop the role (DROP ROLE
-/// fails while grants remain).
-pub const HR_REVOKE: &str = r#"REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA hr FROM "{{name}}"; REVOKE USAGE ON SCHEMA hr FROM "{{name}}"; DROP ROLE IF EXISTS "{{name}}";"#;
+/// fails while grants remain), all guarded by the role's existence so a
+/// role dropped by hand does not make the lease unrevocable (REVOKE has no
+/// IF EXISTS). One `DO` block: OpenBao runs a statement containing ` END `
+/// as is instead of splitting it on `;`.
+pub const HR_REVOKE: &str = r#"DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{{name}}') THEN REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA hr FROM "{{name}}"; REVOKE USAGE ON SCHEMA hr FROM "{{name}}"; DROP ROLE "{{name}}"; END IF; END $$;"#;
 
 /// The `bao` binary: `OPENBAO_BIN`, else the project virtualenv.
 pub fn bao_bin() -> anyhow::Result<PathBuf> {

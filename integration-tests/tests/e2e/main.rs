@@ -23,6 +23,7 @@ mod identity_idps;
 mod identity_logs;
 mod identity_replicas;
 mod issuer;
+mod issuer_replicas;
 mod pdp;
 mod python_agent;
 mod session_admin;

@@ -4,8 +4,6 @@
 //! `UPDATE`, so two replicas (or the request path and the sweeper) racing on
 //! the same row cannot move it backwards.
 
-use std::collections::HashMap;
-
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row as _};
 
@@ -149,30 +147,13 @@ pub struct SessionRow {
 #[derive(Debug, Clone)]
 pub struct Registry {
     pool: AnyPool,
-    /// Sessions this process has recorded, with the expiry recorded: a
-    /// further issuance in the same session skips the session upsert. Only
-    /// an optimisation — whether a session has ended is always read from
-    /// the store, inside the statement that writes the lease.
-    recorded_sessions: std::sync::Arc<std::sync::Mutex<HashMap<String, i64>>>,
 }
-
-/// Sessions remembered at most (expired ones are dropped first).
-const RECORDED_SESSIONS_MAX: usize = 10_000;
 
 const LIVE: &str = "('ISSUING', 'ACTIVE', 'REVOKING', 'REVOCATION_FAILED')";
 
 impl Registry {
     pub fn new(pool: AnyPool) -> Self {
-        Self {
-            pool,
-            recorded_sessions: std::sync::Arc::default(),
-        }
-    }
-
-    fn recorded(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
-        self.recorded_sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        Self { pool }
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -181,58 +162,43 @@ impl Registry {
 
     /// Records the session (if new) and the lease in state ISSUING, in one
     /// transaction, refusing an ended session or one at its lease limit.
-    pub async fn begin_issue(&self, new: &NewLease, max_live: u32) -> Result<(), BeginError> {
-        // At most two statements, no explicit transaction (each round trip
-        // to the store is on every issuance's path):
-        // 1. record (or extend) the session, unless this process already has
-        //    with at least this expiry, and learn whether it has ended;
-        let known = self
-            .recorded()
-            .get(&new.session_id)
-            .is_some_and(|recorded| {
-                *recorded >= new.session_expires_at && *recorded > new.created_at
-            });
-        if !known {
-            let ended: Option<i64> = sqlx::query(
-                "INSERT INTO credential_sessions (session_id, expires_at, created_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (session_id) DO UPDATE SET expires_at = CASE \
-                   WHEN excluded.expires_at > credential_sessions.expires_at THEN excluded.expires_at \
-                   ELSE credential_sessions.expires_at END \
-                 RETURNING ended_at",
-            )
-            .bind(&new.session_id)
-            .bind(new.session_expires_at)
-            .bind(new.created_at)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("ended_at")?;
-            if ended.is_some() {
-                self.recorded().remove(&new.session_id);
-                return Err(BeginError::SessionEnded);
-            }
-            let mut recorded = self.recorded();
-            if recorded.len() >= RECORDED_SESSIONS_MAX {
-                recorded.retain(|_, expires| *expires > new.created_at);
-                if recorded.len() >= RECORDED_SESSIONS_MAX {
-                    recorded.clear();
-                }
-            }
-            recorded.insert(new.session_id.clone(), new.session_expires_at);
+    /// Returns the session's end as recorded: fixed when the session was
+    /// first seen, never moved by a later call (a token naming a later end
+    /// extends nothing).
+    pub async fn begin_issue(&self, new: &NewLease, max_live: u32) -> Result<i64, BeginError> {
+        let mut tx = self.pool.begin().await?;
+        // INVARIANT: the transaction's first statement writes the session's
+        // row, so every Issue of one session, on any replica, holds it until
+        // commit: PostgreSQL locks the row (`ON CONFLICT DO UPDATE` locks it
+        // even when nothing changes), SQLite takes its write lock before the
+        // statement reads anything. The count below then sees every lease an
+        // earlier holder committed (READ COMMITTED takes a new snapshot per
+        // statement), so no two calls both pass the limit; `end_session`
+        // waits for the same lock, so an ended session is seen here.
+        let session = sqlx::query(
+            "INSERT INTO credential_sessions (session_id, expires_at, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (session_id) DO UPDATE SET expires_at = credential_sessions.expires_at \
+             RETURNING expires_at, ended_at",
+        )
+        .bind(&new.session_id)
+        .bind(new.session_expires_at)
+        .bind(new.created_at)
+        .fetch_one(&mut *tx)
+        .await?;
+        let recorded_end: i64 = session.try_get("expires_at")?;
+        let ended: Option<i64> = session.try_get("ended_at")?;
+        if ended.is_some() {
+            return Err(BeginError::SessionEnded);
         }
-        // 2. write the ISSUING row only while the session has not ended and
-        //    is under its live-lease limit (both checked inside the same
-        //    statement, so another replica ending the session is seen).
-        // INVARIANT: a session ending between 1 and 2, or between 2 and the
-        // Vault call, is caught by `claim`, which turns the row REVOKING and
-        // revokes whatever Vault issued.
+        // INVARIANT: a session ending after this commit, or between it and
+        // the Vault call, is caught by `claim`, which turns the row REVOKING
+        // and revokes whatever Vault issued.
         let inserted = sqlx::query(
             "INSERT INTO credential_leases (id, session_id, profile, vault_path, status, created_at, \
              issuing_deadline, action, resource, intent, policy_version, decision_id, policy_ids, \
              approval_ticket_id, user_subject, agent_id) \
              SELECT $1, $2, $3, $4, 'ISSUING', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
-             WHERE NOT EXISTS (SELECT 1 FROM credential_sessions s \
-                               WHERE s.session_id = $2 AND s.ended_at IS NOT NULL) \
-               AND (SELECT COUNT(*) FROM credential_leases WHERE session_id = $2 \
+             WHERE (SELECT COUNT(*) FROM credential_leases WHERE session_id = $2 \
                     AND status IN ('ISSUING', 'ACTIVE', 'REVOKING', 'REVOCATION_FAILED')) < $16",
         )
         .bind(&new.id)
@@ -251,25 +217,14 @@ impl Registry {
         .bind(&new.user_subject)
         .bind(&new.agent_id)
         .bind(i64::from(max_live))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        if inserted.rows_affected() == 1 {
-            return Ok(());
+        if inserted.rows_affected() != 1 {
+            // Dropping the transaction rolls it back.
+            return Err(BeginError::TooMany { limit: max_live });
         }
-        // Refused: say why (the rare path).
-        let ended: Option<i64> =
-            sqlx::query("SELECT ended_at FROM credential_sessions WHERE session_id = $1")
-                .bind(&new.session_id)
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|row| row.try_get("ended_at"))
-                .transpose()?
-                .flatten();
-        if ended.is_some() {
-            self.recorded().remove(&new.session_id);
-            return Err(BeginError::SessionEnded);
-        }
-        Err(BeginError::TooMany { limit: max_live })
+        tx.commit().await?;
+        Ok(recorded_end)
     }
 
     /// Removes an ISSUING row whose Vault request certainly did not create
@@ -360,32 +315,6 @@ impl Registry {
             "SELECT expires_at, ended_at FROM credential_sessions WHERE session_id = $1",
         )
         .bind(session_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        r.map(|r| {
-            Ok(SessionRow {
-                expires_at: r.try_get("expires_at")?,
-                ended_at: r.try_get("ended_at")?,
-            })
-        })
-        .transpose()
-    }
-
-    /// Raises a live session's recorded expiry to `expires_at` (a later
-    /// delegated token of the session proves it lives that long), and
-    /// returns the session as recorded. An ended session is left as is.
-    pub async fn extend_session(
-        &self,
-        session_id: &str,
-        expires_at: i64,
-    ) -> Result<Option<SessionRow>, sqlx::Error> {
-        let r = sqlx::query(
-            "UPDATE credential_sessions SET expires_at = CASE \
-               WHEN ended_at IS NULL AND $2 > expires_at THEN $2 ELSE expires_at END \
-             WHERE session_id = $1 RETURNING expires_at, ended_at",
-        )
-        .bind(session_id)
-        .bind(expires_at)
         .fetch_optional(&self.pool)
         .await?;
         r.map(|r| {
@@ -622,28 +551,29 @@ impl Registry {
         Ok(n > 0)
     }
 
-    /// After a complete orphan sweep of `vault_path`: every interrupted
-    /// issuance (no Vault lease id recorded) whose deadline is before
-    /// `cutoff` is settled as REVOKED, because any lease it may have created
-    /// was unclaimed and old enough for the sweep to revoke it.
+    /// After an orphan sweep of its path: settles one interrupted issuance
+    /// (no Vault lease id recorded) whose deadline is before `cutoff` as
+    /// REVOKED, because any lease it may have created was unclaimed and old
+    /// enough for the sweep to revoke it. Returns whether it did.
     pub async fn settle_interrupted(
         &self,
-        vault_path: &str,
+        id: &str,
         cutoff: i64,
         now: i64,
-    ) -> Result<u64, sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
         Ok(sqlx::query(
             "UPDATE credential_leases SET status = 'REVOKED', revoked_at = $1, next_attempt_at = NULL, \
              last_error = 'issuance was interrupted; the orphan sweep revoked any lease it created' \
-             WHERE vault_path = $2 AND vault_lease_id IS NULL AND issuing_deadline < $3 \
+             WHERE id = $2 AND vault_lease_id IS NULL AND issuing_deadline < $3 \
              AND status IN ('ISSUING', 'REVOKING', 'REVOCATION_FAILED')",
         )
         .bind(now)
-        .bind(vault_path)
+        .bind(id)
         .bind(cutoff)
         .execute(&self.pool)
         .await?
-        .rows_affected())
+        .rows_affected()
+            == 1)
     }
 
     /// Counts leases per status (for tests, logs and metrics).
@@ -653,5 +583,124 @@ impl Registry {
             .fetch_one(&self.pool)
             .await?
             .try_get("n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sqlite() -> (tempfile::TempDir, Registry) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = tether_store::sqlite_url(&dir.path().join("leases.db"));
+        let pool = tether_store::open(
+            &url,
+            "credential_issuer",
+            &tether_store::PoolSettings::default(),
+        )
+        .await
+        .unwrap();
+        tether_store::migrate(&pool, &MIGRATOR).await.unwrap();
+        (dir, Registry::new(pool))
+    }
+
+    fn lease(session: &str, session_expires_at: i64, now: i64) -> NewLease {
+        NewLease {
+            id: uuid::Uuid::new_v4().to_string(),
+            session_id: session.into(),
+            session_expires_at,
+            profile: "hr-read".into(),
+            vault_path: "database/creds/hr-readonly".into(),
+            created_at: now,
+            issuing_deadline: now + 5_000,
+            action: String::new(),
+            resource: String::new(),
+            intent: String::new(),
+            policy_version: String::new(),
+            decision_id: String::new(),
+            policy_ids: "[]".into(),
+            approval_ticket_id: String::new(),
+            user_subject: "alice".into(),
+            agent_id: "hr-assistant".into(),
+        }
+    }
+
+    async fn live(registry: &Registry, session: &str) -> i64 {
+        let q = format!(
+            "SELECT COUNT(*) AS n FROM credential_leases WHERE session_id = $1 AND status IN {LIVE}"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(session)
+            .fetch_one(registry.pool())
+            .await
+            .unwrap()
+            .try_get("n")
+            .unwrap()
+    }
+
+    /// 24 concurrent beginnings over the pool's 8 connections: exactly the
+    /// limit get a row, every other one is told the limit, none errs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_lease_limit_holds_under_concurrency_on_sqlite() {
+        let (_dir, registry) = sqlite().await;
+        let now = crate::revoker::now_ms();
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..24 {
+            let registry = registry.clone();
+            let new = lease("s-1", now + 600_000, now);
+            calls.spawn(async move { registry.begin_issue(&new, 3).await });
+        }
+        let (mut ok, mut refused) = (0, 0);
+        while let Some(result) = calls.join_next().await {
+            match result.unwrap() {
+                Ok(_) => ok += 1,
+                Err(BeginError::TooMany { limit: 3 }) => refused += 1,
+                Err(e) => panic!("unexpected: {e}"),
+            }
+        }
+        assert_eq!((ok, refused), (3, 21));
+        assert_eq!(live(&registry, "s-1").await, 3);
+    }
+
+    /// The session's end is the one recorded first: a later call naming a
+    /// later end gets the first back, and the row keeps it.
+    #[tokio::test]
+    async fn the_sessions_end_is_fixed_when_first_seen() {
+        let (_dir, registry) = sqlite().await;
+        let now = crate::revoker::now_ms();
+        let first = now + 30_000;
+        assert_eq!(
+            registry
+                .begin_issue(&lease("s-1", first, now), 10)
+                .await
+                .unwrap(),
+            first
+        );
+        assert_eq!(
+            registry
+                .begin_issue(&lease("s-1", now + 600_000, now), 10)
+                .await
+                .unwrap(),
+            first
+        );
+        assert_eq!(
+            registry.session("s-1").await.unwrap().unwrap().expires_at,
+            first
+        );
+    }
+
+    /// An ended session gets no row, whatever its limit.
+    #[tokio::test]
+    async fn an_ended_session_gets_no_lease() {
+        let (_dir, registry) = sqlite().await;
+        let now = crate::revoker::now_ms();
+        registry.end_session("s-1", "test", now).await.unwrap();
+        assert!(matches!(
+            registry
+                .begin_issue(&lease("s-1", now + 600_000, now), 10)
+                .await,
+            Err(BeginError::SessionEnded)
+        ));
+        assert_eq!(live(&registry, "s-1").await, 0);
     }
 }

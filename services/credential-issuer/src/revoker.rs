@@ -89,6 +89,15 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// What one orphan sweep of a path did.
+#[derive(Debug, Default)]
+struct Swept {
+    revoked: u64,
+    /// The issue times (Unix seconds) of the orphans that could not be
+    /// revoked this time; `None` when even that is unknown.
+    unrevoked: Vec<Option<i64>>,
+}
+
 /// Revokes leases and keeps retrying.
 #[derive(Debug)]
 pub struct Revoker {
@@ -265,41 +274,83 @@ impl Revoker {
     /// Revokes every Vault lease under `path` that no live row owns and that
     /// is older than the issuing window plus clock skew, then settles the
     /// interrupted issuances this sweep covered.
+    ///
+    /// A lease that cannot be revoked (e.g. its revocation statement fails
+    /// on a role an administrator dropped) is retried on every pass and
+    /// holds back only the interrupted issuances that may have created it
+    /// (those whose window contains its issue time): it never stops the
+    /// sweep, the other leases, or the other issuances.
     async fn orphan_sweep(&self, path: &str, interrupted: &[LeaseRow]) -> Result<(), sqlx::Error> {
         let started = now_ms();
         let grace = self.orphan_grace();
-        match self.orphans_of(path, started, grace).await {
-            Ok(revoked) => {
-                if revoked > 0 {
-                    tracing::info!(
-                        vault_path = path,
-                        leases = revoked,
-                        "orphan sweep revoked leases"
-                    );
-                }
-                let settled = self
-                    .registry
-                    .settle_interrupted(path, started - grace, now_ms())
-                    .await?;
-                if settled > 0 {
-                    tracing::info!(
-                        vault_path = path,
-                        leases = settled,
-                        "interrupted issuances settled by the orphan sweep"
-                    );
-                }
-            }
+        let swept = match self.orphans_of(path, started, grace).await {
+            Ok(swept) => swept,
             Err(e) => {
                 tracing::warn!(vault_path = path, error = %e, "orphan sweep failed; will retry");
                 for row in interrupted.iter().filter(|r| r.vault_path == path) {
                     self.failed(row, &format!("orphan sweep: {e}")).await;
                 }
+                return Ok(());
             }
+        };
+        if swept.revoked > 0 {
+            tracing::info!(
+                vault_path = path,
+                leases = swept.revoked,
+                "orphan sweep revoked leases"
+            );
+        }
+        if !swept.unrevoked.is_empty() {
+            tracing::warn!(
+                vault_path = path,
+                leases = swept.unrevoked.len(),
+                "orphan leases could not be revoked; will retry"
+            );
+        }
+        let skew = i64::try_from(self.config.clock_skew_ms).unwrap_or(i64::MAX);
+        let cutoff = started - grace;
+        let mut settled = 0u64;
+        for row in interrupted
+            .iter()
+            .filter(|r| r.vault_path == path && r.issuing_deadline < cutoff)
+        {
+            // INVARIANT: a lease an interrupted issuance created was issued
+            // after its row was written and before its deadline (± clock
+            // skew, + 1 s for Vault's whole-second issue time); only an
+            // unrevoked lease from that window can be it.
+            let blocked = swept.unrevoked.iter().any(|issued| {
+                issued.is_none_or(|secs| {
+                    let ms = secs.saturating_mul(1000);
+                    row.created_at - skew - 1000 <= ms && ms <= row.issuing_deadline + skew
+                })
+            });
+            if blocked {
+                self.failed(
+                    row,
+                    "orphan sweep: a lease from the time of this issuance could not be revoked",
+                )
+                .await;
+                continue;
+            }
+            if self
+                .registry
+                .settle_interrupted(&row.id, cutoff, now_ms())
+                .await?
+            {
+                settled += 1;
+            }
+        }
+        if settled > 0 {
+            tracing::info!(
+                vault_path = path,
+                leases = settled,
+                "interrupted issuances settled by the orphan sweep"
+            );
         }
         Ok(())
     }
 
-    async fn orphans_of(&self, path: &str, started: i64, grace: i64) -> Result<u64, String> {
+    async fn orphans_of(&self, path: &str, started: i64, grace: i64) -> Result<Swept, String> {
         let listed = self
             .vault
             .list_leases(path)
@@ -310,14 +361,14 @@ impl Revoker {
             .claimed(path)
             .await
             .map_err(|e| e.to_string())?;
-        let mut revoked = 0;
-        let mut first_error = None;
+        let mut swept = Swept::default();
         for lease in listed.iter().filter(|l| !claimed.contains(*l)) {
             let info = match self.vault.lookup(lease).await {
                 Ok(Some(info)) => info,
                 Ok(None) => continue,
                 Err(e) => {
-                    first_error.get_or_insert(e.to_string());
+                    tracing::warn!(vault_lease_id = lease.as_str(), error = %e, "looking up an orphan lease failed; will retry");
+                    swept.unrevoked.push(None);
                     continue;
                 }
             };
@@ -333,13 +384,14 @@ impl Revoker {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => {
-                    first_error.get_or_insert(e.to_string());
+                    tracing::warn!(vault_lease_id = lease.as_str(), error = %e, "checking an orphan lease's owner failed; will retry");
+                    swept.unrevoked.push(Some(info.issue_time));
                     continue;
                 }
             }
             match self.vault.revoke(lease).await {
                 Ok(()) => {
-                    revoked += 1;
+                    swept.revoked += 1;
                     let total = Metrics::inc(&self.metrics.orphans_revoked);
                     tracing::info!(
                         vault_lease_id = lease.as_str(),
@@ -348,15 +400,18 @@ impl Revoker {
                     );
                 }
                 Err(e) => {
-                    Metrics::inc(&self.metrics.revocation_failures);
-                    first_error.get_or_insert(e.to_string());
+                    let total = Metrics::inc(&self.metrics.revocation_failures);
+                    tracing::warn!(
+                        vault_lease_id = lease.as_str(),
+                        error = %e,
+                        tether_credential_revocation_failures_total = total,
+                        "revoking an orphan lease failed; will retry"
+                    );
+                    swept.unrevoked.push(Some(info.issue_time));
                 }
             }
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(revoked),
-        }
+        Ok(swept)
     }
 
     /// The reconciler (one forced pass at start-up) and then the sweeper,

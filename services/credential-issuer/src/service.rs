@@ -23,6 +23,59 @@ const MAX_REASON_BYTES: usize = 256;
 const MAX_POLICY_IDS: usize = 256;
 const MAX_PAGE: u32 = 1000;
 
+/// How many renewals `fit_to_session` makes before it gives up on a lease.
+const FIT_ATTEMPTS: usize = 3;
+
+/// A Vault grant within its session.
+#[derive(Debug, Clone, Copy)]
+struct Fit {
+    ttl: Duration,
+    renewable: bool,
+    /// Local time when Vault's answer arrived (Unix ms).
+    seen_at: i64,
+    /// `seen_at + ttl`, as the registry records it; Vault's own expiry of
+    /// the lease is checked to be no later than the session's end.
+    expires_at: i64,
+}
+
+impl Fit {
+    fn new(ttl: Duration, renewable: bool, seen_at: i64) -> Self {
+        Self {
+            ttl,
+            renewable,
+            seen_at,
+            expires_at: seen_at.saturating_add(duration_ms(ttl)),
+        }
+    }
+}
+
+/// Why a lease could not be brought within its session.
+#[derive(Debug, thiserror::Error)]
+enum FitError {
+    #[error("the session has less than one second left")]
+    NoTime,
+    #[error("the lease is longer than allowed and not renewable")]
+    NotRenewable,
+    #[error(transparent)]
+    Vault(crate::vault::VaultError),
+    #[error("vault kept granting past the session's end")]
+    TooLong,
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The time from `from` to `end` (Unix ms), zero when `end` has passed.
+fn remaining_between(from: i64, end: i64) -> Duration {
+    Duration::from_millis(u64::try_from(end.saturating_sub(from)).unwrap_or(0))
+}
+
+/// The time left until `end` (Unix ms).
+fn remaining_until(end: i64) -> Duration {
+    remaining_between(now_ms(), end)
+}
+
 /// `tether.credentials.v1.CredentialIssuer`.
 #[derive(Debug, Clone)]
 pub struct CredentialIssuerService {
@@ -298,12 +351,12 @@ impl Inner {
         // INVARIANT: the registry row exists (ISSUING) before Vault is asked,
         // so every lease Vault creates for us is either claimed by this row
         // or found by the orphan sweep of this profile's path.
-        match self
+        let recorded_end = match self
             .registry
             .begin_issue(&new, self.limits.max_leases_per_session)
             .await
         {
-            Ok(()) => {}
+            Ok(end) => end,
             Err(BeginError::SessionEnded) => {
                 return Err(IssuerError::FailedPrecondition(format!(
                     "session `{}` has ended; it gets no new credentials",
@@ -317,6 +370,18 @@ impl Inner {
                 });
             }
             Err(BeginError::Db(e)) => return Err(IssuerError::Registry(e)),
+        };
+        // The session ends when it was first recorded to end, or when this
+        // token does, whichever is sooner.
+        let session_end = recorded_end.min(expires_at);
+        if bounded_ttl(profile.max_ttl(), remaining_until(session_end), requested).is_zero() {
+            if let Err(db) = self.registry.discard(&id).await {
+                tracing::warn!(lease_id = %id, error = %db, "discarding the lease row failed; the sweeper settles it");
+            }
+            return Err(IssuerError::FailedPrecondition(format!(
+                "session `{}` has less than one second left; it gets no new credentials",
+                caller.sid
+            )));
         }
 
         let secret = match self.vault.issue(&profile.vault_path).await {
@@ -341,41 +406,30 @@ impl Inner {
         };
         test_pause_after_vault_issue(self.test_hooks).await;
 
-        let mut granted = secret.lease_duration;
-        let mut renewable = secret.renewable;
-        if granted.is_zero() || granted > target {
-            // The role grants longer than this session may hold: shorten it
-            // (renewing to a smaller increment moves the expiry earlier).
-            let shortened = if secret.renewable {
-                self.vault.renew(&secret.lease_id, target).await
-            } else {
-                Err(crate::vault::VaultError::Decode(
-                    "the lease is longer than allowed and not renewable".into(),
-                ))
-            };
-            match shortened {
-                Ok((ttl, r)) if !ttl.is_zero() && ttl <= target => {
-                    granted = ttl;
-                    renewable = r;
-                }
-                other => {
-                    let error = match other {
-                        Err(e) => e.to_string(),
-                        Ok((ttl, _)) => format!(
-                            "vault granted {} s, more than {} s",
-                            ttl.as_secs(),
-                            target.as_secs()
-                        ),
-                    };
-                    tracing::warn!(lease_id = %id, error, "cannot cap the lease to the session; revoking it");
-                    return Err(self.abandon(&id, &secret.lease_id, now_ms()).await);
-                }
+        // INVARIANT: the lease's expiry is checked against the session's end
+        // from the moment Vault created it (any time up to now), not from
+        // when the call began: a grant that may end later is shortened,
+        // and one that cannot be is revoked.
+        let fitted = self
+            .fit_to_session(
+                &secret.lease_id,
+                Some((secret.lease_duration, secret.renewable, now_ms())),
+                session_end,
+                profile.max_ttl(),
+                requested,
+            )
+            .await;
+        let fit = match fitted {
+            Ok(fit) => fit,
+            Err(e) => {
+                tracing::warn!(lease_id = %id, error = %e, "cannot cap the lease to the session; revoking it");
+                return Err(self.abandon(&id, &secret.lease_id, now_ms()).await);
             }
-        }
-
-        let issued_at = now_ms();
-        let granted_secs = i64::try_from(granted.as_secs()).unwrap_or(i64::MAX);
-        let lease_expires = issued_at + granted_secs * 1000;
+        };
+        let issued_at = fit.seen_at;
+        let granted_secs = i64::try_from(fit.ttl.as_secs()).unwrap_or(i64::MAX);
+        let renewable = fit.renewable;
+        let lease_expires = fit.expires_at;
         let row = match self
             .registry
             .claim(
@@ -428,6 +482,65 @@ impl Inner {
             credential: Some(to_credential(&secret.data)),
             lease: Some(to_pb(&row)),
         })
+    }
+
+    /// Brings a Vault lease within the session: its expiry, as Vault
+    /// counts it, no later than `session_end`, its TTL no longer than the
+    /// profile's maximum or what the caller asked. `current` is the grant
+    /// as Vault made it, with the local time it was received; `None`
+    /// renews unconditionally (the Renew RPC).
+    ///
+    /// Vault counts a grant from when it handles the call, somewhere before
+    /// this process hears back, so every check is made against the clock
+    /// after the answer, and a renewal that may still end past the session
+    /// (its round trip ate the whole-second slack) is shortened again.
+    async fn fit_to_session(
+        &self,
+        vault_lease_id: &str,
+        current: Option<(Duration, bool, i64)>,
+        session_end: i64,
+        profile_max: Duration,
+        asked: Option<Duration>,
+    ) -> Result<Fit, FitError> {
+        if let Some((ttl, renewable, seen_at)) = current {
+            // One second less: Vault cuts a TTL its own max_ttl capped to
+            // whole seconds in its answer, not in the lease.
+            let cap = bounded_ttl(
+                profile_max,
+                remaining_between(seen_at, session_end).saturating_sub(Duration::from_secs(1)),
+                asked,
+            );
+            if !ttl.is_zero() && ttl <= cap {
+                return Ok(Fit::new(ttl, renewable, seen_at));
+            }
+            if !renewable {
+                return Err(FitError::NotRenewable);
+            }
+        }
+        for _ in 0..FIT_ATTEMPTS {
+            let increment =
+                bounded_ttl(profile_max, remaining_between(now_ms(), session_end), asked);
+            if increment.is_zero() {
+                return Err(FitError::NoTime);
+            }
+            // Renewing to a smaller increment moves the expiry earlier.
+            let (ttl, renewable) = self
+                .vault
+                .renew(vault_lease_id, increment)
+                .await
+                .map_err(FitError::Vault)?;
+            let seen_at = now_ms();
+            // Vault's new expiry is its own now (before `seen_at`) plus at
+            // most `increment`.
+            let longest = increment.min(ttl + Duration::from_secs(1));
+            if !ttl.is_zero()
+                && ttl <= increment
+                && seen_at.saturating_add(duration_ms(longest)) <= session_end
+            {
+                return Ok(Fit::new(ttl, renewable, seen_at));
+            }
+        }
+        Err(FitError::TooLong)
     }
 
     /// Records the Vault lease of a row that will not be handed out, and
@@ -489,15 +602,13 @@ impl Inner {
                 row.id
             )));
         }
-        // The token proves the session lives until its `exp`: record that
-        // (so the sweeper does not end a lease renewed into it), and renew
-        // no further.
+        // The session's end is what was recorded when it was first seen: a
+        // token naming a later end extends nothing (it only shortens, below).
         let session = self
             .registry
-            .extend_session(&row.session_id, caller.expires_at_ms)
+            .session(&row.session_id)
             .await?
             .ok_or_else(|| IssuerError::Internal(format!("lease `{}` has no session", row.id)))?;
-        let now = now_ms();
         if session.ended_at.is_some() {
             return Err(IssuerError::FailedPrecondition(format!(
                 "session `{}` has ended",
@@ -505,33 +616,52 @@ impl Inner {
             )));
         }
         let session_end = session.expires_at.min(caller.expires_at_ms);
-        let remaining = Duration::from_millis(u64::try_from(session_end - now).unwrap_or(0));
         let profile = self.profiles.get(&row.profile).ok_or_else(|| {
             IssuerError::FailedPrecondition(format!(
                 "profile `{}` is no longer configured",
                 row.profile
             ))
         })?;
-        let target = bounded_ttl(profile.max_ttl(), remaining, increment);
-        if target.is_zero() {
-            return Err(IssuerError::FailedPrecondition(format!(
-                "session `{}` has no time left to extend into (the delegated token expires within a second)",
-                row.session_id
-            )));
-        }
         let vault_lease_id = row.vault_lease_id.as_deref().ok_or_else(|| {
             IssuerError::Internal(format!("active lease `{}` without vault id", row.id))
         })?;
-        let (ttl, renewable) = self
-            .vault
-            .renew(vault_lease_id, target)
+        let fit = match self
+            .fit_to_session(
+                vault_lease_id,
+                None,
+                session_end,
+                profile.max_ttl(),
+                increment,
+            )
             .await
-            .map_err(IssuerError::VaultRenew)?;
-        let granted = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-        let now = now_ms();
+        {
+            Ok(fit) => fit,
+            Err(FitError::NoTime) => {
+                return Err(IssuerError::FailedPrecondition(format!(
+                    "session `{}` has no time left to extend into (it ends within a second)",
+                    row.session_id
+                )));
+            }
+            Err(FitError::Vault(e)) => return Err(IssuerError::VaultRenew(e)),
+            Err(e) => {
+                // Vault kept the lease past the session's end: it goes.
+                tracing::warn!(lease_id = %row.id, error = %e, "cannot keep the renewed lease within the session; revoking it");
+                if self.registry.mark_revoking(&row.id, now_ms()).await?
+                    && let Some(row) = self.registry.get(&row.id).await?
+                {
+                    self.revoker.revoke_one(&row).await;
+                }
+                self.revoker.wake();
+                return Err(IssuerError::FailedPrecondition(format!(
+                    "lease `{}` could not be kept within its session's lifetime; it was revoked",
+                    row.id
+                )));
+            }
+        };
+        let granted = i64::try_from(fit.ttl.as_secs()).unwrap_or(i64::MAX);
         if !self
             .registry
-            .renewed(&row.id, granted, now + granted * 1000, renewable)
+            .renewed(&row.id, granted, fit.expires_at, fit.renewable)
             .await?
         {
             return Err(IssuerError::FailedPrecondition(format!(

@@ -48,11 +48,16 @@ pub enum VaultError {
 
 impl VaultError {
     /// True when Vault certainly did not perform the request.
+    ///
+    /// A 502 or 504 comes from something in front of Vault (a load
+    /// balancer, a proxy) that may have passed the request on and given up
+    /// waiting: whether Vault acted is unknown.
     pub fn certainly_not_applied(&self) -> bool {
-        matches!(
-            self,
-            Self::Unreachable(_) | Self::Sealed | Self::Status { .. } | Self::NotAuthenticated(_)
-        )
+        match self {
+            Self::Status { code, .. } => !matches!(code, 502 | 504),
+            Self::Unreachable(_) | Self::Sealed | Self::NotAuthenticated(_) => true,
+            Self::NoAnswer(_) | Self::Decode(_) => false,
+        }
     }
 }
 
@@ -89,6 +94,16 @@ struct Token {
     /// When the token stops working (None: never, e.g. a root token).
     expires: Option<Instant>,
     renewable: bool,
+    /// Which login produced it (the `logins` count then): a caller whose
+    /// token stopped working logs in again only if no other caller has
+    /// since.
+    generation: u64,
+}
+
+impl Token {
+    fn is_current(&self) -> bool {
+        self.expires.is_none_or(|e| e > Instant::now())
+    }
 }
 
 /// Vault client shared by every request.
@@ -192,10 +207,30 @@ impl Vault {
     }
 
     /// Logs in with the configured method (or reads the static token) and
-    /// stores the token. Serialized: concurrent callers share one login.
+    /// stores the token.
     pub async fn login(&self) -> Result<(), VaultError> {
         let _guard = self.login_lock.lock().await;
-        let token = match &self.config.auth {
+        self.login_locked().await
+    }
+
+    /// Logs in again because the token of generation `stale` (`None`: no
+    /// usable token) stopped working, unless another caller already did
+    /// while this one waited for the lock: any number of requests that
+    /// find the token expired or refused at once cause one login.
+    async fn relogin(&self, stale: Option<u64>) -> Result<(), VaultError> {
+        let _guard = self.login_lock.lock().await;
+        if let Some(token) = self.token.read().await.as_ref()
+            && token.is_current()
+            && Some(token.generation) != stale
+        {
+            return Ok(());
+        }
+        self.login_locked().await
+    }
+
+    /// The login itself; the caller holds `login_lock`.
+    async fn login_locked(&self) -> Result<(), VaultError> {
+        let mut token = match &self.config.auth {
             VaultAuth::Token { token, token_file } => {
                 let value = match (token, token_file) {
                     (Some(t), _) => t.clone(),
@@ -223,6 +258,7 @@ impl Vault {
                     value,
                     expires: (info.ttl > 0).then(|| Instant::now() + Duration::from_secs(info.ttl)),
                     renewable: info.renewable.unwrap_or(false),
+                    generation: 0,
                 }
             }
             VaultAuth::Approle {
@@ -283,8 +319,8 @@ impl Vault {
             renewable = token.renewable,
             "logged in to vault"
         );
+        token.generation = self.logins.fetch_add(1, Ordering::Relaxed) + 1;
         *self.token.write().await = Some(token);
-        self.logins.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -328,6 +364,7 @@ impl Vault {
                             value: tok.value,
                             expires: (info.lease_duration > 0).then(|| Instant::now() + after),
                             renewable: info.renewable,
+                            generation: tok.generation,
                         });
                         self.renewals.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(ttl_secs = info.lease_duration, "renewed the vault token");
@@ -388,20 +425,21 @@ impl Vault {
         }
     }
 
-    async fn current_token(&self) -> Result<Secret, VaultError> {
-        let token = self.token.read().await.clone();
-        match token {
-            Some(t) if t.expires.is_none_or(|e| e > Instant::now()) => Ok(t.value),
-            _ => {
-                self.login().await?;
-                self.token
-                    .read()
-                    .await
-                    .as_ref()
-                    .map(|t| t.value.clone())
-                    .ok_or_else(|| VaultError::NotAuthenticated("login gave no token".into()))
-            }
+    /// The token to call with, and its generation.
+    async fn current_token(&self) -> Result<(Secret, u64), VaultError> {
+        let seen = self.token.read().await.clone();
+        if let Some(t) = &seen
+            && t.is_current()
+        {
+            return Ok((t.value.clone(), t.generation));
         }
+        self.relogin(seen.map(|t| t.generation)).await?;
+        self.token
+            .read()
+            .await
+            .as_ref()
+            .map(|t| (t.value.clone(), t.generation))
+            .ok_or_else(|| VaultError::NotAuthenticated("login gave no token".into()))
     }
 
     /// One API call; on 403 (token expired or revoked) logs in again and
@@ -414,7 +452,7 @@ impl Vault {
     ) -> Result<(StatusCode, Value), VaultError> {
         let mut retried = false;
         loop {
-            let token = self.current_token().await?;
+            let (token, generation) = self.current_token().await?;
             let mut req = self
                 .http
                 .request(method.clone(), format!("{}/v1/{path}", self.base))
@@ -446,7 +484,7 @@ impl Vault {
             if status == StatusCode::FORBIDDEN && !retried {
                 retried = true;
                 tracing::info!(path, "vault refused the token; logging in again");
-                *self.token.write().await = None;
+                self.relogin(Some(generation)).await?;
                 continue;
             }
             if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -579,6 +617,7 @@ fn auth_token(info: &vaultrs::api::AuthInfo) -> Token {
         expires: (info.lease_duration > 0)
             .then(|| Instant::now() + Duration::from_secs(info.lease_duration)),
         renewable: info.renewable,
+        generation: 0,
     }
 }
 
