@@ -433,6 +433,21 @@ impl IdentitySandbox {
         self.dir.path().join("identity.db")
     }
 
+    /// How many sessions its SQLite store holds (each minted token of a new
+    /// session opened one): what "nothing was minted" is checked against.
+    pub async fn session_count(&self) -> anyhow::Result<i64> {
+        let pool = tether_store::open(
+            &tether_store::sqlite_url(&self.store_path()),
+            "identity_exchange",
+            &tether_store::PoolSettings::default(),
+        )
+        .await?;
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM sessions")
+            .fetch_one(&pool)
+            .await?;
+        Ok(count)
+    }
+
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.running.stop().await
     }

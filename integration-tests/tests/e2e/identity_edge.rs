@@ -77,22 +77,6 @@ fn exchange_request(subject: &str, actor: String) -> ExchangeRequest {
     }
 }
 
-/// How many sessions the store holds (each minted token opens one).
-async fn sessions(store: &Path) -> i64 {
-    let pool = tether_store::open(
-        &tether_store::sqlite_url(store),
-        "identity_exchange",
-        &tether_store::PoolSettings::default(),
-    )
-    .await
-    .unwrap();
-    let row: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM sessions")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    row.0
-}
-
 /// Checks an RFC 6749 §5.2 error body and its headers.
 async fn assert_oauth_error(response: reqwest::Response, status: u16, code: &str) -> String {
     assert_eq!(response.status().as_u16(), status, "{response:?}");
@@ -261,7 +245,7 @@ async fn transport_refusals_at_the_oauth_endpoints_are_oauth_errors() {
 
     // Nothing was minted, and the assertion was never consumed: the
     // same one works now, over each transport once.
-    assert_eq!(sessions(&identity.store_path()).await, 0);
+    assert_eq!(identity.session_count().await.unwrap(), 0);
     let response = http.post(url("/token")).form(&form).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let minted = client
@@ -271,7 +255,7 @@ async fn transport_refusals_at_the_oauth_endpoints_are_oauth_errors() {
         ))
         .await;
     assert!(minted.is_ok(), "{minted:?}");
-    assert_eq!(sessions(&identity.store_path()).await, 2);
+    assert_eq!(identity.session_count().await.unwrap(), 2);
 }
 
 /// `application/x-www-form-urlencoded` for `form` (what reqwest's `.form`
@@ -378,7 +362,7 @@ async fn token_advertises_and_accepts_no_client_authentication() {
         );
     }
     // Nothing minted, nothing consumed: the same actor token works now.
-    assert_eq!(sessions(&identity.store_path()).await, 0);
+    assert_eq!(identity.session_count().await.unwrap(), 0);
     let response = http
         .post(identity.token_endpoint())
         .form(&form)
@@ -386,7 +370,7 @@ async fn token_advertises_and_accepts_no_client_authentication() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(sessions(&identity.store_path()).await, 1);
+    assert_eq!(identity.session_count().await.unwrap(), 1);
 }
 
 /// Writes `keys` as the bundle the way SPIRE's helpers do: a new file

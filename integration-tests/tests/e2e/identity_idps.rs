@@ -151,19 +151,7 @@ impl Stack {
     }
 
     async fn sessions(&self) -> i64 {
-        let url = tether_store::sqlite_url(&self.identity.store_path());
-        let pool = tether_store::open(
-            &url,
-            "identity_exchange",
-            &tether_store::PoolSettings::default(),
-        )
-        .await
-        .unwrap();
-        let row: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM sessions")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        row.0
+        self.identity.session_count().await.unwrap()
     }
 }
 
