@@ -297,6 +297,7 @@ impl IdentitySandboxBuilder {
                 jwks_min_refresh_secs: 1,
             },
             oauth: self.oauth,
+            pruning: Default::default(),
         };
         tether_runtime::ServiceConfig::validate(&config).context("sandbox configuration")?;
         IdentitySandbox::launch(config, listener, dir, pki).await

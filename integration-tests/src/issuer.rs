@@ -450,6 +450,7 @@ impl IssuerSandboxBuilder {
             profiles: self.profiles.clone(),
             revocation: self.revocation.clone(),
             limits: self.limits,
+            pruning: Default::default(),
             test_hooks: self.test_hooks,
         })
     }

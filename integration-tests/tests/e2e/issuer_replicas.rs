@@ -2,8 +2,10 @@
 //! broken leases meet (issue 12): the per-session lease limit under
 //! concurrent `Issue` calls through two replicas on one PostgreSQL with
 //! default durability; a lease never outliving its session as OpenBao
-//! itself reports the lease's expiry; and one lease that cannot be revoked
-//! never stalling the others.
+//! itself reports the lease's expiry; one lease that cannot be revoked
+//! never stalling the others; and the start-up reconciler, the periodic
+//! sweeper and the orphan sweep of two replicas never revoking each
+//! other's live leases.
 //!
 //! Everything is real: OpenBao 2.7.2 dev server, PostgreSQL 15, the test
 //! IdP and identity exchange minting the delegated tokens, gRPC with mTLS.
@@ -696,4 +698,156 @@ async fn a_gateway_timeout_keeps_the_lease_row_for_the_reconciler() {
     })
     .await
     .unwrap();
+}
+
+// ---- 5. sweeps on two replicas -----------------------------------------
+
+/// Whether `resp`'s database credential can log in and read `hr`.
+async fn logs_in(pg: &PgCluster, resp: &IssueResponse) -> bool {
+    let credential::Kind::Database(db) = resp.credential.as_ref().unwrap().kind.as_ref().unwrap()
+    else {
+        panic!("expected a database credential");
+    };
+    let Ok(mut conn) =
+        sqlx::PgConnection::connect_with(&pg.options(&db.username, &db.password)).await
+    else {
+        return false;
+    };
+    let read = sqlx::query("SELECT id FROM hr.employees")
+        .fetch_all(&mut conn)
+        .await
+        .is_ok();
+    let _ = conn.close().await;
+    read
+}
+
+/// Two issuers on one PostgreSQL registry, each running its start-up
+/// reconciler, its sweeper and its orphan sweep every 100 ms over the same
+/// Vault path. Leases are issued through both; one replica's issuances sit
+/// between OpenBao creating the lease and the registry claiming it (the
+/// window in which a careless sweep of the other replica would see an
+/// unowned lease); one replica restarts meanwhile (its reconciler runs
+/// while the other's issuances are in flight). The sweeps do their job
+/// (an orphan no row owns and the lease of an expired session are
+/// revoked), and every lease of a live session is still ACTIVE, still held
+/// by OpenBao, and still logs in.
+#[tokio::test]
+async fn sweeps_of_two_replicas_never_revoke_each_others_live_leases() {
+    let (deps, auth) = tokio::join!(deps(false), authority());
+    deps.pg.create_database("tether").await.unwrap();
+    let sweeps = RevocationConfig {
+        sweep_interval_ms: 100,
+        orphan_sweep_interval_ms: 100,
+        ..test_revocation()
+    };
+    // Issuing window: 2 x 2 s + 1 s. Replica B's issuances pause 3.5 s
+    // after OpenBao created the lease, inside that window.
+    let replica = |pause_ms: u64| {
+        IssuerSandbox::builder(deps.bao.addr(), auth.identity())
+            .store_url(deps.pg.admin_url("tether"))
+            .revocation(sweeps.clone())
+            .vault_timeout_ms(2_000)
+            .test_hooks(tether_credential_issuer::TestHooks {
+                pause_after_vault_issue_ms: pause_ms,
+            })
+    };
+    let a = replica(0).start().await.unwrap();
+    let b = replica(3_500).start().await.unwrap();
+
+    // An orphan (a lease no registry row owns) and a session about to end:
+    // the sweeps must remove both, proving they ran.
+    let (orphan, _, _) = deps.bao.issue_direct("hr-readonly").await.unwrap();
+    let ending = auth.session_ending_in(8).await.unwrap();
+    let ending_lease = issue(&a, &ending, issue_req("hr-read"))
+        .await
+        .unwrap()
+        .lease
+        .unwrap();
+
+    // Live sessions, with leases through both replicas; B's in flight.
+    let (s1, s2) = (auth.session().await.unwrap(), auth.session().await.unwrap());
+    let mut in_flight = tokio::task::JoinSet::new();
+    for session in [&s1, &s2, &s2] {
+        let mut client = b.client();
+        let request = session.request(issue_req("hr-read"));
+        in_flight
+            .spawn(async move { client.issue(request).await.map(tonic::Response::into_inner) });
+    }
+    // B's leases exist at OpenBao and are not claimed yet while both
+    // replicas sweep the path (OpenBao holds more leases than the
+    // registry has claimed, the orphan aside).
+    let registry = a.registry().unwrap().clone();
+    eventually(Duration::from_secs(10), || async {
+        let at_vault = i64::try_from(deps.bao.leases(READ_PATH).await?.len())?;
+        let (claimed,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM credential_leases WHERE vault_lease_id IS NOT NULL",
+        )
+        .fetch_one(registry.pool())
+        .await?;
+        if at_vault > claimed + 1 {
+            Ok(())
+        } else {
+            anyhow::bail!("{at_vault} leases at OpenBao, {claimed} claimed")
+        }
+    })
+    .await
+    .unwrap();
+    let mut live = Vec::new();
+    for session in [&s1, &s1, &s2] {
+        live.push(issue(&a, session, issue_req("hr-read")).await.unwrap());
+    }
+    // A restarts while B's issuances are in flight: its start-up
+    // reconciler (a forced pass with an orphan sweep) runs now.
+    drop(a);
+    let a = replica(0).start().await.unwrap();
+    while let Some(result) = in_flight.join_next().await {
+        live.push(result.unwrap().unwrap());
+    }
+    // One more lease through the restarted A.
+    live.push(issue(&a, &s1, issue_req("hr-read")).await.unwrap());
+
+    // The sweeps ran after all of this: the orphan and the ended session's
+    // lease are revoked.
+    eventually(Duration::from_secs(30), || async {
+        let leases = deps.bao.leases(READ_PATH).await?;
+        let ended = registry.get(&ending_lease.lease_id).await?.unwrap();
+        if leases.contains(&orphan) || !ended.status.is_terminal() {
+            anyhow::bail!(
+                "orphan still at OpenBao: {}; the ended session's lease is {}",
+                leases.contains(&orphan),
+                ended.status.as_str()
+            );
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // Every lease of a live session survived both replicas' sweeps.
+    let held = deps.bao.leases(READ_PATH).await.unwrap();
+    assert_eq!(live.len(), 7);
+    for resp in &live {
+        let lease = resp.lease.as_ref().unwrap();
+        let row = registry.get(&lease.lease_id).await.unwrap().unwrap();
+        assert_eq!(
+            row.status,
+            tether_credential_issuer::LeaseStatus::Active,
+            "lease {} of session {}: {:?}",
+            lease.lease_id,
+            row.session_id,
+            row.last_error
+        );
+        assert!(
+            held.contains(&lease.vault_lease_id),
+            "{} gone from OpenBao",
+            lease.vault_lease_id
+        );
+        assert!(
+            logs_in(&deps.pg, resp).await,
+            "lease {} no longer logs in",
+            lease.lease_id
+        );
+    }
+    assert_eq!(held.len(), live.len());
+    drop(b);
 }

@@ -25,6 +25,7 @@ mod identity_replicas;
 mod issuer;
 mod issuer_replicas;
 mod pdp;
+mod pruning;
 mod python_agent;
 mod session_admin;
 mod transport;

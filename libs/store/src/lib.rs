@@ -33,6 +33,10 @@ use sqlx::any::{AnyPoolOptions, AnyQueryResult};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor as _};
 
+mod pruning;
+
+pub use pruning::{MIN_RETENTION_MS, PruningConfig};
+
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tether_runtime::{ConfigError, ServerConfig, ServiceConfig};
+pub use tether_store::PruningConfig;
 pub use tether_token::SessionsConfig;
 
 /// `credential-issuer.toml`:
@@ -34,6 +35,11 @@ pub use tether_token::SessionsConfig;
 /// [profiles.hr-read]
 /// vault_path = "database/creds/hr-readonly"
 /// max_ttl_secs = 600
+///
+/// [pruning]                   # revoked/expired lease rows and ended sessions
+/// retention_secs = 604800     # kept this long after they ended (at least 3600)
+/// interval_secs = 600         # how often every replica prunes
+/// batch_size = 1000           # rows per DELETE
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +58,12 @@ pub struct Config {
     pub revocation: RevocationConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// Pruning (`[pruning]`): lease rows that were revoked or expired, and
+    /// sessions that ended or expired with no live lease left, are deleted
+    /// `retention_secs` after that (`Registry::prune`); a live lease's row
+    /// never is.
+    #[serde(default)]
+    pub pruning: PruningConfig,
     /// Fail points for tests. Refused at start-up unless the binary was
     /// built with the `test-hooks` feature (never in a release).
     #[serde(default)]
@@ -351,6 +363,12 @@ impl ServiceConfig for Config {
         if self.limits.max_leases_per_session == 0 {
             return invalid("limits.max_leases_per_session must be positive".into());
         }
+        if let Some(problem) = self
+            .pruning
+            .problem("an ended session's row outlives its tokens")
+        {
+            return Err(ConfigError::Invalid(problem));
+        }
         Ok(())
     }
 }
@@ -367,6 +385,23 @@ mod tests {
         assert!(!valid_vault_path("sys/leases/revoke-prefix/x"));
         assert!(!valid_vault_path("database/creds/x?list=true"));
         assert!(!valid_vault_path("database//x"));
+    }
+
+    #[test]
+    fn a_retention_shorter_than_an_hour_or_an_empty_batch_is_refused() {
+        let check = |edit: fn(&mut PruningConfig)| {
+            let mut p = PruningConfig::default();
+            edit(&mut p);
+            p.problem("test").map_or(Ok(()), Err)
+        };
+        assert!(check(|_| {}).is_ok());
+        assert!(check(|p| p.retention_secs = 3600).is_ok());
+        let err = check(|p| p.retention_secs = 3599).unwrap_err();
+        assert!(err.contains("pruning.retention_secs"), "{err}");
+        let err = check(|p| p.batch_size = 0).unwrap_err();
+        assert!(err.contains("pruning.batch_size"), "{err}");
+        let err = check(|p| p.interval_secs = 0).unwrap_err();
+        assert!(err.contains("pruning.interval_secs"), "{err}");
     }
 
     #[test]

@@ -33,11 +33,11 @@ use tether_proto::credentials::v1::credential_issuer_server::{
 };
 
 pub use config::{
-    Config, Limits, Profile, RevocationConfig, Secret, SessionsConfig, StoreConfig, TestHooks,
-    VaultAuth, VaultConfig,
+    Config, Limits, Profile, PruningConfig, RevocationConfig, Secret, SessionsConfig, StoreConfig,
+    TestHooks, VaultAuth, VaultConfig,
 };
 pub use error::IssuerError;
-pub use registry::{LeaseRow, Registry, Status as LeaseStatus};
+pub use registry::{LeaseRow, Pruned, Registry, Status as LeaseStatus};
 pub use revoker::Metrics;
 pub use service::CredentialIssuerService;
 pub use vault::{Vault, VaultError};
@@ -77,13 +77,7 @@ impl Issuer {
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
         install_crypto_provider();
         let url = config.store.effective_url(config::STORE_FILE);
-        let pool = tether_store::open(&url, "credential_issuer", &config.store.pool_settings())
-            .await
-            .context("opening the lease registry")?;
-        tether_store::migrate(&pool, &registry::MIGRATOR)
-            .await
-            .context("migrating the lease registry")?;
-        let registry = Registry::new(pool);
+        let registry = Registry::open(&url, &config.store.pool_settings()).await?;
         tracing::info!(store = %tether_store::redact_url(&url), "lease registry ready");
 
         let vault = Arc::new(Vault::new(config.vault.clone())?);
@@ -115,6 +109,11 @@ impl Issuer {
         .context("building the identity exchange clients")?;
         let tasks = vec![
             tokio::spawn(Arc::clone(&revoker).run(stopped.clone())),
+            tokio::spawn(prune_periodically(
+                registry.clone(),
+                config.pruning,
+                stopped.clone(),
+            )),
             tokio::spawn(Arc::clone(&vault).maintain_token(stopped)),
             revocation_sync,
         ];
@@ -198,6 +197,40 @@ impl Drop for Issuer {
         let _ = self.stop.send(true);
         for task in &self.tasks {
             task.abort();
+        }
+    }
+}
+
+/// Prunes the registry every `interval_secs` until `stop` flips. Every
+/// replica does: the deletes are bounded and by key, so two passes at once
+/// only share the work.
+async fn prune_periodically(
+    registry: Registry,
+    pruning: PruningConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(pruning.interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match registry
+            .prune(
+                revoker::now_ms(),
+                pruning.retention_ms(),
+                pruning.batch_size,
+            )
+            .await
+        {
+            Ok(p) if p != Pruned::default() => tracing::info!(
+                leases = p.leases,
+                sessions = p.sessions,
+                "pruned the lease registry"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning the lease registry failed; will retry"),
         }
     }
 }

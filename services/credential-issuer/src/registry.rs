@@ -143,6 +143,20 @@ pub struct SessionRow {
     pub ended_at: Option<i64>,
 }
 
+/// The shortest time anything is kept after it stopped mattering,
+/// whatever the configured retention.
+pub use tether_store::MIN_RETENTION_MS;
+
+/// Statements one prune pass runs per table at most.
+pub const MAX_PRUNE_BATCHES: u32 = 100;
+
+/// What one [`Registry::prune`] pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub leases: u64,
+    pub sessions: u64,
+}
+
 /// The registry.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -154,6 +168,19 @@ const LIVE: &str = "('ISSUING', 'ACTIVE', 'REVOKING', 'REVOCATION_FAILED')";
 impl Registry {
     pub fn new(pool: AnyPool) -> Self {
         Self { pool }
+    }
+
+    /// Opens and migrates the registry at `url` (what the issuer does at
+    /// start, and tools or tests acting as another replica).
+    pub async fn open(url: &str, settings: &tether_store::PoolSettings) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let pool = tether_store::open(url, "credential_issuer", settings)
+            .await
+            .context("opening the lease registry")?;
+        tether_store::migrate(&pool, &MIGRATOR)
+            .await
+            .context("migrating the lease registry")?;
+        Ok(Self::new(pool))
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -576,6 +603,77 @@ impl Registry {
             == 1)
     }
 
+    /// One prune pass at `now`: deletes lease rows that were revoked or
+    /// expired (REVOKED, EXPIRED) more than `retention_ms` ago, and
+    /// sessions that ended (RevokeSession) or expired more than
+    /// `retention_ms` ago and hold no live lease; at most `batch` rows per
+    /// statement and [`MAX_PRUNE_BATCHES`] statements per table.
+    ///
+    /// Nothing goes sooner than [`MIN_RETENTION_MS`] after it ended,
+    /// whatever `retention_ms` says. INVARIANT: a live lease row
+    /// (ISSUING, ACTIVE, REVOKING, REVOCATION_FAILED) is never deleted,
+    /// and neither is the session of one; an ended session's row stays
+    /// while any token of it could still verify (a delegated token lives
+    /// at most 15 minutes), so `begin_issue` keeps refusing it.
+    ///
+    /// Every replica may prune at once: each statement deletes rows by key
+    /// from a bounded selection of terminal rows, so two passes only share
+    /// the work.
+    pub async fn prune(
+        &self,
+        now: i64,
+        retention_ms: i64,
+        batch: u32,
+    ) -> Result<Pruned, sqlx::Error> {
+        let cutoff = now.saturating_sub(retention_ms.max(MIN_RETENTION_MS));
+        let batch = i64::from(batch.max(1));
+        let leases = self
+            .delete_in_batches(
+                "DELETE FROM credential_leases WHERE id IN (SELECT id FROM credential_leases \
+                 WHERE status IN ('REVOKED', 'EXPIRED') AND revoked_at < $1 LIMIT $2)",
+                cutoff,
+                batch,
+            )
+            .await?;
+        let sessions = self
+            .delete_in_batches(
+                "DELETE FROM credential_sessions WHERE session_id IN \
+                 (SELECT s.session_id FROM credential_sessions s \
+                  WHERE s.expires_at < $1 AND (s.ended_at IS NULL OR s.ended_at < $1) \
+                  AND NOT EXISTS (SELECT 1 FROM credential_leases l WHERE l.session_id = s.session_id \
+                    AND l.status IN ('ISSUING', 'ACTIVE', 'REVOKING', 'REVOCATION_FAILED')) \
+                  LIMIT $2)",
+                cutoff,
+                batch,
+            )
+            .await?;
+        Ok(Pruned { leases, sessions })
+    }
+
+    /// Runs `sql` (`DELETE … IN (SELECT … < $1 LIMIT $2)`) until a batch
+    /// comes back short or [`MAX_PRUNE_BATCHES`] ran.
+    async fn delete_in_batches(
+        &self,
+        sql: &'static str,
+        cutoff: i64,
+        batch: i64,
+    ) -> Result<u64, sqlx::Error> {
+        let mut deleted = 0;
+        for _ in 0..MAX_PRUNE_BATCHES {
+            let n = sqlx::query(sql)
+                .bind(cutoff)
+                .bind(batch)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            deleted += n;
+            if n < u64::try_from(batch).unwrap_or(u64::MAX) {
+                break;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Counts leases per status (for tests, logs and metrics).
     pub async fn count(&self, status: Status) -> Result<i64, sqlx::Error> {
         sqlx::query("SELECT COUNT(*) AS n FROM credential_leases WHERE status = $1")
@@ -687,6 +785,38 @@ mod tests {
             registry.session("s-1").await.unwrap().unwrap().expires_at,
             first
         );
+    }
+
+    /// A prune pass with no retention still keeps a session that ended
+    /// minutes ago (its tokens may still verify): it keeps being refused.
+    /// One that ended past the floor, with no live lease, goes.
+    #[tokio::test]
+    async fn pruning_never_forgets_a_session_whose_tokens_may_still_verify() {
+        let (_dir, registry) = sqlite().await;
+        let now = crate::revoker::now_ms();
+        registry
+            .end_session("s-recent", "test", now - 5 * 60_000)
+            .await
+            .unwrap();
+        registry
+            .end_session("s-old", "test", now - MIN_RETENTION_MS - 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            registry.prune(now, 0, 10).await.unwrap(),
+            Pruned {
+                leases: 0,
+                sessions: 1
+            }
+        );
+        assert!(registry.session("s-old").await.unwrap().is_none());
+        assert!(matches!(
+            registry
+                .begin_issue(&lease("s-recent", now + 600_000, now), 10)
+                .await,
+            Err(BeginError::SessionEnded)
+        ));
+        assert_eq!(live(&registry, "s-recent").await, 0);
     }
 
     /// An ended session gets no row, whatever its limit.

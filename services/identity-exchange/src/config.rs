@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 use tether_runtime::{ConfigError, ServerConfig, ServiceConfig};
+pub use tether_store::PruningConfig;
 
 /// `identity-exchange.toml`. The gRPC service and the OAuth HTTP endpoints
 /// share one port.
@@ -35,6 +36,11 @@ use tether_runtime::{ConfigError, ServerConfig, ServiceConfig};
 /// service_clients = ["agent-facade", "admin"]    # mTLS callers that may see any token
 /// per_client_per_minute = 60
 /// burst = 20
+///
+/// [pruning]                # ended sessions and expired assertion ids
+/// retention_secs = 604800  # kept this long after they ended (at least 3600)
+/// interval_secs = 600      # how often every replica prunes
+/// batch_size = 1000        # rows per DELETE
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +68,13 @@ pub struct Config {
     /// Who may call `/introspect` and `/revoke`, and how often.
     #[serde(default)]
     pub oauth: OAuthConfig,
+    /// Pruning (`[pruning]`): sessions that ended (expired or revoked) and
+    /// used assertion ids whose assertion expired are deleted
+    /// `retention_secs` after that (`Store::prune`); never within
+    /// [`tether_store::MIN_RETENTION_MS`], so a revoked session stays in the
+    /// revocation feed while any of its tokens could verify.
+    #[serde(default)]
+    pub pruning: PruningConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -419,6 +432,12 @@ impl ServiceConfig for Config {
             ));
         }
         self.server.require_shared_store(&self.store.url)?;
+        if let Some(problem) = self
+            .pruning
+            .problem("a revoked session stays listed while its tokens could verify")
+        {
+            return Err(ConfigError::Invalid(problem));
+        }
         // Replicas share one key directory. Each rotating on its own clock
         // would write keys the others do not sign with or publish until
         // they re-read the directory: rotation is done outside (a new key
@@ -610,9 +629,22 @@ mod tests {
             spiffe: None,
             http: HttpConfig::default(),
             oauth: OAuthConfig::default(),
+            pruning: PruningConfig::default(),
         };
         edit(&mut config);
         config.validate()
+    }
+
+    #[test]
+    fn a_retention_shorter_than_an_hour_or_an_empty_batch_is_refused() {
+        let pg = "postgres://tether@db/tether";
+        let err = replicated(pg, |c| c.pruning.retention_secs = 3599).unwrap_err();
+        assert!(err.to_string().contains("pruning.retention_secs"), "{err}");
+        assert!(replicated(pg, |c| c.pruning.retention_secs = 3600).is_ok());
+        let err = replicated(pg, |c| c.pruning.batch_size = 0).unwrap_err();
+        assert!(err.to_string().contains("pruning.batch_size"), "{err}");
+        let err = replicated(pg, |c| c.pruning.interval_secs = 0).unwrap_err();
+        assert!(err.to_string().contains("pruning.interval_secs"), "{err}");
     }
 
     #[test]

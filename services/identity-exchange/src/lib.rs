@@ -29,14 +29,14 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 pub use config::{
-    AgentConfig, Config, HttpConfig, MayActFor, OAuthConfig, SpiffeConfig, StoreConfig,
-    TokenConfig, TrustedIssuer,
+    AgentConfig, Config, HttpConfig, MayActFor, OAuthConfig, PruningConfig, SpiffeConfig,
+    StoreConfig, TokenConfig, TrustedIssuer,
 };
 pub use error::{ExchangeError, OAuthCode};
 pub use exchange::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_ID, TOKEN_TYPE_JWT};
 /// The session store, for tools and tests that act as another replica on
 /// the same database.
-pub use store::Store;
+pub use store::{Pruned, SessionRecord, Store, UsedAssertion};
 
 /// Opens the store and keys, and serves gRPC + HTTP on `listener` until
 /// `shutdown` resolves.
@@ -67,17 +67,33 @@ pub async fn run(
         &http,
     )?);
 
-    let purge = tokio::spawn({
+    // Every replica prunes: the deletes are bounded and by key, so two
+    // passes at once only share the work.
+    let prune = tokio::spawn({
         let store = store.clone();
+        let pruning = config.pruning;
         async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            let mut tick = tokio::time::interval(Duration::from_secs(pruning.interval_secs));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = store
-                    .purge_expired_assertions(exchange::unix_now_ms())
+                match store
+                    .prune(
+                        exchange::unix_now_ms(),
+                        pruning.retention_ms(),
+                        pruning.batch_size,
+                    )
                     .await
                 {
-                    tracing::warn!(error = %e, "purging used assertion ids failed");
+                    Ok(p) if p != store::Pruned::default() => tracing::info!(
+                        sessions = p.sessions,
+                        assertions = p.assertions,
+                        "pruned the session store"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pruning the session store failed; will retry")
+                    }
                 }
             }
         }
@@ -132,7 +148,7 @@ pub async fn run(
         shutdown,
     )
     .await;
-    purge.abort();
+    prune.abort();
     if let Some(rotation) = rotation {
         rotation.abort();
     }

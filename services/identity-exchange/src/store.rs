@@ -434,15 +434,99 @@ impl Store {
             .map_err(ExchangeError::store)
     }
 
-    /// Forgets assertion ids that can no longer be replayed anyway.
-    pub async fn purge_expired_assertions(&self, now_ms: i64) -> Result<u64, ExchangeError> {
-        let r = sqlx::query("DELETE FROM used_assertions WHERE expires_at < $1")
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(ExchangeError::store)?;
-        Ok(r.rows_affected())
+    /// One prune pass at `now_ms`: deletes sessions that ended (expired,
+    /// or were revoked) more than `retention_ms` ago, and used assertion
+    /// ids whose assertion expired more than `retention_ms` ago, at most
+    /// `batch` rows per statement and [`MAX_PRUNE_BATCHES`] statements per
+    /// table; what is left waits for the next pass.
+    ///
+    /// Nothing goes sooner than [`MIN_RETENTION_MS`] after it stopped
+    /// mattering, whatever `retention_ms` says. INVARIANT: a session row
+    /// stays at least that long past its `expires_at`, so a revoked
+    /// session stays in the revocation feed (which lists it until a minute
+    /// past its expiry by the database's clock) for as long as any of its
+    /// tokens (≤ 15 minutes, `exp` ≤ the session's expiry, plus a
+    /// verifier's leeway) could verify, even from a replica whose clock is
+    /// off by most of that hour; an assertion id stays at least as long
+    /// past its `expires_at` (the assertion's `exp` plus leeway).
+    ///
+    /// Every replica may prune at once: each statement deletes rows by key
+    /// from a bounded selection, so two passes only share the work, and a
+    /// row another pass deleted first is simply not counted.
+    pub async fn prune(
+        &self,
+        now_ms: i64,
+        retention_ms: i64,
+        batch: u32,
+    ) -> Result<Pruned, ExchangeError> {
+        let kept_past_expiry = now_ms.saturating_sub(MIN_RETENTION_MS);
+        let cutoff = now_ms.saturating_sub(retention_ms.max(MIN_RETENTION_MS));
+        let batch = i64::from(batch.max(1));
+        // A session ended at the earlier of its expiry and its revocation.
+        let sessions = delete_in_batches(
+            &self.pool,
+            "DELETE FROM sessions WHERE sid IN (SELECT sid FROM sessions \
+             WHERE expires_at < $1 AND (expires_at < $2 OR revoked_at < $2) LIMIT $3)",
+            &[kept_past_expiry, cutoff],
+            batch,
+        )
+        .await?;
+        let assertions = delete_in_batches(
+            &self.pool,
+            "DELETE FROM used_assertions WHERE (issuer, jti) IN \
+             (SELECT issuer, jti FROM used_assertions WHERE expires_at < $1 LIMIT $2)",
+            &[cutoff],
+            batch,
+        )
+        .await?;
+        Ok(Pruned {
+            sessions,
+            assertions,
+        })
     }
+}
+
+/// The shortest time anything is kept after it stopped mattering,
+/// whatever the configured retention.
+pub use tether_store::MIN_RETENTION_MS;
+
+/// Statements one prune pass runs per table at most.
+pub const MAX_PRUNE_BATCHES: u32 = 100;
+
+/// What one [`Store::prune`] pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub sessions: u64,
+    pub assertions: u64,
+}
+
+/// Runs `sql` (a `DELETE … IN (SELECT … LIMIT $n)` whose last parameter is
+/// the batch size, after `values`) until a batch comes back short or
+/// [`MAX_PRUNE_BATCHES`] ran. Returns the rows deleted.
+async fn delete_in_batches(
+    pool: &AnyPool,
+    sql: &'static str,
+    values: &[i64],
+    batch: i64,
+) -> Result<u64, ExchangeError> {
+    let mut deleted = 0;
+    for _ in 0..MAX_PRUNE_BATCHES {
+        let mut query = sqlx::query(sql);
+        for value in values {
+            query = query.bind(*value);
+        }
+        let n = query
+            .bind(batch)
+            .execute(pool)
+            .await
+            .map_err(ExchangeError::store)?
+            .rows_affected();
+        deleted += n;
+        if n < u64::try_from(batch).unwrap_or(u64::MAX) {
+            break;
+        }
+    }
+    Ok(deleted)
 }
 
 /// A revocation written but not committed ([`Store::begin_revocation`]).
