@@ -24,6 +24,7 @@ use tether_integration_tests::postgres::PgCluster;
 use tether_proto::approval::v1 as pb;
 use tether_proto::approval::v1::approval_orchestrator_client::ApprovalOrchestratorClient;
 use tether_runtime::client::InternalChannel;
+use tether_runtime::clock::unix_now;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic_types::StatusExt as _;
@@ -111,10 +112,6 @@ fn watch(session: &DelegatedSession, ticket_id: &str) -> pb::WatchApprovalReques
         ticket_id: ticket_id.into(),
         session_id: session.sid().into(),
     }
-}
-
-fn unix_now() -> i64 {
-    tether_token::unix_now()
 }
 
 async fn request(

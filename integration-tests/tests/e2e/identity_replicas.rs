@@ -23,6 +23,7 @@ use tether_integration_tests::identity::{FACADE_AUDIENCE, IdentitySandbox, TestA
 use tether_integration_tests::idp::Idp;
 use tether_integration_tests::postgres::PgCluster;
 use tether_proto::identity::v1::{ExchangeRequest, IntrospectRequest, RevokeSessionRequest};
+use tether_runtime::clock::unix_now_ms as unix_ms;
 use tether_token::{
     DelegatedTokenVerifier, GrpcRevocationFeed, JwksCache, KeyRing, RevocationCheck as _,
     RevocationList,
@@ -86,16 +87,6 @@ async fn sync(identity: &IdentitySandbox, list: &RevocationList) {
     list.sync_from(&GrpcRevocationFeed::new(identity.client()))
         .await
         .unwrap();
-}
-
-fn unix_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
 }
 
 /// A replica whose clock is an hour behind revokes a session after a

@@ -17,21 +17,12 @@
 use tether_credential_issuer::{Pruned as RegistryPruned, Registry};
 use tether_identity_exchange::{Pruned, SessionRecord, Store, UsedAssertion};
 use tether_integration_tests::postgres::PgCluster;
+use tether_runtime::clock::unix_now_ms as now_ms;
 
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 60 * MINUTE;
 const DAY: i64 = 24 * HOUR;
 const WEEK: i64 = 7 * DAY;
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
 
 async fn postgres() -> PgCluster {
     PgCluster::start()

@@ -18,6 +18,7 @@
 
 pub mod authz;
 pub mod client;
+pub mod clock;
 pub mod config;
 #[cfg(any(test, feature = "dev-pki"))]
 pub mod dev_pki;

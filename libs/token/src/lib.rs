@@ -47,10 +47,5 @@ pub use sessions::{Caller, SessionError, Sessions, SessionsConfig};
 pub use signing::{KeyError, KeyRing, SigningKey};
 pub use verify::{TypRule, Verified, VerifyPolicy, clip, peek_issuer, verify};
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+/// Seconds since the Unix epoch (the workspace's one clock).
+pub use tether_runtime::clock::unix_now;

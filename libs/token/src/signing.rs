@@ -17,6 +17,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use crate::error::TokenError;
 use crate::jwks::KeySource;
 use serde::Serialize;
+use tether_runtime::clock::unix_now_ms as now_ms;
 
 /// Why a key could not be created, loaded or used.
 #[derive(Debug, thiserror::Error)]
@@ -510,11 +511,4 @@ impl KeySource for KeyRing {
             .map(|k| k.decoding.clone())
             .ok_or_else(|| TokenError::UnknownKey(crate::verify::clip(kid)))
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

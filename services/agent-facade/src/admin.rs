@@ -19,6 +19,7 @@
 use tether_proto::credentials::v1 as credentials_pb;
 use tether_proto::facade::v1 as pb;
 use tether_proto::identity::v1 as identity_pb;
+use tether_runtime::clock::unix_now;
 use tether_runtime::into_status;
 use tether_runtime::tls::PeerInfo;
 use tonic::{Code, Request, Response, Status};
@@ -109,10 +110,6 @@ fn summary(session: identity_pb::Session, now: i64) -> pb::SessionSummary {
         revoked_at: session.revoked_at,
         revoke_reason: session.revoke_reason,
     }
-}
-
-fn unix_now() -> i64 {
-    tether_token::unix_now()
 }
 
 impl FacadeService {

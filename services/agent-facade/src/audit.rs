@@ -62,6 +62,7 @@ use tether_proto::facade::v1 as pb;
 use tether_proto::policy::v1 as policy_pb;
 use tether_runtime::ServiceError as _;
 use tether_runtime::client::InternalChannel;
+use tether_runtime::clock::unix_now_ms as now_ms;
 use tether_token::DelegatedClaims;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -110,13 +111,6 @@ fn unavailable(detail: impl Into<String>) -> FacadeError {
         dependency: Dependency::Audit,
         detail: detail.into(),
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// The current span's OpenTelemetry trace id, empty when there is none

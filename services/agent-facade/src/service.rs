@@ -19,6 +19,7 @@ use tether_proto::identity::v1::identity_exchange_client::IdentityExchangeClient
 use tether_proto::policy::v1 as policy_pb;
 use tether_proto::policy::v1::policy_decision_client::PolicyDecisionClient;
 use tether_runtime::client::InternalChannel;
+use tether_runtime::clock::unix_now;
 use tether_runtime::tls::PeerInfo;
 use tether_runtime::{clip, into_status};
 use tether_token::{DelegatedClaims, Sessions};
@@ -102,13 +103,6 @@ fn forward<T>(message: T, bearer: &AsciiMetadataValue) -> Request<T> {
         .metadata_mut()
         .insert("authorization", bearer.clone());
     request
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn to_ts(seconds: i64) -> prost_types::Timestamp {

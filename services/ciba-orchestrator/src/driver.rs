@@ -21,22 +21,13 @@ use crate::ciba::{
 use crate::config::{GrantsConfig, TicketsConfig};
 use crate::store::{Finish, Sent, State, Store, TicketRow};
 
+pub use tether_runtime::clock::{unix_ms, unix_now_ms as now_ms};
+
 /// Retry delay when the store fails while a ticket is driven.
 const STORE_RETRY: Duration = Duration::from_millis(500);
 
 /// How many ticket ids a slow watcher may fall behind before it re-reads.
 const CHANGES_CAPACITY: usize = 4096;
-
-/// Unix milliseconds of `t`.
-pub fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-pub fn now_ms() -> i64 {
-    unix_ms(SystemTime::now())
-}
 
 fn from_ms(ms: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))

@@ -18,6 +18,8 @@ use crate::config::RevocationConfig;
 use crate::registry::{LeaseRow, Registry, Status};
 use crate::vault::Vault;
 
+pub use tether_runtime::clock::unix_now_ms as now_ms;
+
 /// Counters exported in logs (`tether_credential_*` fields) and readable in
 /// process.
 #[derive(Debug, Default)]
@@ -75,14 +77,6 @@ impl Metrics {
     fn inc(counter: &AtomicU64) -> u64 {
         counter.fetch_add(1, Ordering::Relaxed) + 1
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn ms(d: Duration) -> i64 {

@@ -17,6 +17,8 @@ use crate::error::{ExchangeError, OAuthCode};
 use crate::issuers::{SubjectKind, TrustedIssuers};
 use crate::store::{SessionRecord, Store, UsedAssertion};
 
+pub use tether_runtime::clock::unix_now_ms;
+
 pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
 pub const TOKEN_TYPE_ID: &str = "urn:ietf:params:oauth:token-type:id_token";
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
@@ -1054,13 +1056,6 @@ fn replayed(what: &str) -> ExchangeError {
         OAuthCode::InvalidClient,
         format!("{what} rejected: assertion was already used (replay)"),
     )
-}
-
-pub fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

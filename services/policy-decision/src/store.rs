@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use tether_policy::{LoadError, PolicyPack};
+use tether_runtime::clock::unix_now;
 
 /// Result of one reload attempt.
 #[derive(Debug)]
@@ -113,11 +113,4 @@ impl PolicyStore {
     pub fn dir(&self) -> &PathBuf {
         &self.dir
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

@@ -8,6 +8,7 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPai
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
+use tether_runtime::clock::unix_now;
 
 use super::config::ClientAuthConfig;
 use super::error::CibaError;
@@ -138,10 +139,6 @@ impl ClientAuth {
             }
         }
     }
-}
-
-fn unix_now() -> i64 {
-    tether_token::unix_now()
 }
 
 /// Signs an RFC 7523 client assertion.
