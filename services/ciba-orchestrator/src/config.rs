@@ -240,6 +240,8 @@ impl ServiceConfig for Config {
             _ => {}
         }
         self.store.validate().map_err(ConfigError::Invalid)?;
+        self.server
+            .require_shared_store(&self.store.effective_url(STORE_FILE))?;
         if self.grants.uses == 0 || self.grants.uses > 100 {
             return invalid(format!(
                 "grants.uses must be between 1 and 100, got {}",
@@ -366,6 +368,22 @@ identity_exchange = "https://identity:7001"
                 .store
                 .effective_url(STORE_FILE)
                 .ends_with("ciba-orchestrator.db?mode=rwc")
+        );
+    }
+
+    #[test]
+    fn replicas_need_a_shared_store() {
+        let e = parse("[server]\nreplicas = 2", "").unwrap_err();
+        assert!(
+            e.contains("server.replicas = 2") && e.contains("SQLite"),
+            "{e}"
+        );
+        assert!(
+            parse(
+                "[store]\nurl = \"postgres://tether@db/tether\"\n[server]\nreplicas = 2",
+                ""
+            )
+            .is_ok()
         );
     }
 
