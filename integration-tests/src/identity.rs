@@ -127,9 +127,18 @@ pub struct IdentitySandboxBuilder {
     replica_of: Option<(String, PathBuf)>,
     /// `(server.replicas, tokens.keys_reload_secs, tokens.key_activation_secs)`.
     replicas: Option<(u32, u64, u64)>,
+    /// `http.jwks_max_stale_secs` (default: the service's).
+    jwks_max_stale_secs: Option<u64>,
 }
 
 impl IdentitySandboxBuilder {
+    /// How long the IdP's keys may be used while they cannot be fetched
+    /// (`http.jwks_max_stale_secs`).
+    pub fn jwks_max_stale_secs(mut self, secs: u64) -> Self {
+        self.jwks_max_stale_secs = Some(secs);
+        self
+    }
+
     /// Serve without TLS (`insecure_plaintext = true`), for benchmarks
     /// that measure what mTLS costs.
     pub fn plaintext(mut self) -> Self {
@@ -295,6 +304,9 @@ impl IdentitySandboxBuilder {
             http: tether_identity_exchange::HttpConfig {
                 timeout_secs: 2,
                 jwks_min_refresh_secs: 1,
+                jwks_max_stale_secs: self
+                    .jwks_max_stale_secs
+                    .unwrap_or(tether_identity_exchange::HttpConfig::default().jwks_max_stale_secs),
             },
             oauth: self.oauth,
             pruning: Default::default(),
@@ -378,6 +390,7 @@ impl IdentitySandbox {
             plaintext: false,
             replica_of: None,
             replicas: None,
+            jwks_max_stale_secs: None,
         }
     }
 

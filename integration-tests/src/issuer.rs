@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use tempfile::TempDir;
 use tether_credential_issuer::{
-    Config, Issuer, Limits, Profile, Registry, RevocationConfig, Secret, SessionsConfig,
+    Config, Handles, Limits, Profile, Registry, RevocationConfig, Secret, SessionsConfig,
     StoreConfig, TestHooks, VaultAuth, VaultConfig,
 };
 use tether_proto::credentials::v1::credential_issuer_client::CredentialIssuerClient;
@@ -455,8 +455,8 @@ impl IssuerSandboxBuilder {
         })
     }
 
-    /// Starts the issuer (the same steps as `tether_credential_issuer::run`)
-    /// on 127.0.0.1:0.
+    /// Starts the issuer through the binary's own `run` (its `run_with`,
+    /// which also lends the sandbox the registry) on 127.0.0.1:0.
     pub async fn start(self) -> anyhow::Result<IssuerSandbox> {
         let dir = tempfile::tempdir().context("creating the data directory")?;
         self.start_in(dir).await
@@ -466,22 +466,14 @@ impl IssuerSandboxBuilder {
     pub async fn start_in(self, dir: TempDir) -> anyhow::Result<IssuerSandbox> {
         let config = self.config(dir.path())?;
         tether_runtime::ServiceConfig::validate(&config).context("sandbox configuration")?;
-        let issuer = Issuer::start(&config).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let max = config.server.max_message_bytes;
-        let routes = issuer.routes(max);
-        let server = config.server.clone();
-        let mut running = Running::spawn(|shutdown| async move {
-            tether_runtime::server::serve_with_http(
-                listener,
-                routes,
-                &[tether_proto::credentials::v1::credential_issuer_server::SERVICE_NAME],
-                &server,
-                shutdown,
-            )
-            .await
-            .map_err(anyhow::Error::from)
+        let (lend, lent) = tokio::sync::oneshot::channel();
+        let service_config = config.clone();
+        let mut running = Running::spawn(|shutdown| {
+            tether_credential_issuer::run_with(service_config, listener, shutdown, |handles| {
+                let _ = lend.send(handles);
+            })
         });
         // The facade is the issuer's only caller.
         let channel = if config.server.tls.insecure_plaintext {
@@ -491,12 +483,16 @@ impl IssuerSandboxBuilder {
             self.pki.channel("agent-facade", addr, SERVICE)?
         };
         running.wait_serving(channel.clone()).await?;
+        // `run_with` lends the handles before it serves, so they are here.
+        let handles = lent
+            .await
+            .context("the issuer served without lending its handles")?;
         Ok(IssuerSandbox {
             dir: Some(dir),
             addr,
             channel,
             pki: self.pki,
-            issuer: Some(issuer),
+            handles,
             running,
         })
     }
@@ -509,7 +505,7 @@ pub struct IssuerSandbox {
     addr: SocketAddr,
     channel: InternalChannel,
     pki: std::sync::Arc<crate::pki::TestPki>,
-    issuer: Option<Issuer>,
+    handles: Handles,
     running: Running,
 }
 
@@ -540,37 +536,35 @@ impl IssuerSandbox {
         ))
     }
 
-    /// The lease registry the issuer writes.
+    /// The lease registry the issuer writes; still readable after the
+    /// issuer stopped. (Always `Some`: the `Option` stays for the callers.)
     pub fn registry(&self) -> Option<&Registry> {
-        self.issuer.as_ref().map(Issuer::registry)
+        Some(&self.handles.registry)
     }
 
+    /// The issuer's counters. (Always `Some`, as for `registry`.)
     pub fn metrics(&self) -> Option<&std::sync::Arc<tether_credential_issuer::Metrics>> {
-        self.issuer.as_ref().map(Issuer::metrics)
+        Some(&self.handles.metrics)
     }
 
     /// (logins, token renewals) of the issuer's Vault client.
     pub fn vault_stats(&self) -> (u64, u64) {
-        self.issuer
-            .as_ref()
-            .map_or((0, 0), |i| (i.vault().logins(), i.vault().renewals()))
+        (self.handles.vault.logins(), self.handles.vault.renewals())
     }
 
-    /// Stops serving and the background tasks; returns the data directory
-    /// so a new issuer can start on the same registry.
+    /// Stops the issuer as its binary stops (`run` returns: serving and the
+    /// background tasks end); returns the data directory so a new issuer
+    /// can start on the same registry.
     pub async fn shutdown(mut self) -> anyhow::Result<TempDir> {
         self.running.stop().await?;
-        if let Some(issuer) = self.issuer.take() {
-            issuer.stop().await;
-        }
         self.dir.take().context("data directory already taken")
     }
 }
 
 impl IssuerSandbox {
-    /// Stops serving gRPC (an unreachable credential issuer) while the stack
-    /// that owns the sandbox keeps running; the registry stays readable and
-    /// the background revocation goes on.
+    /// Stops the issuer (an unreachable credential issuer: `run` returns,
+    /// serving and background revocation end) while the stack that owns
+    /// the sandbox keeps running; the registry stays readable.
     pub async fn stop_serving(&mut self) -> anyhow::Result<()> {
         self.running.stop().await
     }

@@ -405,6 +405,7 @@ impl ProcessStack {
     fn server(&self, listen: SocketAddr, identity: &str) -> anyhow::Result<Value> {
         Ok(json!({
             "listen": listen.to_string(),
+            "shutdown_delay_secs": 0,
             "drain_timeout_secs": 2,
             "tls": serde_json::to_value(self.pki.tls(identity)?)?,
         }))

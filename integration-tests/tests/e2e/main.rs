@@ -17,6 +17,7 @@ mod facade_audit;
 mod facade_cancel;
 mod facade_refusals;
 mod facade_traces;
+mod health;
 mod identity;
 mod identity_edge;
 mod identity_idps;

@@ -51,7 +51,14 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Largest gRPC message accepted or sent, in bytes.
     pub max_message_bytes: usize,
-    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    /// After SIGTERM/SIGINT, how long health reports NOT_SERVING while the
+    /// server still accepts and serves, before it starts draining: time for
+    /// Kubernetes to take the pod out of its endpoints, so no new request
+    /// is sent to a closed port. Part of `drain_timeout_secs`.
+    pub shutdown_delay_secs: u64,
+    /// The whole stop, counted from SIGTERM/SIGINT: the shutdown delay,
+    /// draining in-flight requests and stopping background tasks. When it
+    /// passes the process exits anyway (what is in flight is cut off).
     pub drain_timeout_secs: u64,
     /// Per-request deadline enforced by the server.
     pub request_timeout_secs: u64,
@@ -169,7 +176,8 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_message_bytes: 4 * 1024 * 1024,
-            drain_timeout_secs: 10,
+            shutdown_delay_secs: 5,
+            drain_timeout_secs: 20,
             request_timeout_secs: 30,
             tls: TlsConfig::default(),
             authorization: BTreeMap::new(),
@@ -190,6 +198,12 @@ impl ServerConfig {
             return Err(ConfigError::Invalid(
                 "server.request_timeout_secs must be at least 1".into(),
             ));
+        }
+        if self.shutdown_delay_secs > 0 && self.shutdown_delay_secs >= self.drain_timeout_secs {
+            return Err(ConfigError::Invalid(format!(
+                "server.shutdown_delay_secs ({}) must be less than server.drain_timeout_secs ({}): the delay is part of the drain deadline",
+                self.shutdown_delay_secs, self.drain_timeout_secs
+            )));
         }
         if self.replicas == 0 {
             return Err(ConfigError::Invalid(
@@ -213,6 +227,10 @@ impl ServerConfig {
             )));
         }
         Ok(())
+    }
+
+    pub fn shutdown_delay(&self) -> Duration {
+        Duration::from_secs(self.shutdown_delay_secs)
     }
 
     pub fn drain_timeout(&self) -> Duration {
@@ -382,6 +400,43 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("max_message_bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_shutdown_delay_fits_inside_the_drain_deadline() {
+        let plain = ("TETHER_SERVER__TLS__INSECURE_PLAINTEXT", "true");
+        let c: Example = load(None, vars(&[("TETHER_NAME", "x"), plain])).unwrap();
+        assert_eq!(
+            (c.server.shutdown_delay_secs, c.server.drain_timeout_secs),
+            (5, 20)
+        );
+        for (delay, drain) in [("20", "20"), ("30", "20"), ("1", "0")] {
+            let err = load::<Example>(
+                None,
+                vars(&[
+                    ("TETHER_NAME", "x"),
+                    plain,
+                    ("TETHER_SERVER__SHUTDOWN_DELAY_SECS", delay),
+                    ("TETHER_SERVER__DRAIN_TIMEOUT_SECS", drain),
+                ]),
+            )
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("server.shutdown_delay_secs"),
+                "{delay}/{drain}: {err}"
+            );
+        }
+        let c: Example = load(
+            None,
+            vars(&[
+                ("TETHER_NAME", "x"),
+                plain,
+                ("TETHER_SERVER__SHUTDOWN_DELAY_SECS", "0"),
+                ("TETHER_SERVER__DRAIN_TIMEOUT_SECS", "0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.shutdown_delay(), Duration::ZERO);
     }
 
     #[test]

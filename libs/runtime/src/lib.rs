@@ -8,6 +8,8 @@
 //! - [`server`]: serving on a pre-bound listener with health, reflection,
 //!   message-size limits (over the limit: RESOURCE_EXHAUSTED, see
 //!   [`message_limit`]) and a bounded graceful drain.
+//! - [`health`]: readiness checks behind gRPC health (NOT_SERVING while a
+//!   check fails, and from the first moment of shutdown).
 //! - [`log_format`]: the text log format, escaped so values cannot forge
 //!   lines.
 //! - [`error`]: the one mapping from domain errors to `tonic::Status`.
@@ -23,6 +25,7 @@ pub mod config;
 #[cfg(any(test, feature = "dev-pki"))]
 pub mod dev_pki;
 pub mod error;
+pub mod health;
 pub mod log_format;
 pub mod message_limit;
 pub mod process;
@@ -59,4 +62,5 @@ pub fn clip_to(text: &str, max: usize) -> String {
 
 pub use config::{ConfigError, ServerConfig, ServiceConfig, TlsConfig};
 pub use error::{ServiceError, ServiceErrorCode, into_status};
+pub use health::Readiness;
 pub use server::{ServeError, serve};

@@ -2,7 +2,9 @@
 //!
 //! Order matters: tracing first, then configuration (invalid → exit 64 with
 //! one line, before any port is bound), then `--validate-only` or bind and
-//! serve until SIGTERM/SIGINT.
+//! serve until SIGTERM/SIGINT, then stop within `server.drain_timeout_secs`:
+//! health NOT_SERVING, `server.shutdown_delay_secs` still serving, drain,
+//! exit (cut off at the deadline).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -12,7 +14,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokio::net::TcpListener;
 
-use crate::config::{self, ServiceConfig};
+use crate::config::{self, ServerConfig, ServiceConfig};
 
 /// `EX_CONFIG` from sysexits(3): the configuration is invalid.
 pub const EXIT_CONFIG: u8 = 64;
@@ -47,7 +49,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let _telemetry = match crate::telemetry::init(service) {
             Ok(guard) => guard,
             Err(e) => {
@@ -73,7 +75,11 @@ where
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Past the drain deadline nothing is waited for: not a background task
+    // that ignored its stop signal, nor a blocking call still running.
+    runtime.shutdown_background();
+    code
 }
 
 async fn serve<C, F, Fut>(config: C, run: F) -> anyhow::Result<()>
@@ -82,12 +88,76 @@ where
     F: FnOnce(C, TcpListener, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let shutdown = shutdown_signal();
-    let addr = config.server().listen;
+    let signal = shutdown_signal();
+    let server = config.server().clone();
+    let addr = server.listen;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding `{addr}`"))?;
-    run(config, listener, Box::pin(shutdown)).await
+    let signal = async move {
+        signal.await;
+        crate::health::begin_process_drain();
+    };
+    stop_within_deadline(&server, signal, |shutdown| run(config, listener, shutdown)).await
+}
+
+/// Runs `run(shutdown)` and stops it in order once `signal` resolves:
+/// health is already NOT_SERVING (the caller's `signal` sees to that);
+/// requests are still served for `shutdown_delay`; then `shutdown`
+/// resolves (stop accepting, drain, stop background tasks); whatever is
+/// still running when `drain_timeout` has passed since the signal is cut
+/// off by returning here (the caller then exits).
+async fn stop_within_deadline<F, Fut>(
+    server: &ServerConfig,
+    signal: impl Future<Output = ()> + Send + 'static,
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let (signalled_tx, signalled) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        signal.await;
+        let _ = signalled_tx.send(true);
+    });
+    let shutdown = {
+        let signalled = signalled.clone();
+        let delay = server.shutdown_delay();
+        async move {
+            signalled_at(signalled).await;
+            if !delay.is_zero() {
+                tracing::info!(
+                    shutdown_delay_secs = delay.as_secs(),
+                    "health is NOT_SERVING; still serving until the shutdown delay passes"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
+    let drain_timeout = server.drain_timeout();
+    let deadline = async move {
+        signalled_at(signalled).await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    tokio::select! {
+        result = run(Box::pin(shutdown)) => result,
+        () = deadline => {
+            tracing::warn!(
+                drain_timeout_secs = server.drain_timeout_secs,
+                "drain deadline passed with work still running; exiting anyway"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Resolves once the signal has been received (never, if the task that
+/// watches for it is gone without seeing one).
+async fn signalled_at(mut signalled: tokio::sync::watch::Receiver<bool>) {
+    if signalled.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
@@ -112,5 +182,57 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
                 std::future::pending::<()>().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    fn server(delay: u64, drain: u64) -> ServerConfig {
+        ServerConfig {
+            shutdown_delay_secs: delay,
+            drain_timeout_secs: drain,
+            ..ServerConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_that_never_stops_is_cut_off_at_the_drain_deadline() {
+        let (signal, signalled) = tokio::sync::oneshot::channel::<()>();
+        let asked = Arc::new(AtomicBool::new(false));
+        let stopping = tokio::spawn({
+            let asked = Arc::clone(&asked);
+            async move {
+                stop_within_deadline(
+                    &server(0, 0),
+                    async move {
+                        let _ = signalled.await;
+                    },
+                    |shutdown| async move {
+                        shutdown.await;
+                        asked.store(true, Ordering::SeqCst);
+                        // A background task that ignores its stop signal.
+                        std::future::pending::<anyhow::Result<()>>().await
+                    },
+                )
+                .await
+            }
+        });
+        signal.send(()).unwrap();
+        // A guard against hanging, not a timing goal: without the deadline
+        // this never returns.
+        tokio::time::timeout(std::time::Duration::from_secs(60), stopping)
+            .await
+            .expect("stopping returned at the drain deadline")
+            .unwrap()
+            .unwrap();
+        assert!(
+            asked.load(Ordering::SeqCst),
+            "the service was told to stop first"
+        );
     }
 }

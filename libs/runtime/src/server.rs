@@ -10,6 +10,7 @@ use tonic_health::ServingStatus;
 
 use crate::authz::{Authorizer, AuthzLayer};
 use crate::config::{ConfigError, ServerConfig};
+use crate::health::Readiness;
 use crate::message_limit::MessageLimitLayer;
 use crate::propagation::ServerTraceLayer;
 use crate::tls::TlsSource;
@@ -28,11 +29,15 @@ pub enum ServeError {
 }
 
 /// Serves `routes` plus gRPC health and reflection on `listener` until
-/// `shutdown` resolves, then stops accepting, reports NOT_SERVING, and waits
-/// at most `drain_timeout` for in-flight requests.
+/// `shutdown` resolves, then reports NOT_SERVING, stops accepting, and
+/// waits at most `drain_timeout` for in-flight requests.
 ///
-/// `health_names` are the fully qualified service names reported SERVING
-/// (the empty name, "the server as a whole", is always reported); they also
+/// `health_names` are the fully qualified service names whose health is
+/// reported (the empty name, "the server as a whole", is always reported):
+/// SERVING while the service's [`Readiness`] checks are ok, NOT_SERVING
+/// from the moment the process is told to stop ([`crate::process`] then
+/// keeps serving for `server.shutdown_delay_secs` before `shutdown`
+/// resolves, so load balancers see NOT_SERVING first); they also
 /// select this server's rows of the per-RPC caller table
 /// ([`crate::authz::DEFAULTS`], then `server.authorization`).
 ///
@@ -50,7 +55,16 @@ pub async fn serve(
     config: &ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    serve_inner(listener, routes, health_names, config, shutdown, false).await
+    serve_inner(
+        listener,
+        routes,
+        health_names,
+        config,
+        &Readiness::new(),
+        shutdown,
+        false,
+    )
+    .await
 }
 
 /// Like [`serve`], and also accepts HTTP/1.1, for services whose `routes`
@@ -62,7 +76,39 @@ pub async fn serve_with_http(
     config: &ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    serve_inner(listener, routes, health_names, config, shutdown, true).await
+    serve_inner(
+        listener,
+        routes,
+        health_names,
+        config,
+        &Readiness::new(),
+        shutdown,
+        true,
+    )
+    .await
+}
+
+/// Like [`serve_with_http`], with health taken from `readiness`: SERVING
+/// only while every check the service registered there is ok
+/// ([`crate::health`]).
+pub async fn serve_with_http_and_readiness(
+    listener: TcpListener,
+    routes: Routes,
+    health_names: &[&str],
+    config: &ServerConfig,
+    readiness: &Readiness,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve_inner(
+        listener,
+        routes,
+        health_names,
+        config,
+        readiness,
+        shutdown,
+        true,
+    )
+    .await
 }
 
 async fn serve_inner(
@@ -70,6 +116,7 @@ async fn serve_inner(
     routes: Routes,
     health_names: &[&str],
     config: &ServerConfig,
+    readiness: &Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
     http1: bool,
 ) -> Result<(), ServeError> {
@@ -90,11 +137,30 @@ async fn serve_inner(
         tls.is_some(),
     )?;
     let (reporter, health) = tonic_health::server::health_reporter();
-    for name in health_names.iter().copied().chain([""]) {
-        reporter
-            .set_service_status(name, ServingStatus::Serving)
-            .await;
+    let names: Vec<String> = health_names
+        .iter()
+        .copied()
+        .chain([""])
+        .map(str::to_owned)
+        .collect();
+    // Health follows the checks, and goes NOT_SERVING for good as soon as
+    // the process is told to stop (before the shutdown delay, while this
+    // server still accepts) or this server starts draining.
+    let mut process_draining = crate::health::process_draining();
+    let initial = if readiness.is_serving() && !*process_draining.borrow_and_update() {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    for name in &names {
+        reporter.set_service_status(name, initial).await;
     }
+    let health_loop = report_health(
+        reporter.clone(),
+        names.clone(),
+        readiness.subscribe(),
+        process_draining,
+    );
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tether_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -104,11 +170,14 @@ async fn serve_inner(
     let draining = Arc::new(Notify::new());
     let signal = {
         let draining = Arc::clone(&draining);
-        let names: Vec<String> = health_names.iter().map(|s| (*s).to_owned()).collect();
+        let readiness = readiness.clone();
         async move {
             shutdown.await;
             tracing::info!("shutdown requested, draining");
-            for name in names.iter().map(String::as_str).chain([""]) {
+            // Set here too, not only by the health loop: NOT_SERVING is in
+            // place before the listener closes.
+            readiness.drain();
+            for name in &names {
                 reporter
                     .set_service_status(name, ServingStatus::NotServing)
                     .await;
@@ -146,6 +215,121 @@ async fn serve_inner(
                 "drain deadline passed with requests in flight; stopping anyway"
             );
         }
+        () = health_loop => {}
     }
     Ok(())
+}
+
+/// Keeps the health service's statuses equal to `readiness` (and
+/// NOT_SERVING once the process drains); never returns, so it runs exactly
+/// as long as the server it is selected with.
+async fn report_health(
+    reporter: tonic_health::server::HealthReporter,
+    names: Vec<String>,
+    mut readiness: tokio::sync::watch::Receiver<crate::health::State>,
+    mut process_draining: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let serving =
+            readiness.borrow_and_update().serving() && !*process_draining.borrow_and_update();
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in &names {
+            reporter.set_service_status(name, status).await;
+        }
+        let closed = tokio::select! {
+            changed = readiness.changed() => changed.is_err(),
+            changed = process_draining.changed() => changed.is_err(),
+        };
+        if closed {
+            // Both senders outlive the server; should one go, the last
+            // status stays.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus as Status;
+    use tonic_health::pb::health_client::HealthClient;
+
+    use super::*;
+
+    const NAME: &str = "tether.policy.v1.PolicyDecision";
+
+    async fn status(client: &mut HealthClient<tonic::transport::Channel>, service: &str) -> Status {
+        let answer = client
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        Status::try_from(answer.status).unwrap()
+    }
+
+    /// Polls until both the service's name and the empty name report `want`.
+    async fn until(client: &mut HealthClient<tonic::transport::Channel>, want: Status) {
+        for _ in 0..400 {
+            if status(client, NAME).await == want && status(client, "").await == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("health never reported {want:?}");
+    }
+
+    #[tokio::test]
+    async fn health_follows_the_readiness_checks_and_stops_serving_on_shutdown() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = ServerConfig {
+            tls: crate::TlsConfig::plaintext(),
+            ..ServerConfig::default()
+        };
+        let readiness = Readiness::new();
+        readiness.set("policy-set", false);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn({
+            let readiness = readiness.clone();
+            async move {
+                serve_with_http_and_readiness(
+                    listener,
+                    Routes::default(),
+                    &[NAME],
+                    &config,
+                    &readiness,
+                    async move {
+                        let _ = stopped.await;
+                    },
+                )
+                .await
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let mut client = HealthClient::new(channel);
+        until(&mut client, Status::NotServing).await;
+        readiness.set("policy-set", true);
+        until(&mut client, Status::Serving).await;
+        readiness.set("vault-login", false);
+        until(&mut client, Status::NotServing).await;
+        readiness.set("vault-login", true);
+        until(&mut client, Status::Serving).await;
+
+        stop.send(()).unwrap();
+        served.await.unwrap().unwrap();
+        assert!(
+            !readiness.is_serving(),
+            "after shutdown the readiness stays draining"
+        );
+    }
 }

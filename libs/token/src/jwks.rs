@@ -231,6 +231,20 @@ impl JwksCache {
 }
 
 impl JwksCache {
+    /// True when the last fetch failed and the keys from the last
+    /// successful one (if any) are past `max_stale`: no token from this
+    /// source can verify until a fetch succeeds. A cache never fetched is
+    /// not stale until a fetch fails.
+    pub async fn is_stale(&self) -> bool {
+        let state = self.state.read().await;
+        state.last_error.is_some() && !self.usable_while_down(&state)
+    }
+
+    /// Time since the last successful fetch (`None`: never fetched).
+    pub async fn age(&self) -> Option<Duration> {
+        self.state.read().await.fetched_at.map(|t| t.elapsed())
+    }
+
     /// Cached keys stay usable through an outage of the JWKS endpoint for at
     /// most `max_stale` after the last successful fetch (a key the IdP has
     /// since withdrawn must not live on just because the endpoint is down).

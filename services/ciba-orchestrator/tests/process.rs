@@ -177,6 +177,7 @@ fn live_config(dir: &Path, authority: &SessionAuthority, port: u16) -> PathBuf {
             r#"
 [server]
 listen = "127.0.0.1:{port}"
+shutdown_delay_secs = 0
 drain_timeout_secs = 5
 [ciba]
 issuer = "{idp}"

@@ -14,7 +14,10 @@ pub use tether_token::SessionsConfig;
 /// ```toml
 /// [server]
 /// listen = "0.0.0.0:7003"
+/// shutdown_delay_secs = 5        # SIGTERM: NOT_SERVING, still serving this long
+/// drain_timeout_secs = 20        # the whole stop, then exit anyway
 ///
+/// # gRPC health is NOT_SERVING while the last Vault login failed.
 /// [vault]
 /// address = "https://vault.internal:8200"
 /// request_timeout_ms = 5000

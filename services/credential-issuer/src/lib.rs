@@ -2,7 +2,8 @@
 //! from Vault/OpenBao dynamic secrets, served over gRPC
 //! (`tether.credentials.v1.CredentialIssuer`).
 //!
-//! [`run`] is what both the binary and the tests call: it opens the lease
+//! [`run`] is what the binary calls, and the tests through [`run_with`],
+//! which also lends them the registry (see [`Handles`]): it opens the lease
 //! registry, logs in to Vault, runs the reconciler once, starts the sweeper,
 //! the Vault token upkeep and the session revocation list sync, and serves
 //! on the given listener until `shutdown` resolves. See
@@ -63,6 +64,7 @@ pub struct Issuer {
     registry: Registry,
     metrics: Arc<Metrics>,
     vault: Arc<Vault>,
+    readiness: tether_runtime::Readiness,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -80,7 +82,9 @@ impl Issuer {
         let registry = Registry::open(&url, &config.store.pool_settings()).await?;
         tracing::info!(store = %tether_store::redact_url(&url), "lease registry ready");
 
-        let vault = Arc::new(Vault::new(config.vault.clone())?);
+        // Health is NOT_SERVING while the issuer cannot log in to Vault.
+        let readiness = tether_runtime::Readiness::new();
+        let vault = Arc::new(Vault::new(config.vault.clone(), readiness.clone())?);
         if let Err(e) = vault.login().await {
             tracing::warn!(error = %e, "vault login failed at start-up; retrying in the background");
         }
@@ -133,6 +137,7 @@ impl Issuer {
             registry,
             metrics,
             vault,
+            readiness,
             stop,
             tasks,
         })
@@ -182,6 +187,12 @@ impl Issuer {
     /// The Vault client (its login and token-renewal counters).
     pub fn vault(&self) -> &Arc<Vault> {
         &self.vault
+    }
+
+    /// What gRPC health reports: SERVING while the last Vault login
+    /// succeeded.
+    pub fn readiness(&self) -> &tether_runtime::Readiness {
+        &self.readiness
     }
 
     /// Stops the background tasks: signals them, and waits for each at most
@@ -247,13 +258,43 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with(config, listener, shutdown, |_| {}).await
+}
+
+/// What a started issuer lends whoever embeds it: the lease registry, the
+/// counters and the Vault client. The test sandbox reads them to assert on
+/// what the issuer wrote; they stay usable after [`run`] returns (the
+/// registry's pool is not closed), so a test can look at the registry of
+/// an issuer it stopped.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    pub vault: Arc<Vault>,
+}
+
+/// [`run`], handing `started` the issuer's [`Handles`] once it has started,
+/// before it serves. The binary calls [`run`]; the test sandbox calls this,
+/// so both go through the same start-up, serving and stop.
+pub async fn run_with(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    started: impl FnOnce(Handles),
+) -> anyhow::Result<()> {
     let issuer = Issuer::start(&config).await?;
+    started(Handles {
+        registry: issuer.registry.clone(),
+        metrics: Arc::clone(&issuer.metrics),
+        vault: Arc::clone(&issuer.vault),
+    });
     let routes = issuer.routes(config.server.max_message_bytes);
-    let served = tether_runtime::server::serve_with_http(
+    let served = tether_runtime::server::serve_with_http_and_readiness(
         listener,
         routes,
         &[SERVICE_NAME],
         &config.server,
+        issuer.readiness(),
         shutdown,
     )
     .await;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use tether_runtime::Readiness;
 use tokio::sync::{Mutex, RwLock};
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 
@@ -106,6 +107,9 @@ impl Token {
     }
 }
 
+/// The readiness check the Vault client reports: it can log in.
+pub const READINESS_CHECK: &str = "vault-login";
+
 /// Vault client shared by every request.
 pub struct Vault {
     http: reqwest::Client,
@@ -115,6 +119,9 @@ pub struct Vault {
     login_lock: Mutex<()>,
     logins: AtomicU64,
     renewals: AtomicU64,
+    /// Health: NOT_SERVING while the last login attempt failed (or none
+    /// has succeeded yet).
+    readiness: Readiness,
 }
 
 impl std::fmt::Debug for Vault {
@@ -163,7 +170,9 @@ fn vaultrs_error(e: vaultrs::error::ClientError) -> VaultError {
 
 impl Vault {
     /// Builds the client. Does not contact Vault.
-    pub fn new(config: VaultConfig) -> anyhow::Result<Self> {
+    /// `readiness` gets the [`READINESS_CHECK`] check: not ok until the
+    /// first login succeeds, then whatever the last login attempt gave.
+    pub fn new(config: VaultConfig, readiness: Readiness) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let mut builder = reqwest::Client::builder()
             .timeout(config.request_timeout())
@@ -188,6 +197,10 @@ impl Vault {
             login_lock: Mutex::new(()),
             logins: AtomicU64::new(0),
             renewals: AtomicU64::new(0),
+            readiness: {
+                readiness.set(READINESS_CHECK, false);
+                readiness
+            },
         })
     }
 
@@ -228,8 +241,15 @@ impl Vault {
         self.login_locked().await
     }
 
-    /// The login itself; the caller holds `login_lock`.
+    /// The login itself, reported to readiness; the caller holds
+    /// `login_lock`.
     async fn login_locked(&self) -> Result<(), VaultError> {
+        let result = self.login_attempt().await;
+        self.readiness.set(READINESS_CHECK, result.is_ok());
+        result
+    }
+
+    async fn login_attempt(&self) -> Result<(), VaultError> {
         let mut token = match &self.config.auth {
             VaultAuth::Token { token, token_file } => {
                 let value = match (token, token_file) {
@@ -566,17 +586,7 @@ impl Vault {
             .call(Method::PUT, "sys/leases/lookup", Some(&body))
             .await
         {
-            Ok((_, v)) => {
-                let issue = v
-                    .pointer("/data/issue_time")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| VaultError::Decode("lease lookup without issue_time".into()))?;
-                Ok(Some(LeaseInfo {
-                    issue_time: parse_rfc3339_secs(issue).ok_or_else(|| {
-                        VaultError::Decode(format!("issue_time `{issue}` is not RFC 3339"))
-                    })?,
-                }))
-            }
+            Ok((_, v)) => lease_info(&v).map(Some),
             Err(VaultError::Status { code: 400, message }) if is_invalid_lease(&message) => {
                 Ok(None)
             }
@@ -644,42 +654,30 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60))
 }
 
-/// Seconds since the Unix epoch of an RFC 3339 timestamp such as
-/// `2026-05-01T10:00:00.123456Z` or `…+02:00`.
-pub fn parse_rfc3339_secs(s: &str) -> Option<i64> {
-    let (date, rest) = s.split_once('T')?;
-    let mut d = date.split('-');
-    let y: i64 = d.next()?.parse().ok()?;
-    let mo: i64 = d.next()?.parse().ok()?;
-    let da: i64 = d.next()?.parse().ok()?;
-    let time_end = rest.find(['Z', '+', '-']).unwrap_or(rest.len());
-    let (time, zone) = rest.split_at(time_end);
-    let mut t = time.split(':');
-    let h: i64 = t.next()?.parse().ok()?;
-    let mi: i64 = t.next()?.parse().ok()?;
-    let sec: f64 = t.next()?.parse().ok()?;
-    let offset = match zone {
-        "" | "Z" => 0,
-        z => {
-            let sign = if z.starts_with('-') { -1 } else { 1 };
-            let (oh, om) = z.get(1..)?.split_once(':')?;
-            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60)
-        }
-    };
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + da - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "sub-second part dropped on purpose"
-    )]
-    let whole = sec as i64;
-    Some(days * 86_400 + h * 3600 + mi * 60 + whole - offset)
+/// The lease a `sys/leases/lookup` answer describes.
+fn lease_info(v: &Value) -> Result<LeaseInfo, VaultError> {
+    let issue = v
+        .pointer("/data/issue_time")
+        .and_then(Value::as_str)
+        .ok_or_else(|| VaultError::Decode("lease lookup without issue_time".into()))?;
+    let issue_time = parse_rfc3339_secs(issue).map_err(|e| {
+        VaultError::Decode(format!(
+            "issue_time `{}` is not RFC 3339: {e}",
+            tether_runtime::clip(issue)
+        ))
+    })?;
+    Ok(LeaseInfo { issue_time })
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 timestamp, as OpenBao writes
+/// them (Go's `RFC3339Nano`: `2026-05-01T10:00:00.123456789Z`, `…+02:00`,
+/// no fraction when it is zero); the sub-second part is dropped. Anything
+/// else (no offset, an impossible date) is an error: the orphan sweep
+/// decides from this time whether a lease may be revoked, so a wrong time
+/// must not pass for a right one.
+fn parse_rfc3339_secs(s: &str) -> Result<i64, time::error::Parse> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(time::OffsetDateTime::unix_timestamp)
 }
 
 /// Converts a secret's `data` into the proto credential: a database login
@@ -720,18 +718,105 @@ pub fn to_credential(
 mod tests {
     use super::*;
 
+    /// 2026-05-01T10:00:00Z.
+    const MAY_FIRST: i64 = 1_777_629_600;
+
     #[test]
-    fn rfc3339() {
-        assert_eq!(parse_rfc3339_secs("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339_secs("2026-05-01T10:00:00.123456789Z"),
-            Some(1_777_629_600)
-        );
-        assert_eq!(
-            parse_rfc3339_secs("2026-05-01T12:00:00+02:00"),
-            Some(1_777_629_600)
-        );
-        assert_eq!(parse_rfc3339_secs("garbage"), None);
+    fn rfc3339_as_openbao_writes_it() {
+        for (text, secs) in [
+            ("1970-01-01T00:00:00Z", 0),
+            // Go's RFC3339Nano: nine digits, trailing zeros trimmed, none
+            // at all on a whole second.
+            ("2026-05-01T10:00:00.123456789Z", MAY_FIRST),
+            ("2026-05-01T10:00:00.5Z", MAY_FIRST),
+            ("2026-05-01T10:00:00Z", MAY_FIRST),
+            ("2026-05-01T10:00:00.999999999Z", MAY_FIRST),
+            // A server in a local zone writes its offset.
+            ("2026-05-01T12:00:00+02:00", MAY_FIRST),
+            ("2026-05-01T12:00:00.000123+02:00", MAY_FIRST),
+            ("2026-05-01T05:30:00-04:30", MAY_FIRST),
+            ("2026-05-01T00:00:00-10:00", MAY_FIRST),
+            ("2024-02-29T23:59:59Z", 1_709_251_199),
+        ] {
+            assert_eq!(parse_rfc3339_secs(text).ok(), Some(secs), "{text}");
+        }
+    }
+
+    #[test]
+    fn malformed_times_are_errors() {
+        for text in [
+            "",
+            "garbage",
+            "2026-05-01",
+            // No offset: which instant it names is unknown.
+            "2026-05-01T10:00:00",
+            "2026-05-01T10:00:00.123",
+            "2026-05-01 10:00:00Z extra",
+            "2026-05-01T10:00:00Zjunk",
+            "2026-05-01T10:00Z",
+            "2026-13-01T10:00:00Z",
+            "2026-02-30T10:00:00Z",
+            "2025-02-29T10:00:00Z",
+            "2026-05-01T24:00:00Z",
+            "2026-05-01T10:60:00Z",
+            "2026-05-01T10:00:00+25:00",
+            "2026-05-01T10:00:00+02",
+            "2026-05-01T10:00:00.Z",
+            "-2026-05-01T10:00:00Z",
+            "+002026-05-01T10:00:00Z",
+            "99999999999-05-01T10:00:00Z",
+            "2026-05-01T10:00:00\u{0}Z",
+            "２０２６-05-01T10:00:00Z",
+        ] {
+            assert!(parse_rfc3339_secs(text).is_err(), "{text:?} parsed");
+        }
+    }
+
+    /// A `sys/leases/lookup` answer as OpenBao 2 sends it (captured from
+    /// a dev server), with `issue_time` replaced.
+    fn lookup_answer(issue_time: Value) -> Value {
+        serde_json::json!({
+            "request_id": "c0c2e2dc-2bd5-d580-a4f7-c6d8cbccf914",
+            "lease_id": "",
+            "renewable": false,
+            "lease_duration": 0,
+            "data": {
+                "expire_time": "2026-05-01T10:10:00.123456789Z",
+                "id": "database/creds/hr-readonly/6yBHKq3ZLd0cJ1iBfWjXc2bM",
+                "issue_time": issue_time,
+                "last_renewal": null,
+                "path": "database/creds/hr-readonly",
+                "renewable": true,
+                "ttl": 599
+            },
+            "wrap_info": null,
+            "warnings": null,
+            "auth": null
+        })
+    }
+
+    #[test]
+    fn lease_lookup_answers() {
+        // What a dev server wrote: in UTC, and under `TZ=America/St_Johns`.
+        for (issue, secs) in [
+            ("2026-12-06T07:06:08.849449039Z", 1_796_540_768),
+            ("2026-12-06T03:36:17.473112029-03:30", 1_796_540_777),
+            ("2026-05-01T12:00:00.123456789+02:00", MAY_FIRST),
+        ] {
+            let info = lease_info(&lookup_answer(issue.into())).unwrap();
+            assert_eq!(info.issue_time, secs, "{issue}");
+        }
+        for bad in [
+            Value::Null,
+            Value::from(1_777_629_600),
+            Value::from("2026-05-01T10:00:00"),
+            Value::from("yesterday"),
+        ] {
+            let err = lease_info(&lookup_answer(bad.clone())).unwrap_err();
+            assert!(matches!(err, VaultError::Decode(_)), "{bad}: {err:?}");
+        }
+        let err = lease_info(&serde_json::json!({ "data": {} })).unwrap_err();
+        assert!(matches!(err, VaultError::Decode(_)), "{err:?}");
     }
 
     #[test]

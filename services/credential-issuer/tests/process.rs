@@ -202,6 +202,7 @@ fn live_config(
             r#"
 [server]
 listen = "127.0.0.1:{port}"
+shutdown_delay_secs = 0
 drain_timeout_secs = 5
 [sessions]
 token_issuer = "{token_issuer}"

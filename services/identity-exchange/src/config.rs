@@ -12,6 +12,13 @@ pub use tether_store::PruningConfig;
 /// ```toml
 /// issuer = "https://tether.example.com"          # `iss` of delegated tokens
 ///
+/// [server]
+/// shutdown_delay_secs = 5        # SIGTERM: NOT_SERVING, still serving this long
+/// drain_timeout_secs = 20        # the whole stop, then exit anyway
+///
+/// [http]
+/// jwks_max_stale_secs = 3600     # an IdP's keys this stale (fetch failing): NOT_SERVING
+///
 /// [store]
 /// url = "sqlite:///var/lib/tether/identity/identity.db"   # or postgres://…
 ///
@@ -301,6 +308,12 @@ pub struct HttpConfig {
     /// Smallest interval between JWKS refreshes caused by unknown `kid`s,
     /// and between two looks at the SPIFFE bundle file.
     pub jwks_min_refresh_secs: u64,
+    /// Allowed staleness of a trusted IdP's keys: while its JWKS endpoint
+    /// (or discovery) fails, the keys last fetched keep verifying for this
+    /// long after that fetch, then tokens from that IdP are refused and
+    /// gRPC health reports NOT_SERVING until a fetch succeeds again. An IdP
+    /// whose keys were never fetched is not stale until a first fetch fails.
+    pub jwks_max_stale_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -308,6 +321,7 @@ impl Default for HttpConfig {
         Self {
             timeout_secs: 5,
             jwks_min_refresh_secs: 10,
+            jwks_max_stale_secs: 3600,
         }
     }
 }
@@ -421,6 +435,9 @@ impl ServiceConfig for Config {
         let t = &self.tokens;
         if t.max_lifetime_secs == 0 || t.max_lifetime_secs > 900 {
             return invalid("tokens.max_lifetime_secs must be between 1 and 900".into());
+        }
+        if self.http.jwks_max_stale_secs == 0 {
+            return invalid("http.jwks_max_stale_secs must be at least 1".into());
         }
         if t.max_delegation_depth == 0 || t.max_delegation_depth > 10 {
             return invalid("tokens.max_delegation_depth must be between 1 and 10".into());

@@ -204,6 +204,11 @@ impl Exchanger {
         &self.ring
     }
 
+    /// The trusted IdPs (health watches their keys' staleness).
+    pub fn issuers(&self) -> &TrustedIssuers {
+        &self.issuers
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

@@ -35,6 +35,7 @@ pub struct IssuerEntry {
     last_failure: Mutex<Option<(Instant, String)>>,
     http: reqwest::Client,
     min_refresh: Duration,
+    max_stale: Duration,
     leeway: Duration,
     max_token_bytes: usize,
 }
@@ -68,6 +69,7 @@ impl IssuerEntry {
             last_failure: Mutex::new(None),
             http,
             min_refresh: Duration::from_secs(root.http.jwks_min_refresh_secs),
+            max_stale: Duration::from_secs(root.http.jwks_max_stale_secs),
             leeway: Duration::from_secs(root.tokens.leeway_secs),
             max_token_bytes: root.tokens.max_token_bytes,
         })
@@ -207,7 +209,8 @@ impl IssuerEntry {
                 };
                 Ok::<_, TokenError>(
                     JwksCache::new(uri, self.http.clone())
-                        .with_min_refresh_interval(self.min_refresh),
+                        .with_min_refresh_interval(self.min_refresh)
+                        .with_max_stale(self.max_stale),
                 )
             })
             .await;
@@ -216,6 +219,42 @@ impl IssuerEntry {
             *self.last_failure.lock().await = Some((Instant::now(), e.to_string()));
         }
         result
+    }
+
+    /// True when this IdP's keys are past their allowed staleness
+    /// (`http.jwks_max_stale_secs`): the last fetch (or discovery) failed
+    /// and nothing fetched within the allowance remains. Keys never asked
+    /// for are not stale.
+    pub async fn keys_stale(&self) -> bool {
+        match self.keys.get() {
+            Some(keys) => keys.is_stale().await,
+            None => self.last_failure.lock().await.is_some(),
+        }
+    }
+
+    /// True when the keys should be fetched again to know whether they are
+    /// stale: they are, or the last successful fetch is older than the
+    /// allowance (with no traffic nothing else would fetch them).
+    pub async fn keys_need_fetch(&self) -> bool {
+        if self.keys_stale().await {
+            return true;
+        }
+        match self.keys.get() {
+            Some(keys) => keys.age().await.is_some_and(|age| age >= self.max_stale),
+            None => false,
+        }
+    }
+
+    /// Tries to fetch the keys again (discovery first if it never
+    /// succeeded). Health uses it: a replica reported NOT_SERVING gets no
+    /// traffic, so no request would ever trigger the fetch that recovers it.
+    pub async fn refetch(&self) {
+        // A failed discovery is logged by `keys`.
+        if let Ok(keys) = self.keys().await
+            && let Err(e) = keys.refresh().await
+        {
+            tracing::warn!(issuer = %self.issuer, error = %e, "fetching the IdP's keys failed");
+        }
     }
 
     async fn discover(&self) -> Result<String, TokenError> {
@@ -275,6 +314,10 @@ impl TrustedIssuers {
 
     pub fn get(&self, issuer: &str) -> Option<&Arc<IssuerEntry>> {
         self.by_issuer.get(issuer)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<IssuerEntry>> {
+        self.by_issuer.values()
     }
 }
 

@@ -134,20 +134,47 @@ pub async fn run(
         })
     });
 
+    // Health: NOT_SERVING while a trusted IdP's keys are past their allowed
+    // staleness (`http.jwks_max_stale_secs`). Keys that are stale, or as
+    // old as the allowance, are fetched again on every pass: a replica out
+    // of the endpoints (or an idle one) gets no request that would.
+    let readiness = tether_runtime::Readiness::new();
+    let key_health = tokio::spawn({
+        let exchanger = Arc::clone(&exchanger);
+        let readiness = readiness.clone();
+        let every = Duration::from_secs(config.http.jwks_min_refresh_secs.max(1));
+        async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                for entry in exchanger.issuers().iter() {
+                    if entry.keys_need_fetch().await {
+                        entry.refetch().await;
+                    }
+                    let check = format!("idp-keys {}", entry.issuer);
+                    readiness.set(&check, !entry.keys_stale().await);
+                }
+            }
+        }
+    });
+
     let max = config.server.max_message_bytes;
     let grpc = IdentityExchangeServer::new(grpc::IdentityService::new(Arc::clone(&exchanger)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let oauth = http::router(exchanger, &config.oauth, &config.server.tls.trust_domain)?;
     let routes = Routes::from(oauth).add_service(grpc);
-    let result = tether_runtime::server::serve_with_http(
+    let result = tether_runtime::server::serve_with_http_and_readiness(
         listener,
         routes,
         &[SERVICE_NAME],
         &config.server,
+        &readiness,
         shutdown,
     )
     .await;
+    key_health.abort();
     prune.abort();
     if let Some(rotation) = rotation {
         rotation.abort();

@@ -12,7 +12,10 @@ use tether_runtime::{ConfigError, ServerConfig, ServiceConfig};
 /// ```toml
 /// [server]
 /// listen = "0.0.0.0:7002"
+/// shutdown_delay_secs = 5        # SIGTERM: NOT_SERVING, still serving this long
+/// drain_timeout_secs = 20        # the whole stop, then exit anyway
 ///
+/// # gRPC health is NOT_SERVING while no policy set is loaded.
 /// [policy]
 /// dir = "/etc/tether/policies"   # schema, *.cedar, entities.json
 /// watch = true                   # hot reload on change

@@ -5,7 +5,8 @@
 //!
 //! [`run`] is what both the binary and the tests call: it loads the policy
 //! pack, starts watching it for changes, and serves on the given listener
-//! until `shutdown` resolves.
+//! until `shutdown` resolves. gRPC health is NOT_SERVING while no policy
+//! set is loaded (a watched directory that starts empty or broken).
 
 pub mod authzen;
 mod config;
@@ -36,7 +37,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = Arc::new(PolicyStore::new(config.policy.dir.clone()));
     if let LoadOutcome::Rejected(err) = store.reload() {
-        return Err(anyhow::anyhow!(err)).context("loading the initial policy pack");
+        // With the directory watched, a pack written later is loaded; until
+        // then health is NOT_SERVING and every decision is UNAVAILABLE.
+        // Unwatched, nothing could ever load: refuse to start.
+        if !config.policy.watch {
+            return Err(anyhow::anyhow!(err)).context("loading the initial policy pack");
+        }
+        tracing::warn!(
+            error = %err,
+            dir = %config.policy.dir.display(),
+            "no valid policy pack yet; health is NOT_SERVING and decisions fail UNAVAILABLE until one loads"
+        );
     }
     let _watch = if config.policy.watch {
         Some(watcher::watch(
@@ -54,11 +65,12 @@ pub async fn run(
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     );
-    tether_runtime::server::serve_with_http(
+    tether_runtime::server::serve_with_http_and_readiness(
         listener,
         routes,
         &[SERVICE_NAME],
         &config.server,
+        store.readiness(),
         shutdown,
     )
     .await?;

@@ -5,7 +5,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
 use tether_policy::{LoadError, PolicyPack};
+use tether_runtime::Readiness;
 use tether_runtime::clock::unix_now;
+
+/// The readiness check the store reports: a policy set is loaded.
+const READINESS_CHECK: &str = "policy-set";
 
 /// Result of one reload attempt.
 #[derive(Debug)]
@@ -35,6 +39,9 @@ pub struct PolicyStore {
     dir: PathBuf,
     current: ArcSwapOption<PolicyPack>,
     status: Mutex<LoadStatus>,
+    /// Health: NOT_SERVING while no policy set has ever loaded (a rejected
+    /// update with a good set still serving changes nothing).
+    readiness: Readiness,
     // INVARIANT: reloads are serialized, so an older read of the directory
     // can never overwrite a newer one.
     reload_lock: Mutex<()>,
@@ -46,6 +53,11 @@ impl PolicyStore {
             dir,
             current: ArcSwapOption::empty(),
             status: Mutex::new(LoadStatus::default()),
+            readiness: {
+                let readiness = Readiness::new();
+                readiness.set(READINESS_CHECK, false);
+                readiness
+            },
             reload_lock: Mutex::new(()),
         }
     }
@@ -53,6 +65,11 @@ impl PolicyStore {
     /// The serving pack, if any has ever loaded.
     pub fn current(&self) -> Option<Arc<PolicyPack>> {
         self.current.load_full()
+    }
+
+    /// What gRPC health reports: SERVING once a policy set is loaded.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
     }
 
     pub fn status(&self) -> LoadStatus {
@@ -87,6 +104,7 @@ impl PolicyStore {
                 }
                 let stats = pack.stats();
                 self.current.store(Some(Arc::new(pack)));
+                self.readiness.set(READINESS_CHECK, true);
                 status.loaded_at_unix = now;
                 tracing::info!(
                     policy_version = %version,

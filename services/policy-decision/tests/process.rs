@@ -161,7 +161,7 @@ fn start_then_sigterm(dir: &Path, tls: &str) -> Output {
     let config = write_config(
         dir,
         &format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain_timeout_secs = 5\n{tls}[policy]\ndir = \"{}\"\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_delay_secs = 0\ndrain_timeout_secs = 5\n{tls}[policy]\ndir = \"{}\"\n",
             example_pack().display()
         ),
     );
