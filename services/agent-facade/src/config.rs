@@ -384,6 +384,12 @@ impl ServiceConfig for Config {
             }
         }
         self.audit.validate()?;
+        if self.audit.enabled {
+            // The audit log's one total order lives in its store (one head
+            // row): replicas must share it.
+            self.server
+                .require_shared_store(&self.audit.effective_url())?;
+        }
         for (name, profile) in &self.profiles {
             if name.is_empty() || name.len() > 128 {
                 return invalid(format!("profiles: `{name}` is not a profile name"));
@@ -454,6 +460,19 @@ identity_exchange = "http://127.0.0.1:7001"
             PathBuf::from("/var/lib/tether/audit-key.pem")
         );
         assert_eq!(config.audit.checkpoint_interval(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn replicas_need_a_shared_audit_store() {
+        let e = parse("[server]\nreplicas = 2").unwrap_err();
+        assert!(
+            e.contains("server.replicas = 2") && e.contains("SQLite"),
+            "{e}"
+        );
+        assert!(
+            parse("[server]\nreplicas = 2\n[audit]\nurl = \"postgres://tether@db/tether\"").is_ok()
+        );
+        assert!(parse("[server]\nreplicas = 2\n[audit]\nenabled = false").is_ok());
     }
 
     #[test]
