@@ -166,8 +166,8 @@ impl IssuerEntry {
         let scopes = match claims.get(&self.scope_claim) {
             None => Vec::new(),
             Some(Value::String(s)) => s.split_ascii_whitespace().map(str::to_owned).collect(),
-            Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
-                strings(Some(&Value::Array(items.clone())))
+            Some(array @ Value::Array(items)) if items.iter().all(Value::is_string) => {
+                strings(Some(array))
             }
             Some(_) => {
                 return Err(format!(
