@@ -67,13 +67,22 @@ pub(crate) async fn read_capped(
     Ok(body)
 }
 
+/// How long an idle connection to an IdP is kept for reuse. Servers close
+/// idle keep-alive connections on their own clock (Node's default, which
+/// node-oidc-provider inherits, is 5 s), and a POST sent on a connection the
+/// server is closing fails with nothing to tell whether it arrived, so it
+/// cannot be retried: a CIBA poll every 5 s or more would hit exactly that.
+/// Below every common server timeout, a poll opens a fresh connection.
+pub const IDP_POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A reqwest client suitable for talking to an IdP: no redirects, bounded
-/// time.
+/// time, and no connection reused after [`IDP_POOL_IDLE`] of silence.
 pub fn idp_http_client(timeout: std::time::Duration) -> Result<reqwest::Client, HttpError> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout)
+        .pool_idle_timeout(IDP_POOL_IDLE)
         .build()
         .map_err(|e| HttpError(e.to_string()))
 }
