@@ -12,6 +12,7 @@ mod ciba;
 mod client;
 mod demo;
 mod device_page;
+mod error_mapping;
 mod facade;
 mod facade_audit;
 mod facade_cancel;

@@ -80,26 +80,58 @@ pub trait ServiceError: std::error::Error {
     }
 }
 
+/// The code and message a caller is told for `err`: internal detail becomes
+/// "internal error" (and is logged by [`into_status`], not here).
+pub fn public_parts<E: ServiceError + ?Sized>(err: &E) -> (Code, String) {
+    let code = err.error_code();
+    let message = if code == ServiceErrorCode::Internal {
+        "internal error".to_owned()
+    } else {
+        err.public_message()
+    };
+    (code.grpc_code(), message)
+}
+
 /// Converts a domain error to a `Status`, logging what the caller is not told.
+///
+/// Every status carries a `google.rpc.ErrorInfo` (domain [`ERROR_DOMAIN`]):
+/// its reason is the error's own [`ServiceError::reason`] or, when it has
+/// none, the code's name (`INVALID_ARGUMENT`, `INTERNAL`, …), so a program
+/// can always branch on the detail without parsing the message.
 pub fn into_status<E: ServiceError>(err: E) -> Status {
     let code = err.error_code();
     if code == ServiceErrorCode::Internal {
         tracing::error!(error = %err, "internal error");
-        return Status::internal("internal error");
+    } else {
+        tracing::debug!(code = ?code, error = %err, "request refused");
     }
-    tracing::debug!(code = ?code, error = %err, "request refused");
-    let (reason, retry) = (err.reason(), err.retry_after());
-    if reason.is_none() && retry.is_none() {
-        return Status::new(code.grpc_code(), err.public_message());
-    }
+    let (grpc_code, message) = public_parts(&err);
     let mut details = ErrorDetails::new();
-    if let Some(reason) = reason {
-        details.set_error_info(reason, ERROR_DOMAIN, err.error_metadata());
-    }
-    if let Some(delay) = retry {
+    let (reason, metadata) = match err.reason() {
+        Some(reason) => (reason, err.error_metadata()),
+        // The metadata belongs to a reason; an internal error says nothing more.
+        None => (code_reason(grpc_code).to_owned(), HashMap::new()),
+    };
+    details.set_error_info(reason, ERROR_DOMAIN, metadata);
+    if let Some(delay) = err.retry_after() {
         details.set_retry_info(Some(delay));
     }
-    Status::with_error_details(code.grpc_code(), err.public_message(), details)
+    Status::with_error_details(grpc_code, message, details)
+}
+
+/// The default `ErrorInfo` reason: the gRPC code's canonical name.
+fn code_reason(code: Code) -> &'static str {
+    match code {
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::NotFound => "NOT_FOUND",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        _ => "INTERNAL",
+    }
 }
 
 #[cfg(test)]
@@ -151,12 +183,14 @@ mod tests {
             details.retry_info().unwrap().retry_delay,
             Some(Duration::from_secs(42))
         );
-        assert!(
-            into_status(E::Bad)
-                .get_error_details()
-                .error_info()
-                .is_none()
+        let bad = into_status(E::Bad).get_error_details();
+        let info = bad.error_info().unwrap();
+        assert_eq!(
+            info.reason, "INVALID_ARGUMENT",
+            "the code names a reason-less error"
         );
+        assert_eq!(info.domain, "tether");
+        assert!(bad.retry_info().is_none());
     }
 
     #[test]
@@ -167,5 +201,13 @@ mod tests {
         let s = into_status(E::Boom);
         assert_eq!(s.code(), Code::Internal);
         assert_eq!(s.message(), "internal error");
+        let details = s.get_error_details();
+        let info = details.error_info().unwrap();
+        assert_eq!(info.reason, "INTERNAL");
+        assert!(info.metadata.is_empty());
+        assert!(
+            !format!("{s:?}").contains("hunter2"),
+            "no detail in any part"
+        );
     }
 }

@@ -854,9 +854,11 @@ impl Inner {
             task,
             tracing::Span::current(),
         ));
-        delivered
-            .await
-            .unwrap_or_else(|_| Err(Status::unavailable("the issuance task stopped")))
+        delivered.await.unwrap_or_else(|_| {
+            Err(into_status(FacadeError::Internal(
+                "the issuance task stopped without an answer".into(),
+            )))
+        })
     }
 
     async fn end_session(

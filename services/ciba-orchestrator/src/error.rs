@@ -41,6 +41,9 @@ pub enum ApprovalError {
     IdpUnavailable(String),
     #[error("the ticket store is unavailable: {0}")]
     Store(#[from] sqlx::Error),
+    /// This replica is stopping; the ticket is unaffected.
+    #[error("the approval service is shutting down; the ticket is unaffected, watch again")]
+    ShuttingDown,
     #[error("{0}")]
     Internal(String),
 }
@@ -100,7 +103,9 @@ impl ServiceError for ApprovalError {
             Self::FailedPrecondition(_) => ServiceErrorCode::FailedPrecondition,
             Self::NotFound(_) => ServiceErrorCode::NotFound,
             Self::Limited(_) => ServiceErrorCode::ResourceExhausted,
-            Self::IdpUnavailable(_) | Self::Store(_) => ServiceErrorCode::Unavailable,
+            Self::IdpUnavailable(_) | Self::Store(_) | Self::ShuttingDown => {
+                ServiceErrorCode::Unavailable
+            }
             Self::Internal(_) => ServiceErrorCode::Internal,
         }
     }
@@ -127,6 +132,7 @@ impl ServiceError for ApprovalError {
                 Self::IdpUnavailable(_) | Self::Store(_) => "DEPENDENCY_UNAVAILABLE",
                 Self::Token(e) if e.is_unavailable() => "DEPENDENCY_UNAVAILABLE",
                 Self::IdpRefused(_) => "APPROVAL_REFUSED_BY_IDP",
+                Self::ShuttingDown => "SHUTTING_DOWN",
                 Self::Token(TokenError::SessionRevoked) => "SESSION_REVOKED",
                 _ => return None,
             }

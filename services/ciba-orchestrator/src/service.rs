@@ -656,9 +656,7 @@ impl Inner {
                 () = tx.closed() => return,
                 _ = stop.changed() => {
                     let _ = tx
-                        .send(Err(Status::unavailable(
-                            "the approval service is shutting down; the ticket is unaffected, watch again",
-                        )))
+                        .send(Err(into_status(ApprovalError::ShuttingDown)))
                         .await;
                     return;
                 }

@@ -183,9 +183,10 @@ impl pb::identity_exchange_server::IdentityExchange for IdentityService {
                 }),
                 already_revoked: already,
             })),
-            None => Err(Status::not_found(
-                "no session with this `sid` was ever minted",
-            )),
+            None => Err(ExchangeError::NotFound(
+                "no session with this `sid` was ever minted".into(),
+            )
+            .into_status()),
         }
     }
 

@@ -219,26 +219,17 @@ impl pb::policy_decision_server::PolicyDecision for PolicyDecisionService {
 
 /// A batch item that could not be evaluated: a DENY that says why.
 fn rejected_item(err: &PdpError, version: &str, request_id: &str) -> pb::CheckResponse {
-    let status = into_status_ref(err);
+    let (code, message) = tether_runtime::error::public_parts(err);
     pb::CheckResponse {
         decision: pb::Decision::Deny.into(),
         policy_ids: Vec::new(),
-        reasons: vec![format!(
-            "request rejected ({:?}): {}",
-            status.code(),
-            status.message()
-        )],
+        reasons: vec![format!("request rejected ({code:?}): {message}")],
         errors: vec![pb::EvaluationError {
             policy_id: String::new(),
-            message: status.message().to_owned(),
+            message,
         }],
         step_up: None,
         policy_version: version.to_owned(),
         request_id: request_id.chars().take(MAX_REQUEST_ID_BYTES).collect(),
     }
-}
-
-fn into_status_ref(err: &PdpError) -> Status {
-    use tether_runtime::ServiceError as _;
-    Status::new(err.error_code().grpc_code(), err.public_message())
 }
