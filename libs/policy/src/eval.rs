@@ -133,14 +133,14 @@ impl PolicyPack {
         if !self.actions.contains(&action) {
             return Err(RequestError::Invalid(format!(
                 "unknown action `{}`, not declared in the schema",
-                clip(&action.to_string())
+                tether_runtime::clip(&action.to_string())
             )));
         }
         for (what, uid) in [("principal", &principal), ("resource", &resource)] {
             if !self.entity_types.contains(uid.type_name()) {
                 return Err(RequestError::Invalid(format!(
                     "unknown {what} entity type `{}`, not declared in the schema",
-                    clip(&uid.type_name().to_string())
+                    tether_runtime::clip(&uid.type_name().to_string())
                 )));
             }
         }
@@ -456,7 +456,7 @@ fn uid(what: &str, (type_name, id): (&str, &str)) -> Result<EntityUid, RequestEr
     let type_name = EntityTypeName::from_str(type_name).map_err(|_| {
         RequestError::Invalid(format!(
             "{what} type `{}` is not a valid Cedar type name",
-            clip(type_name)
+            tether_runtime::clip(type_name)
         ))
     })?;
     Ok(EntityUid::from_type_name_and_id(
@@ -499,16 +499,6 @@ fn chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     message
-}
-
-/// Caller-supplied text echoed in an error is cut short.
-fn clip(text: &str) -> String {
-    const MAX: usize = 64;
-    if text.chars().count() <= MAX {
-        text.to_owned()
-    } else {
-        text.chars().take(MAX).chain(std::iter::once('…')).collect()
-    }
 }
 
 #[cfg(test)]

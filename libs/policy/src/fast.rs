@@ -411,8 +411,10 @@ pub fn reject_duplicate_keys(text: &str) -> Result<(), String> {
             let mut seen = HashSet::new();
             while let Some(key) = map.next_key::<String>()? {
                 if !seen.insert(key.clone()) {
-                    let shown: String = key.chars().take(64).collect();
-                    return Err(A::Error::custom(format!("duplicate key `{shown}`")));
+                    return Err(A::Error::custom(format!(
+                        "duplicate key `{}`",
+                        tether_runtime::clip(&key)
+                    )));
                 }
                 map.next_value_seed(self)?;
             }

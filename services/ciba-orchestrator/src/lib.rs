@@ -33,6 +33,7 @@ use anyhow::Context as _;
 use tether_proto::approval::v1::approval_orchestrator_server::{
     ApprovalOrchestratorServer, SERVICE_NAME,
 };
+use tether_runtime::tasks::Tasks;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
@@ -47,7 +48,7 @@ pub use store::{GrantRow, State as TicketState, Store, TicketRow};
 
 /// How long [`Orchestrator::stop`] waits for ticket drivers and background
 /// tasks before aborting them.
-const STOP_DEADLINE: Duration = Duration::from_secs(5);
+const STOP_DEADLINE: Duration = tether_runtime::tasks::STOP_DEADLINE;
 
 /// Installs the process-wide rustls provider (aws-lc); a provider
 /// installed earlier is kept.
@@ -63,11 +64,10 @@ pub struct Orchestrator {
     store: Store,
     drivers: Drivers,
     ping_path: Option<String>,
-    stop: tokio::sync::watch::Sender<bool>,
     /// Set when shutdown starts: open WatchApproval streams end with
     /// UNAVAILABLE at once instead of holding the drain.
     draining: Arc<tokio::sync::watch::Sender<bool>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Tasks,
 }
 
 impl Orchestrator {
@@ -91,12 +91,12 @@ impl Orchestrator {
         if let Err(e) = ciba.discover().await {
             tracing::warn!(error = %e, issuer = %config.ciba.issuer, "the IdP's discovery document is not reachable at start-up; approvals fail UNAVAILABLE until it is");
         }
-        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut tasks = Tasks::new();
         let (draining, drained) = tokio::sync::watch::channel(false);
         let (sessions, revocation_sync) = tether_token::Sessions::start(
             &config.sessions,
             &config.server.tls,
-            stop_signal(stopped.clone()),
+            tasks.signal().wait(),
         )
         .await
         .context("building the identity exchange clients")?;
@@ -105,7 +105,7 @@ impl Orchestrator {
             ciba,
             config.grants,
             config.tickets,
-            stopped.clone(),
+            tasks.signal().receiver(),
         );
         // With SQLite only one replica runs: every PENDING ticket is ours.
         let single_replica = matches!(
@@ -115,7 +115,8 @@ impl Orchestrator {
         if let Err(e) = drivers.claim(single_replica).await {
             tracing::warn!(error = %e, "could not resume pending tickets at start-up; the claim loop retries");
         }
-        let tasks = vec![revocation_sync, tokio::spawn(drivers.clone().run_claims())];
+        tasks.adopt("revocation-sync", revocation_sync);
+        tasks.spawn("ticket-claims", drivers.clone().run_claims());
         let service = ApprovalService::new(
             sessions,
             store.clone(),
@@ -141,7 +142,6 @@ impl Orchestrator {
             store,
             drivers,
             ping_path,
-            stop,
             draining: Arc::new(draining),
             tasks,
         })
@@ -188,25 +188,13 @@ impl Orchestrator {
 
     /// Stops the drivers and background tasks; a PENDING ticket stays
     /// PENDING and is resumed by the next start (or another replica).
-    pub async fn stop(mut self) {
-        let _ = self.stop.send(true);
+    pub async fn stop(self) {
+        // The drivers watch the tasks' signal: raise it, let them finish,
+        // then the tasks.
+        self.tasks.request_stop();
         self.drivers.join(STOP_DEADLINE).await;
-        tether_runtime::tasks::join_all(self.tasks.drain(..), STOP_DEADLINE).await;
+        self.tasks.stop(STOP_DEADLINE).await;
     }
-}
-
-impl Drop for Orchestrator {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-/// Resolves once `stop` says so (or its sender is gone).
-async fn stop_signal(mut stop: tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 /// Starts the orchestrator and serves gRPC on `listener` (and pings on
@@ -237,25 +225,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let orchestrator = Orchestrator::start(&config).await?;
-    let (stopping, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut listeners = Tasks::new();
     let pings_here = ping_listener.is_none();
-    let ping_server = match (ping_listener, orchestrator.ping_router()) {
-        (Some(ping_listener), Some(router)) => {
-            tracing::info!(addr = ?ping_listener.local_addr().ok(), "serving CIBA pings (plain HTTP: terminate TLS in front)");
-            let mut stop = stopping.subscribe();
-            Some(tokio::spawn(async move {
-                let served = axum::serve(ping_listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.recv().await;
-                    })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "the ping listener stopped with an error");
-                }
-            }))
-        }
-        _ => None,
-    };
+    if let (Some(ping_listener), Some(router)) = (ping_listener, orchestrator.ping_router()) {
+        tracing::info!(addr = ?ping_listener.local_addr().ok(), "serving CIBA pings (plain HTTP: terminate TLS in front)");
+        let stop = listeners.signal().wait();
+        listeners.spawn("ping-listener", async move {
+            let served = axum::serve(ping_listener, router)
+                .with_graceful_shutdown(stop)
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the ping listener stopped with an error");
+            }
+        });
+    }
     let routes = orchestrator.routes(config.server.max_message_bytes, pings_here);
     let draining = Arc::clone(&orchestrator.draining);
     let shutdown = async move {
@@ -270,10 +253,7 @@ pub async fn serve(
         shutdown,
     )
     .await;
-    let _ = stopping.send(());
-    if let Some(task) = ping_server {
-        let _ = tokio::time::timeout(STOP_DEADLINE, task).await;
-    }
+    listeners.stop(STOP_DEADLINE).await;
     orchestrator.stop().await;
     served?;
     Ok(())

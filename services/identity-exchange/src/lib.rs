@@ -67,16 +67,15 @@ pub async fn run(
         &http,
     )?);
 
+    let mut tasks = tether_runtime::tasks::Tasks::new();
     // Every replica prunes: the deletes are bounded and by key, so two
     // passes at once only share the work.
-    let prune = tokio::spawn({
+    let pruning = config.pruning;
+    tasks.every("prune", Duration::from_secs(pruning.interval_secs), {
         let store = store.clone();
-        let pruning = config.pruning;
-        async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(pruning.interval_secs));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
+        move || {
+            let store = store.clone();
+            async move {
                 match store
                     .prune(
                         exchange::unix_now_ms(),
@@ -99,55 +98,50 @@ pub async fn run(
         }
     });
 
-    let rotation = (config.tokens.rotate_after_secs > 0).then(|| {
+    if config.tokens.rotate_after_secs > 0 {
         let ring = Arc::clone(exchanger.ring_arc());
-        let rotate_ms = i64::try_from(config.tokens.rotate_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let keep_ms = i64::try_from((config.tokens.max_lifetime_secs + config.tokens.leeway_secs) * 1000).unwrap_or(i64::MAX);
+        let rotate_ms =
+            i64::try_from(config.tokens.rotate_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let keep_ms =
+            i64::try_from((config.tokens.max_lifetime_secs + config.tokens.leeway_secs) * 1000)
+                .unwrap_or(i64::MAX);
         let every = Duration::from_secs((config.tokens.rotate_after_secs / 4).clamp(1, 60));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                if let Err(e) = ring.maintain(rotate_ms, keep_ms) {
-                    tracing::error!(error = %e, "signing key rotation failed; the current key keeps signing");
-                }
+        tasks.every("key-rotation", every, move || {
+            if let Err(e) = ring.maintain(rotate_ms, keep_ms) {
+                tracing::error!(error = %e, "signing key rotation failed; the current key keeps signing");
             }
-        })
-    });
+            std::future::ready(())
+        });
+    }
 
     // Keys added to or removed from the shared directory (another
     // replica's rotation, an operator's new key in the Secret) are picked
     // up without a restart; a directory that cannot be used keeps the
     // last good keys serving.
-    let reload = (config.tokens.keys_reload_secs > 0).then(|| {
+    if config.tokens.keys_reload_secs > 0 {
         let ring = Arc::clone(exchanger.ring_arc());
         let every = Duration::from_secs(config.tokens.keys_reload_secs);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(e) = ring.reload() {
-                    tracing::error!(error = %e, "re-reading the signing keys failed; the loaded keys keep serving");
-                }
+        tasks.every("key-reload", every, move || {
+            if let Err(e) = ring.reload() {
+                tracing::error!(error = %e, "re-reading the signing keys failed; the loaded keys keep serving");
             }
-        })
-    });
+            std::future::ready(())
+        });
+    }
 
     // Health: NOT_SERVING while a trusted IdP's keys are past their allowed
     // staleness (`http.jwks_max_stale_secs`). Keys that are stale, or as
     // old as the allowance, are fetched again on every pass: a replica out
     // of the endpoints (or an idle one) gets no request that would.
     let readiness = tether_runtime::Readiness::new();
-    let key_health = tokio::spawn({
+    let every = Duration::from_secs(config.http.jwks_min_refresh_secs.max(1));
+    tasks.every("idp-key-health", every, {
         let exchanger = Arc::clone(&exchanger);
         let readiness = readiness.clone();
-        let every = Duration::from_secs(config.http.jwks_min_refresh_secs.max(1));
-        async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
+        move || {
+            let exchanger = Arc::clone(&exchanger);
+            let readiness = readiness.clone();
+            async move {
                 for entry in exchanger.issuers().iter() {
                     if entry.keys_need_fetch().await {
                         entry.refetch().await;
@@ -174,14 +168,7 @@ pub async fn run(
         shutdown,
     )
     .await;
-    key_health.abort();
-    prune.abort();
-    if let Some(rotation) = rotation {
-        rotation.abort();
-    }
-    if let Some(reload) = reload {
-        reload.abort();
-    }
+    tasks.stop(tether_runtime::tasks::STOP_DEADLINE).await;
     result?;
     Ok(())
 }

@@ -49,10 +49,13 @@ pub async fn run(
             "no valid policy pack yet; health is NOT_SERVING and decisions fail UNAVAILABLE until one loads"
         );
     }
-    let _watch = if config.policy.watch {
+    let mut tasks = tether_runtime::tasks::Tasks::new();
+    // Held for as long as the server runs: dropping it stops the watch.
+    let _watcher = if config.policy.watch {
         Some(watcher::watch(
             Arc::clone(&store),
             config.policy.reload_debounce(),
+            &mut tasks,
         )?)
     } else {
         None
@@ -65,7 +68,7 @@ pub async fn run(
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     );
-    tether_runtime::server::serve_with_http_and_readiness(
+    let served = tether_runtime::server::serve_with_http_and_readiness(
         listener,
         routes,
         &[SERVICE_NAME],
@@ -73,7 +76,9 @@ pub async fn run(
         store.readiness(),
         shutdown,
     )
-    .await?;
+    .await;
+    tasks.stop(tether_runtime::tasks::STOP_DEADLINE).await;
+    served?;
     Ok(())
 }
 

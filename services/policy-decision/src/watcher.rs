@@ -5,24 +5,19 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use notify::{RecursiveMode, Watcher as _};
+use tether_runtime::tasks::Tasks;
 use tokio::sync::mpsc;
 
 use crate::store::PolicyStore;
 
-/// Keeps the watch alive; dropping it stops watching.
-#[derive(Debug)]
-pub struct WatchGuard {
-    _watcher: notify::RecommendedWatcher,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for WatchGuard {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-pub fn watch(store: Arc<PolicyStore>, debounce: Duration) -> anyhow::Result<WatchGuard> {
+/// Watches the pack directory and reloads it, in a task of `tasks`, after
+/// each burst of changes has been quiet for `debounce`. Events arrive only
+/// while the returned watcher is held.
+pub fn watch(
+    store: Arc<PolicyStore>,
+    debounce: Duration,
+    tasks: &mut Tasks,
+) -> anyhow::Result<notify::RecommendedWatcher> {
     // Capacity 1: a burst of file events collapses into one pending reload.
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher =
@@ -38,8 +33,14 @@ pub fn watch(store: Arc<PolicyStore>, debounce: Duration) -> anyhow::Result<Watc
         .watch(store.dir(), RecursiveMode::Recursive)
         .with_context(|| format!("watching `{}`", store.dir().display()))?;
 
-    let task = tokio::spawn(async move {
-        while rx.recv().await.is_some() {
+    let mut stop = tasks.signal();
+    tasks.spawn("policy-reload", async move {
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.stopped() => return,
+                event = rx.recv() => if event.is_none() { return },
+            }
             // Wait for the writes to settle, then drop the events they caused.
             tokio::time::sleep(debounce).await;
             while rx.try_recv().is_ok() {}
@@ -49,8 +50,5 @@ pub fn watch(store: Arc<PolicyStore>, debounce: Duration) -> anyhow::Result<Watc
             }
         }
     });
-    Ok(WatchGuard {
-        _watcher: watcher,
-        task,
-    })
+    Ok(watcher)
 }
