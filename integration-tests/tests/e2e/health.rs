@@ -346,3 +346,112 @@ async fn sigterm_reports_not_serving_first_keeps_serving_through_the_delay_then_
         "the delay comes before the drain:\n{log}"
     );
 }
+
+/// A "Vault" that accepts connections and never answers: the issuer's
+/// login (and anything else it asks) hangs until its own request timeout.
+fn hung_vault() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+#[tokio::test]
+async fn a_stop_with_work_hung_on_vault_is_cut_off_at_the_drain_deadline() {
+    // The issuer as a real process whose Vault never answers (request
+    // timeout 10 min): its login is in flight for the whole test. SIGTERM
+    // must still end the process within `drain_timeout_secs`, not when
+    // Vault gives up.
+    let (_vault, vault_port) = hung_vault();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let link = bin.path().join("tether-credential-issuer");
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let token_file = dir.path().join("vault-token");
+    std::fs::write(&token_file, "not-a-real-token").unwrap();
+    let config = dir.path().join("issuer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:{port}"
+shutdown_delay_secs = 0
+drain_timeout_secs = 2
+[server.tls]
+insecure_plaintext = true
+[vault]
+address = "http://127.0.0.1:{vault_port}"
+request_timeout_ms = 600000
+[vault.auth]
+method = "token"
+token_file = "{token}"
+[store]
+data_dir = "{data}"
+[profiles.readonly]
+vault_path = "database/creds/readonly"
+max_ttl_secs = 600
+[sessions]
+token_issuer = "https://127.0.0.1:1"
+audience = "https://tether.local/facade"
+jwks_url = "https://127.0.0.1:1/.well-known/jwks.json"
+identity_exchange = "https://127.0.0.1:1"
+"#,
+            token = token_file.display(),
+            data = dir.path().display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("issuer.log");
+    let mut command = Command::new(&link);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TETHER_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Up once its port accepts and it has opened its registry: from then
+    // on it waits on Vault (the start-up reconciler, the login).
+    let started = eventually(Duration::from_secs(30), || {
+        let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && read_log().contains("lease registry ready");
+        async move { if up { Ok(()) } else { Err("not up yet") } }
+    })
+    .await;
+    assert!(started.is_ok(), "{started:?}; log:\n{}", read_log());
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // A guard against hanging, not a timing goal: without the deadline the
+    // process waits out the 10-minute Vault timeout.
+    let exit = eventually(Duration::from_secs(60), || {
+        let status = child.try_wait().unwrap();
+        async move { status.ok_or("still running") }
+    })
+    .await;
+    let log_text = read_log();
+    let _ = child.kill();
+    let exit = exit.unwrap_or_else(|_| panic!("the issuer did not exit; log:\n{log_text}"));
+    assert!(exit.success(), "{exit:?}\n{log_text}");
+    assert!(
+        log_text.contains("drain deadline passed with work still running")
+            || log_text.contains("did not stop in time; aborting it"),
+        "the hung work was cut off, and said so:\n{log_text}"
+    );
+    assert!(
+        !log_text.contains("not-a-real-token"),
+        "the Vault token is never logged"
+    );
+}
