@@ -4,6 +4,8 @@
 //! send an error a program cannot branch on. This reads the services'
 //! source, so a new hand-built status fails here with its file and line.
 
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
 use std::path::{Path, PathBuf};
 
 /// `tonic::Status` constructors a handler could call directly.
