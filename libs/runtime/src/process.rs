@@ -28,7 +28,16 @@ struct Args {
     /// Check the configuration and exit (0 when valid, 64 when not).
     #[arg(long)]
     validate_only: bool,
+    /// Ask the plaintext gRPC health service at HOST:PORT (a running
+    /// service's `server.ops_listen`) and exit 0 when it answers SERVING,
+    /// 1 otherwise: a container health check that needs no other binary.
+    /// Reads no configuration.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["config", "validate_only"])]
+    probe: Option<String>,
 }
+
+/// How long `--probe` waits for an answer.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Runs a service: parses arguments, loads configuration, binds
 /// `server.listen` and calls `run(config, listener, shutdown)`.
@@ -49,6 +58,9 @@ where
             return ExitCode::FAILURE;
         }
     };
+    if let Some(addr) = args.probe {
+        return runtime.block_on(probe(&addr));
+    }
     let code = runtime.block_on(async move {
         let _telemetry = match crate::telemetry::init(service) {
             Ok(guard) => guard,
@@ -80,6 +92,48 @@ where
     // that ignored its stop signal, nor a blocking call still running.
     runtime.shutdown_background();
     code
+}
+
+/// `--probe`: one health check over plaintext, its answer on stdout.
+async fn probe(addr: &str) -> ExitCode {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    match probe_status(addr).await {
+        Ok(ServingStatus::Serving) => {
+            println!("SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            println!("{}", status.as_str_name());
+            ExitCode::FAILURE
+        }
+        Err(why) => {
+            eprintln!("error: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the health service at `addr` says of the whole server, within
+/// [`PROBE_TIMEOUT`].
+async fn probe_status(
+    addr: &str,
+) -> Result<tonic_health::pb::health_check_response::ServingStatus, String> {
+    let asked = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("`{}` is not HOST:PORT: {e}", crate::clip(addr)))?
+            .connect_timeout(PROBE_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to `{}`: {e}", crate::clip(addr)))?;
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .map(|answer| answer.into_inner().status())
+            .map_err(|status| format!("health check refused: {}", status.message()))
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, asked)
+        .await
+        .map_err(|_| format!("no answer within {} s", PROBE_TIMEOUT.as_secs()))?
 }
 
 async fn serve<C, F, Fut>(config: C, run: F) -> anyhow::Result<()>
@@ -198,6 +252,35 @@ mod tests {
             drain_timeout_secs: drain,
             ..ServerConfig::default()
         }
+    }
+
+    #[tokio::test]
+    async fn probe_reports_what_health_says_and_fails_closed() {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        assert_eq!(probe_status(&addr).await, Ok(ServingStatus::NotServing));
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        assert_eq!(probe_status(&addr).await, Ok(ServingStatus::Serving));
+        server.abort();
+
+        // Nothing listening, or not an address: an error, never SERVING.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let gone = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        assert!(probe_status(&gone).await.is_err());
+        assert!(probe_status("not an address\n").await.is_err());
     }
 
     #[tokio::test]
