@@ -113,6 +113,25 @@ ensure_python_agent() {
     export PYTHON_AGENT_PY
 }
 
+# The deployment checks (deploy/tests/check.py: the Helm chart rendered and
+# linted with helm-python-sdk, objects validated with kubernetes-validate,
+# the compose file and the Dockerfile read statically): their pinned
+# requirements in a project-local virtualenv, reinstalled when
+# deploy/requirements.txt changes. The e2e `deploy` tests read
+# DEPLOY_CHECKS_PY (not TETHER_…, which the services read as configuration).
+ensure_deploy_tools() {
+    local venv="$TOOLS/deploy-venv" req="$ROOT/deploy/requirements.txt"
+    if ! cmp -s "$req" "$venv/requirements.txt"; then
+        log "installing the deployment checks' pinned requirements (pip into .tools/deploy-venv)"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+        cp "$req" "$venv/requirements.txt"
+    fi
+    DEPLOY_CHECKS_PY="$venv/bin/python"
+    export DEPLOY_CHECKS_PY
+}
+
 ensure_nextest() {
     if ! cargo nextest --version >/dev/null 2>&1; then
         log "installing cargo-nextest (pinned)"
@@ -171,6 +190,7 @@ cmd_test() {
     ensure_idp
     ensure_chromium
     ensure_python_agent
+    ensure_deploy_tools
     log "test IdP: every flow end to end (node smoke.mjs)"
     if ! (cd integration-tests/idp && node smoke.mjs >"$WORK/idp-smoke.log" 2>&1); then
         cat "$WORK/idp-smoke.log" >&2

@@ -26,6 +26,15 @@
 //!    PostgreSQL roles do not pile up and no session reaches the issuer's
 //!    lease limit.
 //!
+//! 3. `Authorize` with risk monitoring on vs off (`-- monitoring`): the
+//!    stack's facade (monitoring off) against two more facades on the same
+//!    stack with `[monitoring] enabled = true`, one with the one-replica
+//!    SQLite store, one with the replicas' PostgreSQL store (the stack's
+//!    PostgreSQL), each with its own audit log; sequential p50/p99 in
+//!    alternating rounds, and the ratio to monitoring off (target ≤ 1.1×).
+//!    Each decision reads the session's and the agent's counters (two
+//!    queries) and adds its own (one transaction).
+//!
 //! Every timed call checks its answer (ALLOW, a credential), so an error
 //! path is never measured.
 
@@ -109,6 +118,33 @@ fn main() -> anyhow::Result<()> {
         let (running, addr) = stack.start_facade(config).await?;
         anyhow::Ok((stack, addr, running))
     })?;
+    // Two more with monitoring on (SQLite, PostgreSQL), each with an audit
+    // log of its own, as the stack's facade has.
+    let monitored_dir = tempfile::tempdir()?;
+    let monitored = if wanted("monitoring") {
+        Some(servers.block_on(async {
+            let mut started = Vec::new();
+            for (name, url) in [
+                ("sqlite", None),
+                ("postgres", Some(stack.deps.pg.admin_url("postgres"))),
+            ] {
+                let dir = monitored_dir.path().join(name);
+                let mut config = stack.config().clone();
+                config.audit.data_dir = dir.join("audit");
+                config.monitoring = tether_agent_facade::MonitoringConfig {
+                    enabled: true,
+                    url,
+                    data_dir: dir.clone(),
+                    ..tether_agent_facade::MonitoringConfig::default()
+                };
+                let (running, addr) = stack.start_facade(config).await?;
+                started.push((name, running, addr));
+            }
+            anyhow::Ok(started)
+        })?)
+    } else {
+        None
+    };
     let result = runtime.block_on(async {
         if wanted("authorize") {
             authorize_part(&stack).await?;
@@ -116,11 +152,19 @@ fn main() -> anyhow::Result<()> {
         if wanted("acquire") {
             acquire_part(&stack, unaudited_addr).await?;
         }
+        if let Some(monitored) = &monitored {
+            let addrs: Vec<(&str, std::net::SocketAddr)> =
+                monitored.iter().map(|(n, _, a)| (*n, *a)).collect();
+            monitoring_part(&stack, &addrs).await?;
+        }
         anyhow::Ok(())
     });
     servers.block_on(async move {
         let mut unaudited = unaudited;
         let _ = unaudited.stop().await;
+        for (_, mut running, _) in monitored.into_iter().flatten() {
+            let _ = running.stop().await;
+        }
         let _ = stack.shutdown().await;
     });
     result
@@ -224,6 +268,62 @@ async fn authorize_part(stack: &FacadeStack) -> anyhow::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------
+// 3. Authorize with monitoring on vs off
+
+async fn monitoring_part(
+    stack: &FacadeStack,
+    monitored: &[(&str, std::net::SocketAddr)],
+) -> anyhow::Result<()> {
+    // One session per facade, so each one's counters are its own.
+    let caller = |addr| -> anyhow::Result<AuthorizeCaller> {
+        Ok(AuthorizeCaller {
+            client: AgentGatewayClient::new(stack.pki().anonymous_channel(addr)?),
+            token: String::new(),
+        })
+    };
+    let mut callers = vec![("off", caller(stack.addr())?)];
+    for (name, addr) in monitored {
+        callers.push((name, caller(*addr)?));
+    }
+    for (_, c) in &mut callers {
+        c.token = stack.session().await?.delegated_token;
+        sequential(c, WARMUP, 0).await?;
+    }
+    let mut totals = Vec::new();
+    for _ in &callers {
+        totals.push(Stats::new()?);
+    }
+    let n = callers.len();
+    for round in 0..ROUNDS {
+        for k in (0..n).map(|k| (round + k) % n) {
+            let stats = sequential(&mut callers[k].1, 0, PER_ROUND).await?;
+            totals[k].merge(&stats)?;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!();
+    println!(
+        "| `Authorize` (allowed read), sequential | p50 / p99 (µs) | p50 ratio to off | p99 ratio to off |"
+    );
+    println!("| --- | ---: | ---: | ---: |");
+    let off = &totals[0];
+    for ((name, _), stats) in callers.iter().zip(&totals) {
+        let label = if *name == "off" {
+            "monitoring off".to_owned()
+        } else {
+            format!("monitoring on, {name} store")
+        };
+        println!(
+            "| {label} | {} | {:.2}× | {:.2}× |",
+            stats.p50_p99(),
+            stats.micros(0.5) / off.micros(0.5),
+            stats.micros(0.99) / off.micros(0.99),
+        );
+    }
+    Ok(())
+}
+
 fn authorize_row(name: &str, facade: &Stats, direct: &Stats, per_second: Option<(f64, f64)>) {
     let rates = per_second
         .map(|(f, d)| format!("{f:.0} / {d:.0}"))
@@ -303,7 +403,12 @@ fn check_request(
             // The session's intent names `read` on employee 1042.
             "in_intent": true,
         },
-        "risk": { "score": config.risk.baseline_score },
+        "risk": tether_agent_facade::Risk::baseline(
+            config.risk.baseline_score,
+            config.monitoring.medium_at,
+            config.monitoring.high_at,
+        )
+        .to_context(),
     });
     Ok(policy_pb::CheckRequest {
         principal: Some(policy_pb::EntityUid {

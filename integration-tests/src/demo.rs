@@ -23,7 +23,7 @@ use tether_client::{
 };
 
 use crate::otlp::Collector;
-use crate::processes::ProcessStack;
+use crate::processes::{ProcessStack, ProcessStackBuilder};
 use crate::waterfall::Trace;
 
 /// The session's declared intent (RFC 9396 `authorization_details`): read,
@@ -68,8 +68,23 @@ pub struct Story {
 }
 
 /// Starts the stack (exporting spans to `otlp` when set, else to a
-/// collector of its own) and runs the story.
+/// collector of its own) and runs the story, with the facade's risk
+/// monitoring on, as a deployment runs it (default rules and weights: the
+/// story trips none of them).
 pub async fn run(options: &Options, otlp: Option<String>) -> anyhow::Result<(Story, ProcessStack)> {
+    run_with(options, otlp, |builder| {
+        builder.monitoring(serde_json::json!({ "enabled": true }))
+    })
+    .await
+}
+
+/// [`run`] on a stack `adjust` configures further (e.g. the facade's
+/// `[monitoring]`): the same story, step for step.
+pub async fn run_with(
+    options: &Options,
+    otlp: Option<String>,
+    adjust: impl FnOnce(ProcessStackBuilder) -> ProcessStackBuilder,
+) -> anyhow::Result<(Story, ProcessStack)> {
     let collector = match &otlp {
         Some(_) => None,
         None => Some(
@@ -81,7 +96,7 @@ pub async fn run(options: &Options, otlp: Option<String>) -> anyhow::Result<(Sto
     let endpoint = otlp
         .clone()
         .or_else(|| collector.as_ref().map(|(_, endpoint)| endpoint.clone()));
-    let mut builder = ProcessStack::builder(&options.services_bin).grant_uses(2);
+    let mut builder = adjust(ProcessStack::builder(&options.services_bin).grant_uses(2));
     if let Some(endpoint) = &endpoint {
         builder = builder.otlp_endpoint(endpoint);
     }

@@ -189,6 +189,8 @@ impl FacadeStackBuilder {
                 checkpoint_interval_secs: 1,
                 ..tether_agent_facade::AuditConfig::default()
             },
+            // Off unless a test turns it on (`configure`).
+            monitoring: tether_agent_facade::MonitoringConfig::default(),
             profiles: BTreeMap::from([
                 (
                     "hr-read".to_owned(),

@@ -51,6 +51,7 @@ pub fn hr_profiles(max_ttl_secs: u64) -> BTreeMap<String, Profile> {
             Profile {
                 vault_path: "database/creds/hr-readonly".into(),
                 max_ttl_secs,
+                database_sweep: None,
             },
         ),
         (
@@ -58,6 +59,7 @@ pub fn hr_profiles(max_ttl_secs: u64) -> BTreeMap<String, Profile> {
             Profile {
                 vault_path: "database/creds/hr-writer".into(),
                 max_ttl_secs,
+                database_sweep: None,
             },
         ),
     ])
@@ -344,6 +346,7 @@ pub struct IssuerSandboxBuilder {
     limits: Limits,
     server: ServerConfig,
     vault_timeout_ms: u64,
+    creation_timeout_ms: Option<u64>,
     test_hooks: TestHooks,
     pki: std::sync::Arc<crate::pki::TestPki>,
 }
@@ -368,6 +371,7 @@ impl IssuerSandboxBuilder {
             limits: Limits::default(),
             server: ServerConfig::default(),
             vault_timeout_ms: 2_000,
+            creation_timeout_ms: None,
             test_hooks: TestHooks::default(),
             // One CA for the whole stack: the issuer calls the identity
             // exchange with a certificate it trusts, and vice versa.
@@ -427,6 +431,13 @@ impl IssuerSandboxBuilder {
         self
     }
 
+    /// `vault.creation_timeout_ms` (default: twice the Vault timeout, so
+    /// interrupted issuances settle quickly).
+    pub fn creation_timeout_ms(mut self, ms: u64) -> Self {
+        self.creation_timeout_ms = Some(ms);
+        self
+    }
+
     /// The configuration `start` would use, with its data directory.
     pub fn config(&self, data_dir: &std::path::Path) -> anyhow::Result<Config> {
         let mut server = self.server.clone();
@@ -439,6 +450,9 @@ impl IssuerSandboxBuilder {
                 address: self.vault_address.clone(),
                 auth: self.auth.clone(),
                 request_timeout_ms: self.vault_timeout_ms,
+                creation_timeout_ms: self
+                    .creation_timeout_ms
+                    .unwrap_or(2 * self.vault_timeout_ms),
                 ca_cert_file: None,
             },
             store: StoreConfig {

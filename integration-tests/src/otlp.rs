@@ -1,4 +1,4 @@
-//! An OTLP/gRPC trace receiver on loopback: what the services export to when
+//! An OTLP/gRPC trace and metrics receiver on loopback: what the services export to when
 //! a test or the demo sets `OTEL_EXPORTER_OTLP_ENDPOINT` to
 //! [`Collector::start`]'s endpoint. No Jaeger or OpenTelemetry Collector can
 //! be installed here, so this small `TraceService` stands in for one; it keeps
@@ -14,6 +14,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -32,6 +38,10 @@ use crate::Running;
 /// (RESOURCE_EXHAUSTED): a demo or a test produces a few hundred; anything
 /// on loopback can reach the port, so memory stays bounded.
 pub const MAX_SPANS: usize = 100_000;
+
+/// How many metric exports the receiver keeps before it refuses further
+/// ones (RESOURCE_EXHAUSTED), for the same reason.
+pub const MAX_METRIC_EXPORTS: usize = 10_000;
 
 /// How long [`Collector::trace`] waits for the first span of a trace.
 pub const FIRST_SPAN_WAIT: Duration = Duration::from_secs(20);
@@ -139,6 +149,7 @@ pub struct TraceSummary {
 struct Received {
     exports: Vec<ExportTraceServiceRequest>,
     spans: usize,
+    metrics: Vec<ExportMetricsServiceRequest>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -179,6 +190,33 @@ impl TraceService for Receiver {
     }
 }
 
+#[tonic::async_trait]
+impl MetricsService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut received = self.lock();
+        if received.metrics.len() >= MAX_METRIC_EXPORTS {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "the receiver holds its maximum of {MAX_METRIC_EXPORTS} metric exports"
+            )));
+        }
+        received.metrics.push(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// One exported metric: the service (resource `service.name`) that
+/// exported it and the metric as it arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportedMetric {
+    pub service: String,
+    pub metric: opentelemetry_proto::tonic::metrics::v1::Metric,
+}
+
 /// The receiver, serving until dropped.
 #[derive(Debug)]
 pub struct Collector {
@@ -200,9 +238,11 @@ impl Collector {
             .local_addr()
             .context("reading the OTLP receiver's address")?;
         let service = TraceServiceServer::new(receiver.clone());
+        let metrics = MetricsServiceServer::new(receiver.clone());
         let server = Running::spawn(|shutdown| async move {
             tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(metrics)
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener),
                     shutdown,
@@ -245,6 +285,32 @@ impl Collector {
                         out.push(Exported {
                             service: service.clone(),
                             span: span.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every metric received so far, in arrival order (a metric is in
+    /// every periodic export, so it repeats).
+    pub fn metrics(&self) -> Vec<ExportedMetric> {
+        let received = self.receiver.lock();
+        let mut out = Vec::new();
+        for export in &received.metrics {
+            for resource_metrics in &export.resource_metrics {
+                let service = resource_metrics
+                    .resource
+                    .as_ref()
+                    .and_then(|r| attribute(&r.attributes, "service.name"))
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
+                for scope in &resource_metrics.scope_metrics {
+                    for metric in &scope.metrics {
+                        out.push(ExportedMetric {
+                            service: service.clone(),
+                            metric: metric.clone(),
                         });
                     }
                 }
@@ -481,11 +547,15 @@ mod tests {
             "s",
             vec![span(1, 1, None, "a", 1), span(1, 2, None, "b", 2)],
         );
-        let refused = receiver.export(tonic::Request::new(two)).await.unwrap_err();
+        let refused = TraceService::export(&receiver, tonic::Request::new(two))
+            .await
+            .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(receiver.lock().exports.is_empty());
         let one = export("s", vec![span(1, 1, None, "a", 1)]);
-        receiver.export(tonic::Request::new(one)).await.unwrap();
+        TraceService::export(&receiver, tonic::Request::new(one))
+            .await
+            .unwrap();
         assert_eq!(receiver.lock().spans, MAX_SPANS);
     }
 }

@@ -193,7 +193,7 @@ pub fn hr_context(hour: i64, approval: Option<bool>) -> serde_json::Value {
         "now": {"hour": hour, "weekday": 2, "unix": 1_795_000_000},
         "network": {"ip": "10.1.2.3", "trusted": true, "zone": "corp"},
         "session": {"id": "s-1", "age_seconds": 30, "intent": "review", "in_intent": true},
-        "risk": {"score": 5}
+        "risk": {"score": 5, "level": "low", "signals": {"denials": 0, "denial_rate_pct": 0, "out_of_intent": 0, "other_users_resources": 0, "approvals_requested": 0, "approvals_denied": 0, "approvals_ignored": 0, "credential_requests_per_min": 0, "distinct_resources_per_min": 0, "token_failures": 0}}
     });
     if let Some(granted) = approval {
         ctx["approval"] = json!({"granted": granted, "ticket": "t-1", "approver": "alice"});

@@ -85,9 +85,16 @@ pub struct ProcessStackBuilder {
     otlp_endpoint: Option<String>,
     pack: Option<PathBuf>,
     grant_uses: u32,
+    monitoring: Option<Value>,
 }
 
 impl ProcessStackBuilder {
+    /// The facade's `[monitoring]` table (default: none, monitoring off).
+    pub fn monitoring(mut self, table: Value) -> Self {
+        self.monitoring = Some(table);
+        self
+    }
+
     /// Every service process exports its spans to `endpoint` (OTLP/gRPC).
     pub fn otlp_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.otlp_endpoint = Some(endpoint.into());
@@ -133,7 +140,9 @@ impl ProcessStackBuilder {
             Some(pack) => pack,
             None => hr_pack_any_hour(stack.dir.path())?,
         };
-        stack.start_services(&pack, self.grant_uses).await?;
+        stack
+            .start_services(&pack, self.grant_uses, self.monitoring)
+            .await?;
         Ok(stack)
     }
 }
@@ -188,6 +197,7 @@ impl ProcessStack {
             otlp_endpoint: None,
             pack: None,
             grant_uses: 1,
+            monitoring: None,
         }
     }
 
@@ -257,7 +267,12 @@ impl ProcessStack {
         self.stop_services();
     }
 
-    async fn start_services(&mut self, pack: &Path, grant_uses: u32) -> anyhow::Result<()> {
+    async fn start_services(
+        &mut self,
+        pack: &Path,
+        grant_uses: u32,
+        monitoring: Option<Value>,
+    ) -> anyhow::Result<()> {
         let dir = self.dir.path().to_owned();
         let addr = || -> anyhow::Result<SocketAddr> {
             Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
@@ -373,30 +388,31 @@ impl ProcessStack {
         let entities = dir.join("entities.json");
         std::fs::write(&entities, HR_ENTITIES)?;
         std::fs::create_dir_all(dir.join("audit"))?;
-        self.spawn(
-            FACADE,
-            json!({
-                "server": self.server(addrs.facade, "agent-facade")?,
-                "upstreams": {
-                    "identity_exchange": identity_url,
-                    "policy_decision": format!("https://{}", addrs.pdp),
-                    "credential_issuer": format!("https://{}", addrs.issuer),
-                    "ciba_orchestrator": format!("https://{}", addrs.approvals),
-                    "timeout_ms": 5000,
+        let mut facade = json!({
+            "server": self.server(addrs.facade, "agent-facade")?,
+            "upstreams": {
+                "identity_exchange": identity_url,
+                "policy_decision": format!("https://{}", addrs.pdp),
+                "credential_issuer": format!("https://{}", addrs.issuer),
+                "ciba_orchestrator": format!("https://{}", addrs.approvals),
+                "timeout_ms": 5000,
+            },
+            "sessions": sessions,
+            "policy": { "entities_file": entities },
+            "network": { "zones": [{ "name": "corp", "cidrs": ["127.0.0.0/8"], "trusted": true }] },
+            "audit": { "data_dir": dir.join("audit"), "checkpoint_interval_secs": 1 },
+            "profiles": {
+                "hr-read": { "actions": ["Action::\"read\""], "resource_types": ["Employee"] },
+                "hr-write": {
+                    "actions": ["Action::\"offboard\"", "Action::\"update_salary\""],
+                    "resource_types": ["Employee"],
                 },
-                "sessions": sessions,
-                "policy": { "entities_file": entities },
-                "network": { "zones": [{ "name": "corp", "cidrs": ["127.0.0.0/8"], "trusted": true }] },
-                "audit": { "data_dir": dir.join("audit"), "checkpoint_interval_secs": 1 },
-                "profiles": {
-                    "hr-read": { "actions": ["Action::\"read\""], "resource_types": ["Employee"] },
-                    "hr-write": {
-                        "actions": ["Action::\"offboard\"", "Action::\"update_salary\""],
-                        "resource_types": ["Employee"],
-                    },
-                },
-            }),
-        )?;
+            },
+        });
+        if let Some(table) = monitoring {
+            facade["monitoring"] = table;
+        }
+        self.spawn(FACADE, facade)?;
         // Health is open to callers without a certificate, like agents.
         let channel = self.facade_channel()?;
         self.wait_health(channel).await

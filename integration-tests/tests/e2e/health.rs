@@ -386,6 +386,7 @@ insecure_plaintext = true
 [vault]
 address = "http://127.0.0.1:{vault_port}"
 request_timeout_ms = 600000
+creation_timeout_ms = 600000
 [vault.auth]
 method = "token"
 token_file = "{token}"

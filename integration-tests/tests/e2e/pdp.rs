@@ -451,7 +451,7 @@ async fn hot_reload_swaps_good_updates_and_keeps_serving_through_bad_ones() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(before.policy_count, 6);
+    assert_eq!(before.policy_count, 7);
     assert_eq!(before.last_load_status(), LoadStatus::Ok);
     let late = request("read", &context(20, None));
     assert_eq!(
@@ -483,7 +483,7 @@ async fn hot_reload_swaps_good_updates_and_keeps_serving_through_bad_ones() {
     })
     .await
     .unwrap();
-    assert_eq!(after.policy_count, 7);
+    assert_eq!(after.policy_count, 8);
     let resp = check(&pdp, late.clone()).await.unwrap();
     assert_eq!(resp.decision(), Decision::Allow);
     assert_eq!(resp.policy_ids, ["hr-read-evenings"]);
@@ -512,7 +512,7 @@ async fn hot_reload_swaps_good_updates_and_keeps_serving_through_bad_ones() {
     .await
     .unwrap();
     assert_eq!(rejected.version, after.version);
-    assert_eq!(rejected.policy_count, 7);
+    assert_eq!(rejected.policy_count, 8);
     assert!(
         rejected.last_load_error.contains("broken.cedar:3"),
         "{}",

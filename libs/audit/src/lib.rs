@@ -567,6 +567,7 @@ fn kind_name(kind: RecordKind) -> &'static str {
         RecordKind::Revocation => "revocation",
         RecordKind::SessionEnd => "session_end",
         RecordKind::Failure => "failure",
+        RecordKind::Quarantine => "quarantine",
     }
 }
 

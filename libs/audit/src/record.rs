@@ -27,6 +27,9 @@ pub enum RecordKind {
     SessionEnd,
     /// A dependency failed and the request was denied because of it.
     Failure,
+    /// The facade's monitoring quarantined a session or an agent, or an
+    /// operator lifted a quarantine (`decision`: `quarantined`, `lifted`).
+    Quarantine,
 }
 
 /// One record of the audit log: who (user, agent), what (action,
@@ -71,6 +74,11 @@ pub struct AuditRecord {
     pub ticket_id: String,
     /// The risk score the decision saw, if any (must be finite).
     pub risk: Option<f64>,
+    /// The behavioural signals that made `risk` (name → value, e.g.
+    /// `out_of_intent` → 2). Left out of the encoding when empty, so
+    /// records written before signals existed keep their exact bytes.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub signals: std::collections::BTreeMap<String, i64>,
     /// The W3C trace id of the request.
     pub trace_id: String,
     /// The id the caller was given for the request this record belongs to
@@ -100,6 +108,7 @@ impl AuditRecord {
             lease_id: String::new(),
             ticket_id: String::new(),
             risk: None,
+            signals: std::collections::BTreeMap::new(),
             trace_id: String::new(),
             request_id: String::new(),
             detail: String::new(),
@@ -135,6 +144,22 @@ impl AuditRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signals_are_encoded_only_when_there_are_some() {
+        let mut r = AuditRecord::new(RecordKind::Decision, 1);
+        r.risk = Some(0.0);
+        let plain = r.to_leaf().unwrap();
+        assert!(!plain.contains("signals"), "{plain}");
+        assert_eq!(AuditRecord::from_leaf(&plain).unwrap(), r);
+        r.signals.insert("out_of_intent".into(), 2);
+        let leaf = r.to_leaf().unwrap();
+        assert!(
+            leaf.contains(r#""risk":0.0,"signals":{"out_of_intent":2},"trace_id""#),
+            "{leaf}"
+        );
+        assert_eq!(AuditRecord::from_leaf(&leaf).unwrap(), r);
+    }
 
     #[test]
     fn leaf_is_deterministic_and_round_trips() {

@@ -350,6 +350,8 @@ pub enum LeaseStatus {
     Expired,
     /// Tether keeps retrying the revocation: treat the credential as gone.
     RevocationFailed,
+    /// The issuance was interrupted; nothing was handed out.
+    Abandoned,
 }
 
 impl LeaseStatus {
@@ -361,6 +363,7 @@ impl LeaseStatus {
             Ok(pb::LeaseStatus::Revoked) => Self::Revoked,
             Ok(pb::LeaseStatus::Expired) => Self::Expired,
             Ok(pb::LeaseStatus::RevocationFailed) => Self::RevocationFailed,
+            Ok(pb::LeaseStatus::Abandoned) => Self::Abandoned,
             _ => Self::Unspecified,
         }
     }

@@ -29,7 +29,7 @@ fn context(hour: i64, approval: Option<bool>) -> String {
         "now": {"hour": hour, "weekday": 3, "unix": 1_795_000_000},
         "network": {"ip": "10.0.0.1", "trusted": true, "zone": "corp"},
         "session": {"id": "s-1", "age_seconds": 5, "intent": "x", "in_intent": true},
-        "risk": {"score": 0}
+        "risk": {"score": 0, "level": "low", "signals": {"denials": 0, "denial_rate_pct": 0, "out_of_intent": 0, "other_users_resources": 0, "approvals_requested": 0, "approvals_denied": 0, "approvals_ignored": 0, "credential_requests_per_min": 0, "distinct_resources_per_min": 0, "token_failures": 0}}
     });
     if let Some(granted) = approval {
         ctx["approval"] = serde_json::json!({"granted": granted});
@@ -110,7 +110,7 @@ fn step_up_is_not_offered_when_approval_would_not_help() {
 
 #[test]
 fn step_up_is_not_offered_next_to_an_ordinary_forbid() {
-    let ctx = context(10, None).replace("\"score\":0", "\"score\":99");
+    let ctx = context(10, None).replace("\"level\":\"low\"", "\"level\":\"high\"");
     let d = hr_pack()
         .evaluate(&query("offboard", &ctx, HR_ENTITIES), &Limits::default())
         .unwrap();

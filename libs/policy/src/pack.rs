@@ -12,7 +12,7 @@ use cedar_policy::{
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
-use crate::step_up::{StepUpPolicy, parse_step_up};
+use crate::step_up::{StepUpPolicy, parse_signal, parse_step_up};
 
 /// The files a pack is built from, by name and content.
 #[derive(Debug, Clone)]
@@ -98,6 +98,10 @@ pub struct PolicyPack {
     /// Static entities plus the schema's action entities.
     pub(crate) entities: Entities,
     pub(crate) step_ups: HashMap<PolicyId, StepUpPolicy>,
+    /// The `@signal("…")` annotation of each policy that has one: what a
+    /// decision it determines tells the facade's risk monitoring (e.g.
+    /// `out_of_intent`).
+    pub(crate) signals: HashMap<PolicyId, String>,
     pub(crate) actions: HashSet<EntityUid>,
     /// For each action, only the policies whose action scope admits it
     /// (Cedar evaluates every policy it is given; a policy for another
@@ -253,6 +257,7 @@ impl PolicyPack {
         }
 
         let mut step_ups = HashMap::new();
+        let mut signals = HashMap::new();
         let mut stats = PackStats::default();
         for policy in policies.policies() {
             stats.policies += 1;
@@ -264,6 +269,17 @@ impl PolicyPack {
                 .get(policy.id())
                 .map(|(f, l)| (Some(f.clone()), Some(*l)))
                 .unwrap_or((None, None));
+            match parse_signal(policy) {
+                Ok(Some(signal)) => {
+                    signals.insert(policy.id().clone(), signal);
+                }
+                Ok(None) => {}
+                Err(message) => problems.push(Problem {
+                    file: file.clone(),
+                    line,
+                    message: format!("policy `{}`: {message}", policy.id()),
+                }),
+            }
             match parse_step_up(policy) {
                 Ok(Some(step_up)) => {
                     stats.step_ups += 1;
@@ -338,6 +354,7 @@ impl PolicyPack {
             policies,
             entities,
             step_ups,
+            signals,
             version,
             stats,
             source,
@@ -347,6 +364,21 @@ impl PolicyPack {
     /// Content hash of the pack's files, `sha256:<hex>`.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The `@signal` annotations of `policy_ids` (the policies that
+    /// determined a decision), in their order, each name once. Ids not in
+    /// the pack and policies without the annotation add nothing.
+    pub fn signals<S: AsRef<str>>(&self, policy_ids: &[S]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for id in policy_ids {
+            if let Some(signal) = self.signals.get(&PolicyId::new(id.as_ref()))
+                && !out.contains(signal)
+            {
+                out.push(signal.clone());
+            }
+        }
+        out
     }
 
     /// Counts of policies and entities.

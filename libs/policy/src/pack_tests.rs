@@ -100,9 +100,38 @@ fn example_pack_loads_with_counts() {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hr");
     let pack = PolicyPack::load_dir(&dir).unwrap();
     let stats = pack.stats();
-    assert_eq!(stats.policies, 6);
+    assert_eq!(stats.policies, 7);
     assert_eq!(stats.permits, 2);
-    assert_eq!(stats.forbids, 4);
-    assert_eq!(stats.step_ups, 1);
+    assert_eq!(stats.forbids, 5);
+    assert_eq!(stats.step_ups, 2);
     assert_eq!(stats.entities, 2);
+    assert_eq!(
+        pack.signals(&[
+            "hr-offboard",
+            "outside-declared-intent",
+            "outside-declared-intent"
+        ]),
+        ["out_of_intent"]
+    );
+    assert!(
+        pack.signals(&["no-such-policy", "deny-high-risk"])
+            .is_empty()
+    );
+}
+
+#[test]
+fn signal_annotations_must_be_names() {
+    for (annotation, ok) in [
+        ("@signal(\"out_of_intent\")", true),
+        ("@signal(\"\")", false),
+        ("@signal(\"Out Of Intent\")", false),
+        ("@signal(\"x\\nlog\")", false),
+    ] {
+        let policies = format!("@id(\"p\") {annotation} forbid(principal, action, resource);");
+        let loaded = PolicyPack::from_sources(sources(&policies));
+        assert_eq!(loaded.is_ok(), ok, "{annotation}");
+        if let Err(e) = loaded {
+            assert!(e.to_string().contains("`@signal`"), "{e}");
+        }
+    }
 }

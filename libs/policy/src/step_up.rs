@@ -69,6 +69,31 @@ pub(crate) fn parse_step_up(policy: &Policy) -> Result<Option<StepUpPolicy>, Str
     }))
 }
 
+/// Longest `@signal` name.
+const MAX_SIGNAL_BYTES: usize = 64;
+
+/// Reads a policy's `@signal("name")`: a name of 1 to 64 lowercase ASCII
+/// letters, digits and `_`, starting with a letter (it becomes a counter's
+/// name and a log field, never free text).
+pub(crate) fn parse_signal(policy: &Policy) -> Result<Option<String>, String> {
+    let Some(name) = policy.annotation("signal") else {
+        return Ok(None);
+    };
+    let valid = !name.is_empty()
+        && name.len() <= MAX_SIGNAL_BYTES
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(Some(name.to_owned()))
+    } else {
+        Err(format!(
+            "`@signal` must be 1 to {MAX_SIGNAL_BYTES} characters of a-z, 0-9 and `_`, starting with a letter"
+        ))
+    }
+}
+
 impl Template {
     fn parse(text: &str) -> Result<Self, String> {
         let mut pieces = Vec::new();

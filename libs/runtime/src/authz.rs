@@ -200,7 +200,8 @@ pub fn validate_overrides(
     Ok(())
 }
 
-/// Refusals and handshake failures, for `/metrics`.
+/// Refusals and handshake failures, read by [`crate::metrics`] for
+/// `/metrics`.
 #[derive(Debug, Default)]
 pub struct AuthzMetrics {
     unauthenticated: AtomicU64,
@@ -226,20 +227,6 @@ impl AuthzMetrics {
             self.unauthenticated.load(Ordering::Relaxed),
             self.permission_denied.load(Ordering::Relaxed),
             self.handshake_failures.load(Ordering::Relaxed),
-        )
-    }
-
-    /// The counters in Prometheus text format.
-    pub fn render_prometheus(&self) -> String {
-        let (unauthenticated, denied, handshakes) = self.snapshot();
-        format!(
-            "# HELP tether_rpc_refused_total Calls refused by the per-RPC caller table.\n\
-             # TYPE tether_rpc_refused_total counter\n\
-             tether_rpc_refused_total{{reason=\"unauthenticated\"}} {unauthenticated}\n\
-             tether_rpc_refused_total{{reason=\"permission_denied\"}} {denied}\n\
-             # HELP tether_tls_handshake_failures_total TLS handshakes refused or timed out.\n\
-             # TYPE tether_tls_handshake_failures_total counter\n\
-             tether_tls_handshake_failures_total {handshakes}\n"
         )
     }
 }

@@ -75,6 +75,11 @@ pub struct ServerConfig {
     /// (`TETHER_SERVER__REPLICAS`); more than one needs a shared store
     /// (PostgreSQL): see [`ServerConfig::require_shared_store`].
     pub replicas: u32,
+    /// The operations port (`TETHER_SERVER__OPS_LISTEN`): plaintext
+    /// HTTP/1.1 and h2c serving gRPC health (the main port's statuses) and
+    /// `GET /metrics`, nothing else, for Kubernetes' gRPC probes and
+    /// Prometheus, which present no client certificate. Unset: no such port.
+    pub ops_listen: Option<SocketAddr>,
 }
 
 /// Transport security (`[server.tls]`). TLS with client-certificate
@@ -182,6 +187,7 @@ impl Default for ServerConfig {
             tls: TlsConfig::default(),
             authorization: BTreeMap::new(),
             replicas: 1,
+            ops_listen: None,
         }
     }
 }
@@ -209,6 +215,14 @@ impl ServerConfig {
             return Err(ConfigError::Invalid(
                 "server.replicas must be at least 1".into(),
             ));
+        }
+        if let Some(ops) = self.ops_listen
+            && ops.port() != 0
+            && ops == self.listen
+        {
+            return Err(ConfigError::Invalid(format!(
+                "server.ops_listen `{ops}` is server.listen: the ops port needs a port of its own"
+            )));
         }
         self.tls.validate()?;
         crate::authz::validate_overrides(&self.authorization, &self.tls.trust_domain)?;

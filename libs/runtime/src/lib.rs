@@ -8,6 +8,9 @@
 //! - [`server`]: serving on a pre-bound listener with health, reflection,
 //!   message-size limits (over the limit: RESOURCE_EXHAUSTED, see
 //!   [`message_limit`]) and a bounded graceful drain.
+//! - [`metrics`]: OpenTelemetry metrics, rendered for Prometheus on the
+//!   ops port (`server.ops_listen`) and exported over OTLP when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! - [`health`]: readiness checks behind gRPC health (NOT_SERVING while a
 //!   check fails, and from the first moment of shutdown).
 //! - [`log_format`]: the text log format, escaped so values cannot forge
@@ -28,6 +31,7 @@ pub mod error;
 pub mod health;
 pub mod log_format;
 pub mod message_limit;
+pub mod metrics;
 pub mod process;
 pub mod propagation;
 pub mod server;

@@ -12,6 +12,7 @@ use crate::authz::{Authorizer, AuthzLayer};
 use crate::config::{ConfigError, ServerConfig};
 use crate::health::Readiness;
 use crate::message_limit::MessageLimitLayer;
+use crate::metrics::RpcMetricsLayer;
 use crate::propagation::ServerTraceLayer;
 use crate::tls::TlsSource;
 
@@ -26,7 +27,24 @@ pub enum ServeError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Authorization(#[from] ConfigError),
+    #[error("binding the ops port `{addr}`: {source}")]
+    OpsBind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the ops port stopped while the server was running")]
+    OpsStopped,
 }
+
+/// The health name that answers SERVING for as long as the process runs
+/// its server, whatever the readiness checks say and through the drain:
+/// what a liveness (and startup) probe asks. A dependency outage makes a
+/// pod unready, never restarts it; restarting would not bring Vault back.
+pub const LIVENESS: &str = "liveness";
+
+/// How long the ops port may take to close once the main server has
+/// stopped (a scraper's open connection must not hold the process).
+const OPS_STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Serves `routes` plus gRPC health and reflection on `listener` until
 /// `shutdown` resolves, then reports NOT_SERVING, stops accepting, and
@@ -44,6 +62,12 @@ pub enum ServeError {
 /// Connections are mTLS with `server.tls` (certificates reloaded when their
 /// files change) unless `server.tls.insecure_plaintext = true`, which is
 /// logged at WARN.
+///
+/// With `server.ops_listen` set, a second, plaintext port serves the same
+/// gRPC health and `GET /metrics` ([`crate::metrics`]) and nothing else (any
+/// other path is 404); it keeps answering NOT_SERVING while the main port
+/// drains, and closes once the main server has stopped. Every call on the
+/// main port is measured by [`crate::metrics::RpcMetricsLayer`].
 /// Message-size limits are set by the caller on each generated server
 /// (`max_decoding_message_size`), from the same [`ServerConfig`]; a request
 /// message over `server.max_message_bytes` is refused here first, with
@@ -136,6 +160,14 @@ async fn serve_inner(
         &config.tls.trust_domain,
         tls.is_some(),
     )?;
+    let ops = match config.ops_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::OpsBind { addr, source })?,
+        ),
+        None => None,
+    };
     let (reporter, health) = tonic_health::server::health_reporter();
     let names: Vec<String> = health_names
         .iter()
@@ -155,6 +187,9 @@ async fn serve_inner(
     for name in &names {
         reporter.set_service_status(name, initial).await;
     }
+    reporter
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
     let health_loop = report_health(
         reporter.clone(),
         names.clone(),
@@ -165,6 +200,13 @@ async fn serve_inner(
         .register_encoded_file_descriptor_set(tether_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let ops = ops.map(|listener| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = serve_ops(listener, health.clone(), config, async move {
+            let _ = stopped.await;
+        });
+        (stop, server)
+    });
     let routes = routes.add_service(health).add_service(reflection);
 
     let draining = Arc::new(Notify::new());
@@ -191,7 +233,9 @@ async fn serve_inner(
     let server = tonic::transport::Server::builder()
         .timeout(config.request_timeout())
         .accept_http1(http1)
-        // Outermost: a refusal by the caller table is traced too.
+        // Outermost: every answer is measured, refusals included.
+        .layer(RpcMetricsLayer)
+        // A refusal by the caller table is traced too.
         .layer(ServerTraceLayer)
         .layer(AuthzLayer::new(
             Arc::new(authorizer),
@@ -204,20 +248,76 @@ async fn serve_inner(
         draining.notified().await;
         tokio::time::sleep(config.drain_timeout()).await;
     };
-    tokio::select! {
-        result = server => {
+    let main = async {
+        tokio::select! {
+            result = server => {
+                result?;
+                tracing::info!("drained, stopped");
+            }
+            () = deadline => {
+                tracing::warn!(
+                    drain_timeout_secs = config.drain_timeout_secs,
+                    "drain deadline passed with requests in flight; stopping anyway"
+                );
+            }
+            () = health_loop => {}
+        }
+        Ok::<(), ServeError>(())
+    };
+    let Some((stop_ops, ops)) = ops else {
+        return main.await;
+    };
+    tokio::pin!(ops);
+    let result = tokio::select! {
+        result = main => result,
+        result = &mut ops => {
             result?;
-            tracing::info!("drained, stopped");
+            return Err(ServeError::OpsStopped);
         }
-        () = deadline => {
-            tracing::warn!(
-                drain_timeout_secs = config.drain_timeout_secs,
-                "drain deadline passed with requests in flight; stopping anyway"
-            );
-        }
-        () = health_loop => {}
+    };
+    let _ = stop_ops.send(());
+    match tokio::time::timeout(OPS_STOP_DEADLINE, ops).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the ops port stopped with an error"),
+        Err(_) => tracing::warn!("the ops port did not close in time; stopping anyway"),
     }
-    Ok(())
+    result
+}
+
+/// The ops port: gRPC health (the same statuses as the main port) and
+/// `GET /metrics`, in plaintext, HTTP/1.1 or h2c; any other path is 404
+/// (a gRPC client sees UNIMPLEMENTED). Not measured: probes and scrapes are
+/// not calls to the service.
+fn serve_ops(
+    listener: TcpListener,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static {
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, "ops port serving gRPC health and /metrics in plaintext");
+    let router = Routes::new(health)
+        .into_axum_router()
+        .route(
+            "/metrics",
+            axum::routing::get(|| async {
+                (
+                    [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+                    crate::metrics::render(),
+                )
+            }),
+        )
+        .fallback(|| async { http::StatusCode::NOT_FOUND });
+    tonic::transport::Server::builder()
+        .timeout(config.request_timeout())
+        .accept_http1(true)
+        .add_routes(Routes::from(router))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
 }
 
 /// Keeps the health service's statuses equal to `readiness` (and
@@ -322,6 +422,11 @@ mod tests {
         until(&mut client, Status::Serving).await;
         readiness.set("vault-login", false);
         until(&mut client, Status::NotServing).await;
+        assert_eq!(
+            status(&mut client, LIVENESS).await,
+            Status::Serving,
+            "an unready process is still alive: no restart for a Vault outage"
+        );
         readiness.set("vault-login", true);
         until(&mut client, Status::Serving).await;
 

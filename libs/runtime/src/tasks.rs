@@ -142,16 +142,6 @@ impl Drop for Tasks {
     }
 }
 
-/// Waits for each of `tasks` at most `deadline`, aborting the late ones.
-/// Call after signalling them to stop.
-pub async fn join_all(tasks: impl IntoIterator<Item = JoinHandle<()>>, deadline: Duration) {
-    let mut all = Tasks::new();
-    for task in tasks {
-        all.adopt("background", task);
-    }
-    all.stop(deadline).await;
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -4,9 +4,9 @@
 //! caller-supplied text can start a line of its own, see
 //! [`crate::log_format`]), one JSON object per line with
 //! `TETHER_LOG_FORMAT=json`; the filter comes from `TETHER_LOG` (or
-//! `RUST_LOG`), default `info`. Spans are exported over OTLP/gRPC only when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (Jaeger accepts OTLP directly);
-//! otherwise nothing leaves the process.
+//! `RUST_LOG`), default `info`. Spans (and metrics, [`crate::metrics`]) are
+//! exported over OTLP/gRPC only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
+//! (Jaeger accepts OTLP directly); otherwise nothing leaves the process.
 
 use std::io::IsTerminal as _;
 
@@ -28,6 +28,7 @@ pub struct TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
+        crate::metrics::shutdown();
         if let Some(provider) = self.provider.take()
             && let Err(e) = provider.shutdown()
         {
@@ -39,6 +40,10 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber. Call once, inside the Tokio runtime.
 pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    // Before anything creates an instrument (an instrument is bound to the
+    // provider installed when it is created), and before the subscriber,
+    // which would print the SDK's own INFO line about it on every start.
+    crate::metrics::init(service)?;
     let filter = std::env::var("TETHER_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());

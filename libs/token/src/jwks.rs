@@ -154,6 +154,8 @@ pub struct JwksCache {
     max_stale: Duration,
     state: RwLock<CacheState>,
     refreshing: Mutex<()>,
+    /// Read by the staleness gauge ([`crate::jwks_metrics`]).
+    last_good: crate::jwks_metrics::LastGood,
 }
 
 impl JwksCache {
@@ -166,6 +168,7 @@ impl JwksCache {
             max_stale: Duration::from_secs(3600),
             state: RwLock::new(CacheState::default()),
             refreshing: Mutex::new(()),
+            last_good: crate::jwks_metrics::register(),
         }
     }
 
@@ -195,6 +198,7 @@ impl JwksCache {
     /// Fetches the key set now.
     pub async fn refresh(&self) -> Result<(), TokenError> {
         let set = self.fetch().await;
+        crate::jwks_metrics::fetched(&self.last_good, set.is_ok());
         let mut state = self.state.write().await;
         state.attempted_at = Some(Instant::now());
         match set {

@@ -24,6 +24,7 @@ mod delegated;
 mod dpop;
 mod error;
 mod jwks;
+mod jwks_metrics;
 mod oidc_http;
 mod revocation_sync;
 mod session_id;

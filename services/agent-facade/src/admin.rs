@@ -26,6 +26,7 @@ use tonic::{Code, Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::error::{Dependency, FacadeError, downstream};
+use crate::monitoring::{Quarantine, QuarantineKind};
 use crate::service::{EndedBy, FacadeService, SessionOwner, lease_pb};
 
 /// The longest `reason` an operator may give (what the services downstream
@@ -233,6 +234,101 @@ impl FacadeService {
     }
 }
 
+/// The longest quarantine id accepted (ids are `q_` + 32 hex digits).
+const MAX_QUARANTINE_ID_BYTES: usize = 128;
+/// Quarantines listed at most.
+const MAX_QUARANTINES: u32 = 1000;
+
+fn check_quarantine_id(id: &str) -> Result<(), FacadeError> {
+    if id.is_empty()
+        || id.len() > MAX_QUARANTINE_ID_BYTES
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(FacadeError::InvalidRequest(format!(
+            "`quarantine_id` must be 1 to {MAX_QUARANTINE_ID_BYTES} ASCII letters, digits and `_`"
+        )));
+    }
+    Ok(())
+}
+
+fn ts_ms(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+fn quarantine_pb(q: &Quarantine, now_ms: i64) -> pb::Quarantine {
+    pb::Quarantine {
+        quarantine_id: q.id.clone(),
+        kind: match q.kind {
+            QuarantineKind::Session => pb::QuarantineKind::Session,
+            QuarantineKind::Agent => pb::QuarantineKind::Agent,
+        }
+        .into(),
+        subject: q.subject.clone(),
+        rule: q.rule.clone(),
+        reason: q.reason.clone(),
+        session_id: q.session_id.clone(),
+        agent_id: q.agent.clone(),
+        user_subject: q.user_sub.clone(),
+        created_at: Some(ts_ms(q.created_at_ms)),
+        until: q.until_ms.map(ts_ms),
+        lifted_at: q.lifted_at_ms.map(ts_ms),
+        lifted_by: q.lifted_by.clone(),
+        lift_reason: q.lift_reason.clone(),
+        active: q.active(now_ms),
+    }
+}
+
+impl FacadeService {
+    async fn admin_list_quarantines(
+        &self,
+        req: pb::ListQuarantinesRequest,
+    ) -> Result<pb::ListQuarantinesResponse, FacadeError> {
+        if req.limit > MAX_QUARANTINES {
+            return Err(FacadeError::InvalidRequest(format!(
+                "`limit` is at most {MAX_QUARANTINES}"
+            )));
+        }
+        let limit = if req.limit == 0 { 100 } else { req.limit };
+        let found = self.inner.monitor.list(req.active_only, limit).await?;
+        let now = tether_runtime::clock::unix_now_ms();
+        Ok(pb::ListQuarantinesResponse {
+            quarantines: found.iter().map(|q| quarantine_pb(q, now)).collect(),
+        })
+    }
+
+    async fn admin_lift(
+        &self,
+        operator: &str,
+        req: pb::LiftQuarantineRequest,
+    ) -> Result<pb::LiftQuarantineResponse, FacadeError> {
+        check_quarantine_id(&req.quarantine_id)?;
+        check_text("reason", &req.reason, MAX_REASON_BYTES)?;
+        let reason = if req.reason.trim().is_empty() {
+            "lifted by an operator".to_owned()
+        } else {
+            req.reason
+        };
+        // The audit log must take the lift: refused while it cannot.
+        self.inner.audit_ready()?;
+        let (q, lifted) = self
+            .inner
+            .monitor
+            .lift(&req.quarantine_id, operator, &reason)
+            .await?;
+        if lifted {
+            self.inner.record_lift(&q, operator).await?;
+            tracing::info!(quarantine_id = %q.id, kind = q.kind.as_str(), subject = %q.subject, "quarantine lifted");
+        }
+        Ok(pb::LiftQuarantineResponse {
+            quarantine: Some(quarantine_pb(&q, tether_runtime::clock::unix_now_ms())),
+            lifted,
+        })
+    }
+}
+
 /// The span of one admin call: the operator and, once known, the session.
 fn admin_span(name: &'static str, operator: &str) -> tracing::Span {
     tracing::info_span!(
@@ -308,6 +404,41 @@ impl pb::session_admin_server::SessionAdmin for FacadeService {
         .map(Response::new)
         .map_err(|e| span.in_scope(|| into_status(e)))
     }
+
+    async fn list_quarantines(
+        &self,
+        request: Request<pb::ListQuarantinesRequest>,
+    ) -> Result<Response<pb::ListQuarantinesResponse>, Status> {
+        let operator = operator(&request).map_err(into_status)?;
+        let span = admin_span("ListQuarantines", &operator);
+        let this = self.clone();
+        async move { this.admin_list_quarantines(request.into_inner()).await }
+            .instrument(span.clone())
+            .await
+            .map(Response::new)
+            .map_err(|e| span.in_scope(|| into_status(e)))
+    }
+
+    async fn lift_quarantine(
+        &self,
+        request: Request<pb::LiftQuarantineRequest>,
+    ) -> Result<Response<pb::LiftQuarantineResponse>, Status> {
+        let operator = operator(&request).map_err(into_status)?;
+        let span = admin_span("LiftQuarantine", &operator);
+        let this = self.clone();
+        let req = request.into_inner();
+        async move {
+            let lifted = this.admin_lift(&operator, req).await;
+            if let Err(e) = &lifted {
+                tracing::warn!(error = %e, "an operator's lift of a quarantine failed");
+            }
+            lifted
+        }
+        .instrument(span.clone())
+        .await
+        .map(Response::new)
+        .map_err(|e| span.in_scope(|| into_status(e)))
+    }
 }
 
 #[cfg(test)]
@@ -370,6 +501,27 @@ mod tests {
         list.page_size = 0;
         list.user_subject = "alice\r\n".into();
         assert!(check_list(&list).is_err());
+    }
+
+    #[test]
+    fn quarantine_ids_are_checked() {
+        check_quarantine_id("q_0123456789abcdef0123456789abcdef").unwrap();
+        for bad in [
+            "",
+            "q_1\n",
+            "q 1",
+            "q-1",
+            "q_\u{1b}",
+            &"q".repeat(MAX_QUARANTINE_ID_BYTES + 1),
+        ] {
+            assert!(
+                matches!(
+                    check_quarantine_id(bad),
+                    Err(FacadeError::InvalidRequest(_))
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -11,11 +11,13 @@
 //! | `failure`     | a dependency failed or timed out (the request was denied) | queued |
 //! | `revocation`  | leases, grants and tickets ended with the session; a lease that was not delivered | with the session end / queued |
 //! | `session_end` | EndSession (its `receipt_id`); an operator's SessionAdmin.EndSession names the operator as `agent` | durable |
+//! | `quarantine`  | the monitoring quarantined a session or an agent (`quarantined`), an operator lifted one (`lifted`) | durable |
 //!
 //! Every record names the agent, the user (IdP and subject), the action and
 //! resource in Cedar uid form, the policy ids and version, the session,
-//! lease and ticket, the risk score and the OpenTelemetry trace id. Never a
-//! token, password or credential.
+//! lease and ticket, the risk score (with, on decisions, the signals that
+//! made it) and the OpenTelemetry trace id. Never a token, password or
+//! credential.
 //!
 //! The ids the agent is given, `decision_id` (`dec_<uuid>`) and
 //! `receipt_id` (`rcpt_<uuid>`), are the `request_id` of every record the
@@ -71,6 +73,7 @@ use tonic::metadata::AsciiMetadataValue;
 use crate::config::AuditConfig;
 use crate::decision::Uid;
 use crate::error::{Dependency, FacadeError};
+use crate::monitoring::{Quarantine, Risk};
 use crate::service::{EndedBy, SessionOwner};
 
 /// Records written in one transaction at most.
@@ -166,17 +169,20 @@ impl Story {
     }
 
     /// A decision of the session `claims` name on `action` and `resource`,
-    /// known to the agent as `decision_id`, with the risk score it saw.
+    /// known to the agent as `decision_id`, with the risk it saw (score and
+    /// signals).
     pub fn decision(
         claims: &DelegatedClaims,
         decision_id: &str,
         action: &Uid,
         resource: &Uid,
-        risk: i64,
+        risk: &Risk,
     ) -> Self {
-        Self::new(Some(claims), decision_id)
+        let mut story = Self::new(Some(claims), decision_id)
             .target(action.cedar(), resource.cedar())
-            .risk(risk)
+            .risk(risk.score);
+        story.base.signals = risk.nonzero_signals();
+        story
     }
 
     /// A request about the session `owner` names, made by `by`, known as
@@ -187,7 +193,7 @@ impl Story {
         let mut story = Self::new(None, request_id);
         story.base.agent = match by {
             EndedBy::Agent => owner.agent.clone(),
-            EndedBy::Operator(operator) => operator.clone(),
+            EndedBy::Operator(operator) | EndedBy::Monitoring(operator) => operator.clone(),
         };
         story.base.user_idp.clone_from(&owner.user_idp);
         story.base.user_sub.clone_from(&owner.user_sub);
@@ -586,6 +592,60 @@ impl Audit {
         end.detail = reason.to_owned();
         records.push(end);
         self.commit(records).await
+    }
+
+    /// A quarantine the monitoring imposed (`lifted_by` empty) or an
+    /// operator lifted, durable before anyone is told. The record's `agent`
+    /// is the quarantined agent (or the session's), or the operator who
+    /// lifted it; `request_id` is the quarantine's id.
+    pub async fn quarantine(
+        &self,
+        q: &Quarantine,
+        risk: Option<&Risk>,
+        lifted_by: Option<&str>,
+    ) -> Result<(), FacadeError> {
+        if self.shared.is_none() {
+            return Ok(());
+        }
+        let mut story = Self::story_of_quarantine(q);
+        if let Some(risk) = risk {
+            story = story.risk(risk.score);
+            story.base.signals = risk.nonzero_signals();
+        }
+        let mut record = story.record(RecordKind::Quarantine);
+        match lifted_by {
+            None => {
+                record.decision = "quarantined".into();
+                record.detail = format!(
+                    "{} quarantined by rule {}: {}{}",
+                    q.kind.as_str(),
+                    q.rule,
+                    q.reason,
+                    q.until_ms
+                        .map(|u| format!(", until {u} (Unix ms)"))
+                        .unwrap_or_default()
+                );
+            }
+            Some(operator) => {
+                record.decision = "lifted".into();
+                record.agent = operator.to_owned();
+                record.detail = format!(
+                    "{} quarantine of {} lifted: {}",
+                    q.kind.as_str(),
+                    q.subject,
+                    q.lift_reason
+                );
+            }
+        }
+        self.commit(vec![record]).await
+    }
+
+    fn story_of_quarantine(q: &Quarantine) -> Story {
+        let mut story = Story::new(None, &q.id);
+        story.base.agent.clone_from(&q.agent);
+        story.base.user_sub.clone_from(&q.user_sub);
+        story.base.session_id.clone_from(&q.session_id);
+        story
     }
 
     /// A request that failed with `error` after (`claims` known) or before

@@ -45,6 +45,25 @@ use tether_token::SessionsConfig;
 /// key_file = "/etc/tether/audit-key.pem"     # default <data_dir>/audit-key.pem, generated when missing
 /// origin = "audit.tether.example"            # the log's name in its checkpoints
 /// checkpoint_interval_secs = 60
+///
+/// [monitoring]                               # risk from behaviour, quarantine, alerts
+/// enabled = true                             # off: context.risk is [risk] baseline_score, level from it, no signals
+/// url = "postgres://tether@db/tether"        # default: SQLite <data_dir>/monitoring.db (one replica)
+/// data_dir = "/var/lib/tether/facade"
+/// session_window_secs = 300                  # signals of one session are counted over this window
+/// agent_window_secs = 900                    # ...and of one agent (all its sessions) over this one
+/// medium_at = 40                             # score >= 40: level "medium"
+/// high_at = 70                               # score >= 70: level "high"
+/// weights = { denials = 10, out_of_intent = 25, approvals_denied = 30 }   # the rest keep their defaults
+/// [[monitoring.rules]]                       # replaces the default rules when any is given
+/// name = "denial-burst"
+/// signal = "denials"
+/// count = 5
+/// window_secs = 60
+/// quarantine = "session"                     # or "agent" (with duration_secs)
+/// [monitoring.webhook]                       # optional: one signed POST per quarantine
+/// url = "https://alerts.example.com/tether"
+/// secret_file = "/etc/tether/webhook-secret" # HMAC-SHA256 key; never logged
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +91,9 @@ pub struct Config {
     /// The audit log.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Risk from behaviour, quarantine and alerts (see `monitoring.rs`).
+    #[serde(default)]
+    pub monitoring: crate::monitoring::MonitoringConfig,
 }
 
 /// The four internal services.
@@ -180,8 +202,9 @@ pub struct ClockConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RiskConfig {
-    /// The score every request carries (0 none … 100). Behavioural risk is
-    /// not computed yet.
+    /// Added to every request's score (0 none … 100). With `[monitoring]`
+    /// off it is the whole score; with it on, the behavioural score is
+    /// added to it (capped at 100).
     pub baseline_score: i64,
 }
 
@@ -384,6 +407,13 @@ impl ServiceConfig for Config {
             }
         }
         self.audit.validate()?;
+        self.monitoring.validate()?;
+        if self.monitoring.enabled {
+            // Signals and quarantines are shared state: replicas must
+            // count in one store, or each would see a fraction.
+            self.server
+                .require_shared_store(&self.monitoring.effective_url())?;
+        }
         if self.audit.enabled {
             // The audit log's one total order lives in its store (one head
             // row): replicas must share it.
@@ -473,6 +503,14 @@ identity_exchange = "http://127.0.0.1:7001"
             parse("[server]\nreplicas = 2\n[audit]\nurl = \"postgres://tether@db/tether\"").is_ok()
         );
         assert!(parse("[server]\nreplicas = 2\n[audit]\nenabled = false").is_ok());
+        // The monitoring's counters and quarantines are shared the same way.
+        let e =
+            parse("[server]\nreplicas = 2\n[audit]\nenabled = false\n[monitoring]\nenabled = true")
+                .unwrap_err();
+        assert!(e.contains("SQLite"), "{e}");
+        assert!(
+            parse("[server]\nreplicas = 2\n[audit]\nenabled = false\n[monitoring]\nenabled = true\nurl = \"postgres://tether@db/tether\"").is_ok()
+        );
     }
 
     #[test]
@@ -499,6 +537,7 @@ identity_exchange = "http://127.0.0.1:7001"
                 "checkpoint_interval_secs",
             ),
             ("[audit]\nqueue_capacity = 0", "queue_capacity"),
+            ("[monitoring]\nhigh_at = 0", "high_at"),
         ] {
             let e = parse(extra).unwrap_err();
             assert!(e.contains(what), "{extra}: {e}");

@@ -223,7 +223,8 @@ pub struct Question<'a> {
     pub resource: &'a Uid,
     pub agent_context: &'a Map<String, Value>,
     pub caller: Option<IpAddr>,
-    pub risk_score: i64,
+    /// `context.risk`: from the monitoring (or the baseline when it is off).
+    pub risk: &'a crate::monitoring::Risk,
     /// `context.approval` after an approval: (ticket id, approver).
     pub approval: Option<(&'a str, &'a str)>,
 }
@@ -315,7 +316,7 @@ impl Question<'_> {
                 ),
             }),
         );
-        context.insert("risk".into(), json!({ "score": self.risk_score }));
+        context.insert("risk".into(), self.risk.to_context());
         if let Some((ticket, approver)) = self.approval {
             context.insert(
                 "approval".into(),

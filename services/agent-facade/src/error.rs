@@ -21,6 +21,8 @@ pub enum Dependency {
     Approval,
     /// The audit log's store.
     Audit,
+    /// The risk monitoring's store.
+    Monitoring,
     /// The user's IdP (behind the approval service).
     Idp,
     /// Vault/OpenBao (behind the credential issuer).
@@ -35,6 +37,7 @@ impl Dependency {
             Self::Credentials => "credentials",
             Self::Approval => "approval",
             Self::Audit => "audit",
+            Self::Monitoring => "monitoring",
             Self::Idp => "idp",
             Self::Vault => "vault",
         }
@@ -107,6 +110,24 @@ pub enum FacadeError {
     /// (or on a plaintext server, where nobody has an identity).
     #[error("session administration needs an operator's client certificate (mTLS)")]
     OperatorUnauthenticated,
+    /// The agent is quarantined by the monitoring (StartSession).
+    #[error(
+        "agent `{agent}` is quarantined until {until_ms} (Unix ms) by rule `{rule}`; an operator can lift it (`tether quarantine lift {quarantine_id}`)"
+    )]
+    AgentQuarantined {
+        agent: String,
+        quarantine_id: String,
+        rule: String,
+        until_ms: i64,
+    },
+    /// Quarantine administration: no quarantine with this (well-formed) id.
+    #[error("no quarantine `{0}`")]
+    QuarantineNotFound(String),
+    /// Quarantine administration on a facade whose monitoring is off.
+    #[error(
+        "monitoring is not enabled on this facade (`[monitoring] enabled = false`): there are no quarantines"
+    )]
+    MonitoringDisabled,
     #[error("{dependency:?} is unavailable: {detail}")]
     Dependency {
         dependency: Dependency,
@@ -201,10 +222,14 @@ impl ServiceError for FacadeError {
             Self::Token(e) if e.is_unavailable() => ServiceErrorCode::Unavailable,
             Self::Token(_) => ServiceErrorCode::Unauthenticated,
             Self::DelegationNotAllowed(_)
+            | Self::AgentQuarantined { .. }
             | Self::PolicyDenied { .. }
             | Self::ProfileNotAllowed { .. } => ServiceErrorCode::PermissionDenied,
             Self::Limited { .. } => ServiceErrorCode::ResourceExhausted,
-            Self::TicketNotFound(_) | Self::SessionNotFound(_) => ServiceErrorCode::NotFound,
+            Self::TicketNotFound(_) | Self::SessionNotFound(_) | Self::QuarantineNotFound(_) => {
+                ServiceErrorCode::NotFound
+            }
+            Self::MonitoringDisabled => ServiceErrorCode::FailedPrecondition,
             Self::Dependency { .. } => ServiceErrorCode::Unavailable,
             Self::DeadlineExceeded(_) => ServiceErrorCode::DeadlineExceeded,
             Self::Internal(_) => ServiceErrorCode::Internal,
@@ -244,6 +269,9 @@ impl ServiceError for FacadeError {
                 Self::Limited { reason, .. } => return Some(reason.clone()),
                 Self::TicketNotFound(_) => "TICKET_NOT_FOUND",
                 Self::SessionNotFound(_) => "SESSION_NOT_FOUND",
+                Self::AgentQuarantined { .. } => "AGENT_QUARANTINED",
+                Self::QuarantineNotFound(_) => "QUARANTINE_NOT_FOUND",
+                Self::MonitoringDisabled => "MONITORING_DISABLED",
                 // The caller table's reason for the same refusal.
                 Self::OperatorUnauthenticated => "PEER_UNAUTHENTICATED",
                 Self::Dependency { .. } => "DEPENDENCY_UNAVAILABLE",
@@ -275,6 +303,16 @@ impl ServiceError for FacadeError {
                 HashMap::from([("dependency".to_owned(), "identity".to_owned())])
             }
             Self::Limited { metadata, .. } => metadata.clone(),
+            Self::AgentQuarantined {
+                quarantine_id,
+                rule,
+                until_ms,
+                ..
+            } => HashMap::from([
+                ("quarantine_id".to_owned(), quarantine_id.clone()),
+                ("rule".to_owned(), rule.clone()),
+                ("until_ms".to_owned(), until_ms.to_string()),
+            ]),
             _ => HashMap::new(),
         }
     }

@@ -9,10 +9,12 @@
 //! [`run`] is what both the binary and the tests call.
 
 mod admin;
+mod alerts;
 mod audit;
 mod config;
 mod decision;
 mod error;
+mod monitoring;
 mod service;
 
 use std::future::Future;
@@ -29,12 +31,14 @@ use tether_proto::policy::v1::policy_decision_client::PolicyDecisionClient;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+pub use alerts::{WebhookConfig, sign as sign_alert};
 pub use config::{
     ApprovalsConfig, AuditConfig, ClockConfig, Config, NetworkConfig, PolicyConfig, ProfileConfig,
     RiskConfig, Upstreams as UpstreamsConfig, Zone,
 };
 pub use decision::RESERVED_CONTEXT_KEYS;
 pub use error::FacadeError;
+pub use monitoring::{MonitoringConfig, QuarantineKind, Risk, Rule as MonitoringRule};
 pub use service::FacadeService;
 
 /// Installs the process-wide rustls provider (aws-lc); a provider
@@ -44,13 +48,12 @@ fn install_crypto_provider() {
 }
 
 /// A started facade: the service and its background tasks (the session
-/// revocation list sync, the audit log's writer).
+/// revocation list sync, the audit log's writer, the monitoring store's
+/// pruning, the alert webhook's sender).
 #[derive(Debug)]
 pub struct Facade {
     service: FacadeService,
-    stop: tokio::sync::watch::Sender<bool>,
-    revocation_sync: tokio::task::JoinHandle<()>,
-    audit_writer: Option<tokio::task::JoinHandle<()>>,
+    tasks: tether_runtime::tasks::Tasks,
 }
 
 impl Facade {
@@ -84,24 +87,48 @@ impl Facade {
                 clients.grpc(&u.ciba_orchestrator, "ciba-orchestrator")?,
             ),
         };
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let (audit, audit_writer) = audit::Audit::start(&config.audit, stopped.clone())
+        let mut tasks = tether_runtime::tasks::Tasks::new();
+        let (audit, audit_writer) = audit::Audit::start(&config.audit, tasks.signal().receiver())
             .await
             .context("starting the audit log")?;
-        let (sessions, revocation_sync) =
-            tether_token::Sessions::start(&config.sessions, &config.server.tls, async move {
-                let mut stopped = stopped;
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-            .context("building the identity exchange clients")?;
-        let service = FacadeService::new(config, sessions, upstreams, entities, audit);
-        Ok(Self {
-            service,
-            stop,
-            revocation_sync,
-            audit_writer,
-        })
+        let (monitor, pruning) = monitoring::Monitor::start(
+            &config.monitoring,
+            config.risk.baseline_score,
+            tasks.signal().receiver(),
+        )
+        .await
+        .context("starting the risk monitoring")?;
+        let (alerts, webhook) = alerts::Alerts::start(
+            config
+                .monitoring
+                .webhook
+                .as_ref()
+                .filter(|_| config.monitoring.enabled),
+            tasks.signal().receiver(),
+        )
+        .context("starting the quarantine alerts")?;
+        let (sessions, revocation_sync) = tether_token::Sessions::start(
+            &config.sessions,
+            &config.server.tls,
+            tasks.signal().wait(),
+        )
+        .await
+        .context("building the identity exchange clients")?;
+        tasks.adopt("revocation-sync", revocation_sync);
+        let named = [
+            ("audit-writer", audit_writer),
+            ("monitoring-pruning", pruning),
+            ("alert-webhook", webhook),
+        ];
+        for (name, task) in named {
+            if let Some(task) = task {
+                tasks.adopt(name, task);
+            }
+        }
+        let service = FacadeService::new(
+            config, sessions, upstreams, entities, audit, monitor, alerts,
+        );
+        Ok(Self { service, tasks })
     }
 
     /// What is served: the agent gateway, and the operators' session
@@ -122,12 +149,7 @@ impl Facade {
     /// Stops the revocation list sync and the audit writer (which writes
     /// what is queued and publishes a last checkpoint first).
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        tether_runtime::tasks::join_all(
-            std::iter::once(self.revocation_sync).chain(self.audit_writer),
-            std::time::Duration::from_secs(5),
-        )
-        .await;
+        self.tasks.stop(tether_runtime::tasks::STOP_DEADLINE).await;
     }
 }
 

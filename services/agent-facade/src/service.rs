@@ -26,10 +26,12 @@ use tether_token::{DelegatedClaims, Sessions};
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::{Code, Request, Response, Status};
 
+use crate::alerts::Alerts;
 use crate::audit::{Audit, Story};
 use crate::config::Config;
 use crate::decision::{self, EntityData, Question, Uid};
 use crate::error::{Dependency, FacadeError, downstream};
+use crate::monitoring::{Events, Hit, Monitor, Quarantine, QuarantineKind, Risk};
 
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 const MAX_INTENT_BYTES: usize = 8 * 1024;
@@ -67,6 +69,8 @@ pub(crate) struct Inner {
     pub(crate) upstreams: Upstreams,
     entities: EntityData,
     audit: Audit,
+    pub(crate) monitor: Monitor,
+    alerts: Alerts,
     ended: EndedSessions,
 }
 
@@ -77,6 +81,8 @@ impl FacadeService {
         upstreams: Upstreams,
         entities: EntityData,
         audit: Audit,
+        monitor: Monitor,
+        alerts: Alerts,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -85,6 +91,8 @@ impl FacadeService {
                 upstreams,
                 entities,
                 audit,
+                monitor,
+                alerts,
                 ended: EndedSessions::default(),
             }),
         }
@@ -175,6 +183,8 @@ enum Decided {
     ApprovalRequired {
         check: policy_pb::CheckResponse,
         ticket: Box<approval_pb::Ticket>,
+        /// A new ticket (the user is asked now), not one reused.
+        created: bool,
     },
 }
 
@@ -249,6 +259,8 @@ pub(crate) enum EndedBy {
     /// An operator, by the SPIFFE ID of their client certificate
     /// (SessionAdmin.EndSession).
     Operator(String),
+    /// The monitoring, by the quarantine rule that fired.
+    Monitoring(String),
 }
 
 impl EndedBy {
@@ -256,7 +268,7 @@ impl EndedBy {
     pub(crate) fn name(&self) -> &str {
         match self {
             Self::Agent => "agent",
-            Self::Operator(id) => id,
+            Self::Operator(id) | Self::Monitoring(id) => id,
         }
     }
 }
@@ -327,6 +339,7 @@ fn lease_status(status: credentials_pb::LeaseStatus) -> pb::LeaseStatus {
         S::Revoked => pb::LeaseStatus::Revoked,
         S::Expired => pb::LeaseStatus::Expired,
         S::RevocationFailed => pb::LeaseStatus::RevocationFailed,
+        S::Abandoned => pb::LeaseStatus::Abandoned,
         S::Unspecified => pb::LeaseStatus::Unspecified,
     }
 }
@@ -417,6 +430,7 @@ impl Inner {
         resource: &Uid,
         agent_context: &serde_json::Map<String, serde_json::Value>,
         decision_id: &str,
+        risk: &Risk,
     ) -> Result<Decided, FacadeError> {
         let question = Question {
             claims: &call.claims,
@@ -424,7 +438,7 @@ impl Inner {
             resource,
             agent_context,
             caller: call.caller,
-            risk_score: self.config.risk.baseline_score,
+            risk,
             approval: None,
         };
         let check = self.check(&question, decision_id).await?;
@@ -508,6 +522,7 @@ impl Inner {
             }
             approval_pb::RequestOutcome::TicketCreated
             | approval_pb::RequestOutcome::TicketReused => {
+                let created = approval.outcome() == approval_pb::RequestOutcome::TicketCreated;
                 let ticket = approval.ticket.ok_or_else(|| {
                     FacadeError::Internal("a ticket outcome without a ticket".into())
                 })?;
@@ -515,12 +530,209 @@ impl Inner {
                 Ok(Decided::ApprovalRequired {
                     check,
                     ticket: Box::new(ticket),
+                    created,
                 })
             }
             approval_pb::RequestOutcome::Unspecified => Err(FacadeError::Dependency {
                 dependency: Dependency::Approval,
                 detail: "the approval service gave no outcome".into(),
             }),
+        }
+    }
+
+    /// The risk of the call's next decision (the monitoring's, or the
+    /// baseline when it is off). A monitoring store that cannot answer is
+    /// a deny (DEPENDENCY_UNAVAILABLE), never a score of 0.
+    async fn assess(&self, call: &Call) -> Result<Risk, FacadeError> {
+        let risk = self
+            .monitor
+            .assess(&call.claims.sid, &call.claims.act.sub)
+            .await?;
+        let span = tracing::Span::current();
+        span.record("risk_score", risk.score);
+        span.record("risk_level", risk.level);
+        Ok(risk)
+    }
+
+    /// Counts `events` for `owner`'s session and agent and enforces the
+    /// rules that fire. `true` when `owner`'s session was quarantined by
+    /// them (it has ended).
+    pub(crate) async fn observe(
+        &self,
+        owner: &SessionOwner,
+        events: &Events,
+        risk: Option<&Risk>,
+    ) -> Result<bool, FacadeError> {
+        let hits = self
+            .monitor
+            .record(&owner.sid, &owner.agent, events)
+            .await?;
+        let mut ended = false;
+        for hit in hits {
+            self.enforce(owner, &hit, risk).await?;
+            ended = true;
+        }
+        Ok(ended)
+    }
+
+    /// Quarantines what `hit`'s rule names. The quarantine is recorded
+    /// once (the first facade to insert it raises the alert and writes its
+    /// audit record); the session is ended every time (idempotent), through
+    /// the one path EndSession takes. An agent quarantine also ends the
+    /// agent's other live sessions.
+    async fn enforce(
+        &self,
+        owner: &SessionOwner,
+        hit: &Hit,
+        risk: Option<&Risk>,
+    ) -> Result<(), FacadeError> {
+        let rule = &hit.rule;
+        let now = tether_runtime::clock::unix_now_ms();
+        let reason = format!(
+            "quarantined: {} {} within {} s (rule `{}`: {} or more)",
+            hit.count, rule.signal, rule.window_secs, rule.name, rule.count
+        );
+        let quarantine = Quarantine {
+            id: format!("q_{}", uuid::Uuid::new_v4().simple()),
+            kind: rule.quarantine,
+            subject: match rule.quarantine {
+                QuarantineKind::Session => owner.sid.clone(),
+                QuarantineKind::Agent => owner.agent.clone(),
+            },
+            rule: rule.name.clone(),
+            reason: reason.clone(),
+            session_id: owner.sid.clone(),
+            agent: owner.agent.clone(),
+            user_sub: owner.user_sub.clone(),
+            created_at_ms: now,
+            until_ms: rule
+                .duration_secs
+                .map(|d| now.saturating_add(i64::try_from(d).unwrap_or(i64::MAX / 2000) * 1000)),
+            lifted_at_ms: None,
+            lifted_by: String::new(),
+            lift_reason: String::new(),
+        };
+        let created = self.monitor.quarantine(quarantine).await?;
+        // INVARIANT: only the facade that created the quarantine records
+        // and alerts it, so neither may be skipped once it exists: a
+        // failure of one does not stop the other, nor the session's end.
+        let recorded = match &created {
+            Some(q) => self.audit.quarantine(q, risk, None).await,
+            None => Ok(()),
+        };
+        if let Some(q) = &created {
+            self.alerts.quarantined(q, risk.map(|r| r.score));
+        }
+        let by = EndedBy::Monitoring(format!("monitoring:{}", rule.name));
+        self.end_session_everywhere(owner, &reason, &by).await?;
+        if rule.quarantine == QuarantineKind::Agent {
+            self.end_agent_sessions(&owner.agent, &reason, &by).await?;
+        }
+        recorded
+    }
+
+    /// Ends every live session of `agent` (an agent quarantine), page by
+    /// page of the identity exchange's list.
+    async fn end_agent_sessions(
+        &self,
+        agent: &str,
+        reason: &str,
+        by: &EndedBy,
+    ) -> Result<(), FacadeError> {
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .upstreams
+                .identity
+                .clone()
+                .list_sessions(identity_pb::ListSessionsRequest {
+                    user_subject: String::new(),
+                    agent_id: agent.to_owned(),
+                    active_only: true,
+                    page_size: 1000,
+                    page_token: std::mem::take(&mut page_token),
+                })
+                .await
+                .map_err(|status| downstream(Dependency::Identity, &status))?
+                .into_inner();
+            for session in page.sessions {
+                let owner = SessionOwner {
+                    sid: session.sid,
+                    agent: session.agent_id,
+                    user_idp: session.user_issuer,
+                    user_sub: session.user_subject,
+                };
+                self.end_session_everywhere(&owner, reason, by).await?;
+            }
+            if page.next_page_token.is_empty() {
+                return Ok(());
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Denies at once while the audit log cannot take writes.
+    pub(crate) fn audit_ready(&self) -> Result<(), FacadeError> {
+        self.audit.ready()
+    }
+
+    /// An operator's lift of `q`, durable in the audit log.
+    pub(crate) async fn record_lift(
+        &self,
+        q: &Quarantine,
+        operator: &str,
+    ) -> Result<(), FacadeError> {
+        self.audit.quarantine(q, None, Some(operator)).await
+    }
+
+    /// Refuses an agent the monitoring has quarantined.
+    async fn refuse_quarantined_agent(&self, agent: &str) -> Result<(), FacadeError> {
+        match self.monitor.agent_quarantine(agent).await? {
+            Some(q) => Err(FacadeError::AgentQuarantined {
+                agent: clip(agent),
+                quarantine_id: q.id,
+                rule: q.rule,
+                until_ms: q.until_ms.unwrap_or_default(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// A call refused because its session has ended, with a token this
+    /// facade can still attribute (its signature verifies): a token failure
+    /// of that session and agent. Best effort: the call is refused anyway.
+    async fn token_failure(&self, metadata: &MetadataMap) {
+        if !self.monitor.enabled() {
+            return;
+        }
+        let Ok(claims) = self.sessions.claims_of_any_session(metadata).await else {
+            return;
+        };
+        let mut events = Events::default();
+        events.add("token_failures", 1);
+        if let Err(e) = self
+            .observe(&SessionOwner::of_token(&claims), &events, None)
+            .await
+        {
+            tracing::warn!(error = %e, "a token failure could not be counted");
+        }
+    }
+
+    /// An approval's outcome the agent watched: a denial or an expiry
+    /// (ignored) counts once per ticket, however often it is watched.
+    async fn approval_outcome(&self, owner: &SessionOwner, ticket: &approval_pb::Ticket) {
+        let signal = match ticket.state() {
+            approval_pb::TicketState::Denied => "approvals_denied",
+            approval_pb::TicketState::Expired => "approvals_ignored",
+            _ => return,
+        };
+        let mut events = Events {
+            once: Some(format!("ticket:{}:{signal}", clip(&ticket.ticket_id))),
+            ..Events::default()
+        };
+        events.add(signal, 1);
+        if let Err(e) = self.observe(owner, &events, None).await {
+            tracing::error!(error = %e, ticket_id = %ticket.ticket_id, signal, "an approval outcome could not be counted");
         }
     }
 
@@ -549,6 +761,12 @@ impl Inner {
         }
         check_intent(&req.intent)?;
         check_scope(&req.scope)?;
+        // A quarantined agent is refused before anything is minted. The
+        // assertion is not verified yet: the id is only looked up, and the
+        // verified one is checked again below.
+        if let Some(agent) = unverified_agent(&req.agent_assertion) {
+            self.refuse_quarantined_agent(&agent).await?;
+        }
         let exchanged = self
             .upstreams
             .identity
@@ -578,6 +796,18 @@ impl Inner {
                 ))
             })?;
         tracing::Span::current().record("session_id", claims.sid.as_str());
+        if let Err(e) = self.refuse_quarantined_agent(&claims.act.sub).await {
+            // The assertion named someone else than the agent it proved:
+            // the session just minted ends at once.
+            let reason = "the agent is quarantined";
+            self.end_session_everywhere(
+                &SessionOwner::of_token(&claims),
+                reason,
+                &EndedBy::Monitoring("monitoring".into()),
+            )
+            .await?;
+            return Err(e);
+        }
         tracing::info!(agent = %claims.act.sub, user = %claims.sub, "session started");
         Ok(pb::StartSessionResponse {
             session_id: claims.sid.clone(),
@@ -600,30 +830,33 @@ impl Inner {
         let resource = decision::uid("resource", req.resource.as_ref())?;
         let context = decision::agent_context(&req.context_json)?;
         let decision_id = format!("dec_{}", uuid::Uuid::new_v4().simple());
+        let risk = self.assess(call).await?;
         let decided = self
-            .decide(call, &action, &resource, &context, &decision_id)
+            .decide(call, &action, &resource, &context, &decision_id, &risk)
             .await?;
+        let mut created = false;
         let (decision, check, approval_required, grant) = match decided {
             Decided::Allow { check, grant } => (pb::Decision::Allow, check, None, grant),
             Decided::Deny(check) => (pb::Decision::Deny, check, None, None),
-            Decided::ApprovalRequired { check, ticket } => (
-                pb::Decision::ApprovalRequired,
+            Decided::ApprovalRequired {
                 check,
-                Some(pb::ApprovalRequired {
-                    ticket: Some(ticket_pb(&ticket)),
-                    retry_after: Some(self.retry_after()),
-                }),
-                None,
-            ),
+                ticket,
+                created: new,
+            } => {
+                created = new;
+                (
+                    pb::Decision::ApprovalRequired,
+                    check,
+                    Some(pb::ApprovalRequired {
+                        ticket: Some(ticket_pb(&ticket)),
+                        retry_after: Some(self.retry_after()),
+                    }),
+                    None,
+                )
+            }
         };
         record_decision(decision, &check);
-        let story = Story::decision(
-            &call.claims,
-            &decision_id,
-            &action,
-            &resource,
-            self.config.risk.baseline_score,
-        );
+        let story = Story::decision(&call.claims, &decision_id, &action, &resource, &risk);
         let ticket_id = approval_required
             .as_ref()
             .and_then(|a| a.ticket.as_ref())
@@ -631,6 +864,21 @@ impl Inner {
         self.audit
             .decided(&story, decision, &check, ticket_id, grant.as_deref(), false)
             .await?;
+        let events = Events::decision(
+            decision_label(decision),
+            &check.signals,
+            resource.cedar(),
+            false,
+            created,
+        );
+        let quarantined = self
+            .observe(&SessionOwner::of_token(&call.claims), &events, Some(&risk))
+            .await?;
+        if quarantined && decision != pb::Decision::Deny {
+            // INVARIANT: nothing is allowed to a session this very request
+            // got quarantined.
+            return Err(FacadeError::SessionEnded);
+        }
         Ok(pb::AuthorizeResponse {
             decision: decision.into(),
             policy_ids: check.policy_ids,
@@ -674,16 +922,12 @@ impl Inner {
             });
         }
         let decision_id = format!("dec_{}", uuid::Uuid::new_v4().simple());
+        let risk = self.assess(call).await?;
         let decided = self
-            .decide(call, &action, &resource, &context, &decision_id)
+            .decide(call, &action, &resource, &context, &decision_id, &risk)
             .await?;
-        let story = Story::decision(
-            &call.claims,
-            &decision_id,
-            &action,
-            &resource,
-            self.config.risk.baseline_score,
-        );
+        let story = Story::decision(&call.claims, &decision_id, &action, &resource, &risk);
+        let owner = SessionOwner::of_token(&call.claims);
         let (check, grant) = match decided {
             Decided::Allow { check, grant } => (check, grant),
             Decided::Deny(check) => {
@@ -691,6 +935,9 @@ impl Inner {
                 self.audit
                     .decided(&story, pb::Decision::Deny, &check, None, None, false)
                     .await?;
+                let events =
+                    Events::decision("deny", &check.signals, resource.cedar(), true, false);
+                self.observe(&owner, &events, Some(&risk)).await?;
                 return Err(FacadeError::PolicyDenied {
                     policy_ids: check.policy_ids,
                     policy_version: check.policy_version,
@@ -698,7 +945,11 @@ impl Inner {
                     reasons: check.reasons,
                 });
             }
-            Decided::ApprovalRequired { check, ticket } => {
+            Decided::ApprovalRequired {
+                check,
+                ticket,
+                created,
+            } => {
                 record_decision(pb::Decision::ApprovalRequired, &check);
                 let ticket_id = Some(ticket.ticket_id.as_str());
                 self.audit
@@ -711,6 +962,16 @@ impl Inner {
                         false,
                     )
                     .await?;
+                let events = Events::decision(
+                    "approval_required",
+                    &check.signals,
+                    resource.cedar(),
+                    true,
+                    created,
+                );
+                if self.observe(&owner, &events, Some(&risk)).await? {
+                    return Err(FacadeError::SessionEnded);
+                }
                 return Ok(pb::AcquireCredentialResponse {
                     decision: pb::Decision::ApprovalRequired.into(),
                     outcome: Some(pb::acquire_credential_response::Outcome::ApprovalRequired(
@@ -739,6 +1000,12 @@ impl Inner {
                 true,
             )
             .await?;
+        let events = Events::decision("allow", &check.signals, resource.cedar(), true, false);
+        if self.observe(&owner, &events, Some(&risk)).await? {
+            // INVARIANT: nothing is issued to a session this very request
+            // got quarantined.
+            return Err(FacadeError::SessionEnded);
+        }
         let issue = forward(
             credentials_pb::IssueRequest {
                 profile: req.profile.clone(),
@@ -1038,6 +1305,32 @@ impl Inner {
     }
 }
 
+/// `allow`, `deny` or `approval_required`, as the monitoring counts.
+fn decision_label(decision: pb::Decision) -> &'static str {
+    match decision {
+        pb::Decision::Allow => "allow",
+        pb::Decision::ApprovalRequired => "approval_required",
+        pb::Decision::Deny | pb::Decision::Unspecified => "deny",
+    }
+}
+
+/// The agent an assertion claims to be (`sub`, else `iss`), unverified:
+/// only to refuse a quarantined agent before anything is minted.
+fn unverified_agent(assertion: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = assertion.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims
+        .get("sub")
+        .or_else(|| claims.get("iss"))
+        .and_then(serde_json::Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 1024)
+        .map(str::to_owned)
+}
+
 /// Exchange's refusals in the facade's terms.
 fn exchange_error(status: &Status) -> FacadeError {
     use tonic_types::StatusExt as _;
@@ -1103,6 +1396,8 @@ macro_rules! request_span {
             granted_ttl_secs = tracing::field::Empty,
             approval_state = tracing::field::Empty,
             approval_ticket = tracing::field::Empty,
+            risk_score = tracing::field::Empty,
+            risk_level = tracing::field::Empty,
         )
     };
 }
@@ -1160,10 +1455,16 @@ impl pb::agent_gateway_server::AgentGateway for FacadeService {
                         .audit
                         .refused(claims, action.as_ref(), resource.as_ref(), e);
                 };
-                let call = inner
-                    .call(&metadata, peer)
-                    .await
-                    .inspect_err(|e| refused(None, e))?;
+                let call = match inner.call(&metadata, peer).await {
+                    Ok(call) => call,
+                    Err(e) => {
+                        refused(None, &e);
+                        if matches!(e, FacadeError::SessionEnded) {
+                            inner.token_failure(&metadata).await;
+                        }
+                        return Err(e);
+                    }
+                };
                 inner.audit.ready()?;
                 inner
                     .authorize(&call, req)
@@ -1194,10 +1495,16 @@ impl pb::agent_gateway_server::AgentGateway for FacadeService {
                         .audit
                         .refused(claims, action.as_ref(), resource.as_ref(), e);
                 };
-                let call = inner
-                    .call(&metadata, peer)
-                    .await
-                    .inspect_err(|e| refused(None, e))?;
+                let call = match inner.call(&metadata, peer).await {
+                    Ok(call) => call,
+                    Err(e) => {
+                        refused(None, &e);
+                        if matches!(e, FacadeError::SessionEnded) {
+                            inner.token_failure(&metadata).await;
+                        }
+                        return Err(e);
+                    }
+                };
                 inner.audit.ready()?;
                 inner
                     .acquire_credential(&call, req)
@@ -1233,6 +1540,7 @@ impl pb::agent_gateway_server::AgentGateway for FacadeService {
                 }
                 let call = inner.call(&metadata, peer).await?;
                 let ticket_id = req.ticket_id.clone();
+                let owner = SessionOwner::of_token(&call.claims);
                 inner
                     .upstreams
                     .approvals
@@ -1245,7 +1553,7 @@ impl pb::agent_gateway_server::AgentGateway for FacadeService {
                         &call.bearer,
                     ))
                     .await
-                    .map(Response::into_inner)
+                    .map(|response| (response.into_inner(), owner))
                     .map_err(|status| match status.code() {
                         Code::NotFound => FacadeError::TicketNotFound(clip(&ticket_id)),
                         _ => downstream(Dependency::Approval, &status),
@@ -1255,14 +1563,26 @@ impl pb::agent_gateway_server::AgentGateway for FacadeService {
         )
         .await
         .map_err(|e| span.in_scope(|| into_status(e)))?;
-        let mapped = stream.map(|item| match item {
-            Ok(message) => Ok(pb::WatchApprovalResponse {
-                ticket: message.ticket.as_ref().map(ticket_pb),
-            }),
-            Err(status) => Err(into_status(match status.code() {
-                Code::NotFound => FacadeError::TicketNotFound(String::new()),
-                _ => downstream(Dependency::Approval, &status),
-            })),
+        let (stream, owner) = stream;
+        let inner = Arc::clone(&self.inner);
+        let mapped = stream.then(move |item| {
+            let (inner, owner) = (Arc::clone(&inner), owner.clone());
+            async move {
+                match item {
+                    Ok(message) => {
+                        if let Some(ticket) = &message.ticket {
+                            inner.approval_outcome(&owner, ticket).await;
+                        }
+                        Ok(pb::WatchApprovalResponse {
+                            ticket: message.ticket.as_ref().map(ticket_pb),
+                        })
+                    }
+                    Err(status) => Err(into_status(match status.code() {
+                        Code::NotFound => FacadeError::TicketNotFound(String::new()),
+                        _ => downstream(Dependency::Approval, &status),
+                    })),
+                }
+            }
         });
         Ok(Response::new(Box::pin(mapped)))
     }
@@ -1325,6 +1645,35 @@ mod tests {
         assert!(check_scope("hr:read hr:write").is_ok());
         assert!(check_scope(&"a ".repeat(65)).is_err());
         assert!(check_scope("hr:read\nhr:write").is_err());
+    }
+
+    #[test]
+    fn the_agent_an_assertion_names_is_read_without_trusting_it() {
+        use base64::Engine as _;
+        let encode = |claims: &str| {
+            format!(
+                "e30.{}.sig",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims)
+            )
+        };
+        assert_eq!(
+            unverified_agent(&encode(r#"{"iss":"a","sub":"hr-assistant"}"#)).as_deref(),
+            Some("hr-assistant")
+        );
+        assert_eq!(
+            unverified_agent(&encode(r#"{"iss":"only-iss"}"#)).as_deref(),
+            Some("only-iss")
+        );
+        for bad in [
+            String::new(),
+            "not-a-jwt".into(),
+            "a.!!!.c".into(),
+            encode("[]"),
+            encode(r#"{"sub":""}"#),
+            encode(r#"{"sub":42}"#),
+        ] {
+            assert_eq!(unverified_agent(&bad), None, "{bad}");
+        }
     }
 
     #[test]

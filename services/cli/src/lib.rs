@@ -3,4 +3,5 @@
 pub mod audit;
 pub mod login;
 pub mod policy;
+pub mod quarantine;
 pub mod session;

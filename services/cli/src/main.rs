@@ -21,6 +21,9 @@
 //!                                     end one (same path as the agent's EndSession)
 //! tether leases list --session SID --endpoint … [--json]
 //!                                     one session's leases (never credentials)
+//! tether quarantine list [--active] | lift QID [--reason …] --endpoint … [--json]
+//!                                     operators: what the facade's risk monitoring
+//!                                     quarantined; lift one
 //! ```
 
 use std::path::PathBuf;
@@ -28,7 +31,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use tether_cli::{audit, login, policy, session};
+use tether_cli::{audit, login, policy, quarantine, session};
 
 #[derive(Debug, Parser)]
 #[command(name = "tether", version, about = "Runtime security for AI agents")]
@@ -70,6 +73,11 @@ enum Command {
     /// Operators: a session's credential leases (never the credentials).
     #[command(subcommand)]
     Leases(LeasesCommand),
+    /// Operators: sessions and agents the facade's risk monitoring
+    /// quarantined, and lifting a quarantine (SessionAdmin, `admin`
+    /// identity).
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
     /// Write a throwaway CA (`ca.pem`) and, for each NAME, a certificate
     /// `NAME.crt` + `NAME.key` whose SPIFFE ID is
     /// `spiffe://<trust-domain>/tether/<NAME>`. For local stacks and
@@ -143,6 +151,19 @@ struct FacadeArgs {
 }
 
 impl FacadeArgs {
+    fn run_quarantine(self, call: quarantine::Call) -> anyhow::Result<ExitCode> {
+        let format = if self.json {
+            session::Format::Json
+        } else {
+            session::Format::Table
+        };
+        let target = session::Target {
+            endpoint: self.endpoint,
+            tls: self.tls.config()?,
+        };
+        quarantine::run(&target, call, format)
+    }
+
     fn run(self, call: session::Call) -> anyhow::Result<ExitCode> {
         let format = if self.json {
             session::Format::Json
@@ -189,6 +210,32 @@ enum SessionCommand {
     End {
         #[arg(value_name = "SID")]
         session_id: String,
+        /// Why, for the audit log (at most 256 bytes).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        facade: FacadeArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineCommand {
+    /// Quarantines, newest first.
+    List {
+        /// Only those in force.
+        #[arg(long)]
+        active: bool,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        #[command(flatten)]
+        facade: FacadeArgs,
+    },
+    /// Lift a quarantine: the agent may start sessions again at once (a
+    /// quarantined session stays ended). Recorded in the audit log.
+    Lift {
+        #[arg(value_name = "QUARANTINE_ID")]
+        quarantine_id: String,
         /// Why, for the audit log (at most 256 bytes).
         #[arg(long, default_value = "")]
         reason: String,
@@ -349,6 +396,19 @@ fn main() -> ExitCode {
             session: session_id,
             facade,
         }) => facade.run(session::Call::Leases { session_id }),
+        Command::Quarantine(QuarantineCommand::List {
+            active,
+            limit,
+            facade,
+        }) => facade.run_quarantine(quarantine::Call::List { active, limit }),
+        Command::Quarantine(QuarantineCommand::Lift {
+            quarantine_id,
+            reason,
+            facade,
+        }) => facade.run_quarantine(quarantine::Call::Lift {
+            id: quarantine_id,
+            reason,
+        }),
     };
     match result {
         Ok(code) => code,

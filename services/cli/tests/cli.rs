@@ -38,7 +38,7 @@ fn validate_accepts_the_example_pack() {
     let out = tether(&["policy", "validate", example().to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     assert!(stdout(&out).starts_with(
-        "ok: 6 policies (2 permit, 4 forbid, 1 step-up), 2 entities, version sha256:"
+        "ok: 7 policies (2 permit, 5 forbid, 2 step-up), 2 entities, version sha256:"
     ));
 }
 
@@ -67,7 +67,7 @@ fn test_runs_the_example_cases() {
     ]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("policy cases: 15 passed, 0 failed"), "{text}");
+    assert!(text.contains("policy cases: 18 passed, 0 failed"), "{text}");
 }
 
 #[test]

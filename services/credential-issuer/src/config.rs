@@ -38,6 +38,10 @@ pub use tether_token::SessionsConfig;
 /// [profiles.hr-read]
 /// vault_path = "database/creds/hr-readonly"
 /// max_ttl_secs = 600
+/// [profiles.hr-read.database_sweep]        # optional: roles without a lease
+/// admin_url_file = "/run/secrets/hr-db-admin-url"
+/// username_prefix = "v-approle-hr-reado-"
+/// grace_secs = 300
 ///
 /// [pruning]                   # revoked/expired lease rows and ended sessions
 /// retention_secs = 604800     # kept this long after they ended (at least 3600)
@@ -94,6 +98,59 @@ pub struct Profile {
     /// The longest a credential of this profile lives (before the session
     /// cap).
     pub max_ttl_secs: u64,
+    /// The database-side sweep of this profile's roles (optional): drops
+    /// login roles OpenBao created without registering a lease.
+    #[serde(default)]
+    pub database_sweep: Option<DatabaseSweepConfig>,
+}
+
+/// `[profiles.<name>.database_sweep]`: when the connection to Vault drops
+/// while `database/creds/…` runs, OpenBao may run the creation statements
+/// and register no lease. Such a role is invisible to the orphan sweep
+/// (which lists leases); this sweep finds it in `pg_roles` and drops it.
+///
+/// It drops only roles whose name starts with `username_prefix`, whose
+/// `VALID UNTIL` passed more than `grace_secs` ago (by the database's
+/// clock), and that no live lease of the registry owns.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSweepConfig {
+    /// A file holding the admin connection string
+    /// (`postgresql://admin:…@db:5432/hr`), e.g. a mounted Secret; read on
+    /// every sweep, never logged. The database must be the one the roles'
+    /// grants are in (`DROP OWNED BY` acts on the current database).
+    pub admin_url_file: PathBuf,
+    /// What every role of this profile's Vault role starts with, as the
+    /// role's `username_template` makes it. OpenBao's default template is
+    /// `v-{{display name, 8}}-{{role name, 8}}-{{random 20}}-{{unix time}}`,
+    /// so a role `hr-readonly` read by an AppRole login gives
+    /// `v-approle-hr-reado-`. It must not match roles anything else
+    /// creates.
+    pub username_prefix: String,
+    /// How long after its `VALID UNTIL` a role is left alone (default 300).
+    #[serde(default = "default_sweep_grace_secs")]
+    pub grace_secs: u64,
+}
+
+impl DatabaseSweepConfig {
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_secs)
+    }
+}
+
+fn default_sweep_grace_secs() -> u64 {
+    300
+}
+
+/// The shortest username prefix a database sweep accepts: `v-` alone would
+/// match every role of every Vault role.
+const MIN_SWEEP_PREFIX: usize = 4;
+
+fn valid_sweep_prefix(prefix: &str) -> bool {
+    (MIN_SWEEP_PREFIX..=63).contains(&prefix.len())
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 impl Profile {
@@ -113,6 +170,14 @@ pub struct VaultConfig {
     /// UNAVAILABLE).
     #[serde(default = "default_vault_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// How long the read that creates a credential may run at Vault. An
+    /// Issue call waits `request_timeout_ms` for it and then answers
+    /// UNAVAILABLE, but the read is not cut off: dropping the connection
+    /// mid-creation can leave a database role without a lease. It finishes
+    /// in the background and whatever it made is revoked. At least
+    /// `request_timeout_ms`.
+    #[serde(default = "default_vault_creation_timeout_ms")]
+    pub creation_timeout_ms: u64,
     /// PEM bundle of CAs to trust for `https` addresses (default: the
     /// platform's web PKI roots).
     #[serde(default)]
@@ -122,6 +187,10 @@ pub struct VaultConfig {
 impl VaultConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn creation_timeout(&self) -> Duration {
+        Duration::from_millis(self.creation_timeout_ms.max(self.request_timeout_ms))
     }
 }
 
@@ -246,6 +315,10 @@ fn default_vault_timeout_ms() -> u64 {
     5_000
 }
 
+fn default_vault_creation_timeout_ms() -> u64 {
+    60_000
+}
+
 fn default_approle_mount() -> String {
     "approle".into()
 }
@@ -293,6 +366,9 @@ impl ServiceConfig for Config {
         if self.vault.request_timeout_ms == 0 {
             return invalid("vault.request_timeout_ms must be positive".into());
         }
+        if self.vault.creation_timeout_ms < self.vault.request_timeout_ms {
+            return invalid("vault.creation_timeout_ms is below request_timeout_ms".into());
+        }
         match &self.vault.auth {
             VaultAuth::Token { token, token_file } => {
                 if token.is_some() == token_file.is_some() {
@@ -339,6 +415,21 @@ impl ServiceConfig for Config {
             }
             if p.max_ttl_secs == 0 {
                 return invalid(format!("profiles.{name}.max_ttl_secs must be positive"));
+            }
+            if let Some(sweep) = &p.database_sweep
+                && !valid_sweep_prefix(&sweep.username_prefix)
+            {
+                return invalid(format!(
+                    "profiles.{name}.database_sweep.username_prefix `{}` must be {MIN_SWEEP_PREFIX}-63 characters of A-Z, a-z, 0-9, `-`, `_` and `.`",
+                    tether_runtime::clip(&sweep.username_prefix)
+                ));
+            }
+            if let Some(sweep) = &p.database_sweep
+                && sweep.admin_url_file.as_os_str().is_empty()
+            {
+                return invalid(format!(
+                    "profiles.{name}.database_sweep.admin_url_file is empty"
+                ));
             }
         }
         self.store.validate().map_err(ConfigError::Invalid)?;
@@ -405,6 +496,19 @@ mod tests {
         assert!(err.contains("pruning.batch_size"), "{err}");
         let err = check(|p| p.interval_secs = 0).unwrap_err();
         assert!(err.contains("pruning.interval_secs"), "{err}");
+    }
+
+    #[test]
+    fn sweep_prefixes() {
+        assert!(valid_sweep_prefix("v-approle-hr-reado-"));
+        assert!(valid_sweep_prefix("v-root-hr-reado-"));
+        assert!(!valid_sweep_prefix(""));
+        assert!(!valid_sweep_prefix("v-"));
+        assert!(!valid_sweep_prefix("v-root%"));
+        assert!(!valid_sweep_prefix("v-root\\"));
+        assert!(!valid_sweep_prefix("v-root\n"));
+        assert!(!valid_sweep_prefix("v-r\"oot"));
+        assert!(!valid_sweep_prefix(&"v".repeat(64)));
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //! identity exchange's keys and revocation list (`tether_token::Sessions`).
 
 mod config;
+mod dbsweep;
 mod error;
+mod lifecycle;
+mod metrics;
 mod registry;
 mod revoker;
 mod service;
@@ -26,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tether_runtime::tasks::Tasks;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
@@ -34,8 +38,8 @@ use tether_proto::credentials::v1::credential_issuer_server::{
 };
 
 pub use config::{
-    Config, Limits, Profile, PruningConfig, RevocationConfig, Secret, SessionsConfig, StoreConfig,
-    TestHooks, VaultAuth, VaultConfig,
+    Config, DatabaseSweepConfig, Limits, Profile, PruningConfig, RevocationConfig, Secret,
+    SessionsConfig, StoreConfig, TestHooks, VaultAuth, VaultConfig,
 };
 pub use error::IssuerError;
 pub use registry::{LeaseRow, Pruned, Registry, Status as LeaseStatus};
@@ -46,10 +50,6 @@ pub use vault::{Vault, VaultError};
 /// Slack added to the Vault request timeout to get the issuing window: the
 /// longest an Issue may take between writing its row and claiming its lease.
 const ISSUING_SLACK: Duration = Duration::from_secs(1);
-
-/// How long [`Issuer::stop`] waits for each background task after asking it
-/// to stop, before aborting it.
-const STOP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Installs the process-wide rustls provider (aws-lc) that reqwest and
 /// sqlx's TLS need; a provider installed earlier is kept.
@@ -65,8 +65,7 @@ pub struct Issuer {
     metrics: Arc<Metrics>,
     vault: Arc<Vault>,
     readiness: tether_runtime::Readiness,
-    stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Tasks,
 }
 
 impl Issuer {
@@ -90,37 +89,59 @@ impl Issuer {
         }
         let issuing_window = config.vault.request_timeout() * 2 + ISSUING_SLACK;
         let metrics = Arc::new(Metrics::default());
+        crate::metrics::register(&metrics);
         let paths: BTreeSet<String> = config
             .profiles
             .values()
             .map(|p| p.vault_path.clone())
+            .collect();
+        let db_sweeps = config
+            .profiles
+            .iter()
+            .filter_map(|(name, p)| {
+                let sweep = p.database_sweep.clone()?;
+                Some(dbsweep::DatabaseSweep::new(
+                    name.clone(),
+                    p.vault_path.clone(),
+                    sweep,
+                ))
+            })
             .collect();
         let revoker = Arc::new(revoker::Revoker::new(
             registry.clone(),
             Arc::clone(&vault),
             config.revocation.clone(),
             issuing_window,
+            config.vault.creation_timeout(),
             paths,
+            db_sweeps,
             Arc::clone(&metrics),
         ));
-        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut tasks = Tasks::new();
         let (sessions, revocation_sync) = tether_token::Sessions::start(
             &config.sessions,
             &config.server.tls,
-            stop_signal(stopped.clone()),
+            tasks.signal().wait(),
         )
         .await
         .context("building the identity exchange clients")?;
-        let tasks = vec![
-            tokio::spawn(Arc::clone(&revoker).run(stopped.clone())),
-            tokio::spawn(prune_periodically(
-                registry.clone(),
-                config.pruning,
-                stopped.clone(),
-            )),
-            tokio::spawn(Arc::clone(&vault).maintain_token(stopped)),
-            revocation_sync,
-        ];
+        tasks.adopt("revocation-sync", revocation_sync);
+        tasks.spawn(
+            "revoker",
+            Arc::clone(&revoker).run(tasks.signal().receiver()),
+        );
+        tasks.spawn(
+            "vault-token",
+            Arc::clone(&vault).maintain_token(tasks.signal().receiver()),
+        );
+        tasks.every("prune", config.pruning.interval(), {
+            let (registry, pruning) = (registry.clone(), config.pruning);
+            move || prune(registry.clone(), pruning)
+        });
+        tasks.every("registry-metrics", crate::metrics::REFRESH, {
+            let registry = registry.clone();
+            move || crate::metrics::refresh(registry.clone())
+        });
         let service = CredentialIssuerService::new(
             sessions,
             config.profiles.clone(),
@@ -129,6 +150,7 @@ impl Issuer {
             Arc::clone(&vault),
             revoker,
             issuing_window,
+            config.vault.request_timeout(),
             Duration::from_millis(config.revocation.revoke_call_budget_ms),
             config.test_hooks,
         );
@@ -138,7 +160,6 @@ impl Issuer {
             metrics,
             vault,
             readiness,
-            stop,
             tasks,
         })
     }
@@ -157,24 +178,20 @@ impl Issuer {
     }
 
     /// What the issuer serves on its port: the gRPC service, and
-    /// `GET /metrics` (Prometheus text format) with its counters.
+    /// `GET /metrics` (Prometheus text format), the same as the ops port's
+    /// (`server.ops_listen`, where Prometheus should scrape: no client
+    /// certificate needed there).
     pub fn routes(&self, max_message_bytes: usize) -> Routes {
-        let metrics = Arc::clone(&self.metrics);
         let http = axum::Router::new().route(
             "/metrics",
-            axum::routing::get(move || {
-                let metrics = Arc::clone(&metrics);
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        // The lease counters, then the transport's refusals.
-                        metrics.render_prometheus()
-                            + &tether_runtime::authz::METRICS.render_prometheus(),
-                    )
-                }
+            axum::routing::get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        tether_runtime::metrics::CONTENT_TYPE,
+                    )],
+                    tether_runtime::metrics::render(),
+                )
             }),
         );
         Routes::from(http).add_service(
@@ -195,60 +212,34 @@ impl Issuer {
         &self.readiness
     }
 
-    /// Stops the background tasks: signals them, and waits for each at most
-    /// [`STOP_DEADLINE`] before aborting it.
-    pub async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        tether_runtime::tasks::join_all(self.tasks.drain(..), STOP_DEADLINE).await;
+    /// Stops the background tasks: signals them, and waits for them at
+    /// most [`tether_runtime::tasks::STOP_DEADLINE`] before aborting the
+    /// late ones. (Dropping an issuer aborts them at once.)
+    pub async fn stop(self) {
+        self.tasks.stop(tether_runtime::tasks::STOP_DEADLINE).await;
     }
 }
 
-impl Drop for Issuer {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        for task in &self.tasks {
-            task.abort();
-        }
+/// One pruning pass (every `pruning.interval_secs`). Every replica
+/// prunes: the deletes are bounded and by key, so two passes at once only
+/// share the work.
+async fn prune(registry: Registry, pruning: PruningConfig) {
+    match registry
+        .prune(
+            revoker::now_ms(),
+            pruning.retention_ms(),
+            pruning.batch_size,
+        )
+        .await
+    {
+        Ok(p) if p != Pruned::default() => tracing::info!(
+            leases = p.leases,
+            sessions = p.sessions,
+            "pruned the lease registry"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning the lease registry failed; will retry"),
     }
-}
-
-/// Prunes the registry every `interval_secs` until `stop` flips. Every
-/// replica does: the deletes are bounded and by key, so two passes at once
-/// only share the work.
-async fn prune_periodically(
-    registry: Registry,
-    pruning: PruningConfig,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(pruning.interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        match registry
-            .prune(
-                revoker::now_ms(),
-                pruning.retention_ms(),
-                pruning.batch_size,
-            )
-            .await
-        {
-            Ok(p) if p != Pruned::default() => tracing::info!(
-                leases = p.leases,
-                sessions = p.sessions,
-                "pruned the lease registry"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "pruning the lease registry failed; will retry"),
-        }
-    }
-}
-
-/// Resolves once `stop` says so (or its sender is gone).
-async fn stop_signal(mut stop: tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 /// Starts the issuer and serves gRPC on `listener` until `shutdown`

@@ -19,6 +19,10 @@ pub enum Status {
     Revoked,
     Expired,
     RevocationFailed,
+    /// Terminal: an interrupted issuance (no Vault lease id recorded),
+    /// settled once the sweeps covered it; nothing was handed out and
+    /// nothing is known to have been revoked.
+    Abandoned,
 }
 
 impl Status {
@@ -30,6 +34,7 @@ impl Status {
             Self::Revoked => "REVOKED",
             Self::Expired => "EXPIRED",
             Self::RevocationFailed => "REVOCATION_FAILED",
+            Self::Abandoned => "ABANDONED",
         }
     }
 
@@ -41,6 +46,7 @@ impl Status {
             "REVOKED" => Self::Revoked,
             "EXPIRED" => Self::Expired,
             "REVOCATION_FAILED" => Self::RevocationFailed,
+            "ABANDONED" => Self::Abandoned,
             other => {
                 return Err(sqlx::Error::Decode(
                     format!("unknown lease status `{other}`").into(),
@@ -50,7 +56,7 @@ impl Status {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Revoked | Self::Expired)
+        matches!(self, Self::Revoked | Self::Expired | Self::Abandoned)
     }
 }
 
@@ -277,13 +283,14 @@ impl Registry {
         granted_ttl_secs: i64,
         expires_at: i64,
         renewable: bool,
+        db_username: Option<&str>,
         now: i64,
     ) -> Result<Option<LeaseRow>, sqlx::Error> {
         // One statement (UPDATE … RETURNING, SQLite ≥ 3.35 and PostgreSQL):
         // this is on every issuance's path.
         let q = format!(
             "UPDATE credential_leases SET vault_lease_id = $1, issued_at = $2, granted_ttl_secs = $3, \
-             expires_at = $4, renewable = $5, revoked_at = NULL, \
+             expires_at = $4, renewable = $5, revoked_at = NULL, db_username = $8, \
              status = CASE WHEN status = 'ISSUING' AND $6 < issuing_deadline AND NOT EXISTS \
                (SELECT 1 FROM credential_sessions s WHERE s.session_id = credential_leases.session_id \
                 AND s.ended_at IS NOT NULL) THEN 'ACTIVE' ELSE 'REVOKING' END, \
@@ -300,6 +307,7 @@ impl Registry {
             .bind(i64::from(renewable))
             .bind(now)
             .bind(id)
+            .bind(db_username)
             .fetch_optional(&self.pool)
             .await?
             .as_ref()
@@ -308,18 +316,41 @@ impl Registry {
     }
 
     /// Records a Vault lease that will not be handed out, for revocation.
+    /// Also an interrupted issuance whose creation finished after the sweeps
+    /// settled its row ABANDONED: the row becomes live again, because now
+    /// there is something to revoke. Returns the row as updated.
     pub async fn record_for_revocation(
         &self,
         id: &str,
         vault_lease_id: &str,
+        db_username: Option<&str>,
         now: i64,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+    ) -> Result<Option<LeaseRow>, sqlx::Error> {
+        let q = format!(
             "UPDATE credential_leases SET vault_lease_id = $1, status = 'REVOKING', issued_at = $2, \
-             next_attempt_at = $2 WHERE id = $3 AND vault_lease_id IS NULL",
+             next_attempt_at = $2, revoked_at = NULL, db_username = $4 \
+             WHERE id = $3 AND vault_lease_id IS NULL RETURNING {COLUMNS}"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(vault_lease_id)
+            .bind(now)
+            .bind(id)
+            .bind(db_username)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(row)
+            .transpose()
+    }
+
+    /// Notes on an ISSUING row that its Vault request outlived the call:
+    /// whether Vault created anything is not known yet.
+    pub async fn note_outcome_unknown(&self, id: &str, note: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE credential_leases SET last_error = $1 \
+             WHERE id = $2 AND status = 'ISSUING' AND vault_lease_id IS NULL",
         )
-        .bind(vault_lease_id)
-        .bind(now)
+        .bind(note)
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -492,7 +523,8 @@ impl Registry {
     /// The earliest scheduled attempt among non-terminal leases.
     pub async fn next_due(&self) -> Result<Option<i64>, sqlx::Error> {
         sqlx::query(
-            "SELECT MIN(CASE WHEN status = 'ISSUING' THEN issuing_deadline ELSE next_attempt_at END) AS t \
+            "SELECT MIN(CASE WHEN status = 'ISSUING' THEN COALESCE(next_attempt_at, issuing_deadline) \
+             ELSE next_attempt_at END) AS t \
              FROM credential_leases WHERE status IN ('ISSUING', 'REVOKING', 'REVOCATION_FAILED')",
         )
         .fetch_one(&self.pool)
@@ -501,8 +533,10 @@ impl Registry {
     }
 
     /// Vault confirmed the revocation (or did not know the lease).
-    pub async fn mark_done(&self, id: &str, status: Status, now: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(
+    /// `true` when this call ended the lease (`false`: another revocation
+    /// of the same lease, by the sweeper or a call, recorded it first).
+    pub async fn mark_done(&self, id: &str, status: Status, now: i64) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
             "UPDATE credential_leases SET status = $1, revoked_at = $2, next_attempt_at = NULL \
              WHERE id = $3 AND status IN ('REVOKING', 'REVOCATION_FAILED') AND vault_lease_id IS NOT NULL",
         )
@@ -511,7 +545,7 @@ impl Registry {
         .bind(id)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// A revocation attempt failed; schedules the next one.
@@ -565,6 +599,36 @@ impl Registry {
             .collect()
     }
 
+    /// Whether a live row records `db_username` as its lease's login: the
+    /// database sweep never drops such a role.
+    pub async fn owns_db_username(&self, db_username: &str) -> Result<bool, sqlx::Error> {
+        let q = format!(
+            "SELECT COUNT(*) AS n FROM credential_leases WHERE db_username = $1 AND status IN {LIVE}"
+        );
+        let n: i64 = sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(db_username)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        Ok(n > 0)
+    }
+
+    /// Live rows under `vault_path` holding a Vault lease whose login is not
+    /// recorded (issued before `db_username` existed, or not a database
+    /// secret): while any exists, the database sweep cannot tell which
+    /// roles they own and leaves the path alone.
+    pub async fn unknown_owners(&self, vault_path: &str) -> Result<i64, sqlx::Error> {
+        let q = format!(
+            "SELECT COUNT(*) AS n FROM credential_leases WHERE vault_path = $1 \
+             AND vault_lease_id IS NOT NULL AND db_username IS NULL AND status IN {LIVE}"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(vault_path)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")
+    }
+
     /// Whether a live row owns this Vault lease.
     pub async fn is_claimed(&self, vault_lease_id: &str) -> Result<bool, sqlx::Error> {
         let q = format!(
@@ -580,31 +644,35 @@ impl Registry {
 
     /// After an orphan sweep of its path: settles one interrupted issuance
     /// (no Vault lease id recorded) whose deadline is before `cutoff` as
-    /// REVOKED, because any lease it may have created was unclaimed and old
-    /// enough for the sweep to revoke it. Returns whether it did.
+    /// ABANDONED with `note` (what became of whatever it may have created),
+    /// because any lease it may have created was unclaimed and old enough
+    /// for the sweep to revoke it. Returns whether it did.
     pub async fn settle_interrupted(
         &self,
         id: &str,
         cutoff: i64,
         now: i64,
+        note: &str,
     ) -> Result<bool, sqlx::Error> {
         Ok(sqlx::query(
-            "UPDATE credential_leases SET status = 'REVOKED', revoked_at = $1, next_attempt_at = NULL, \
-             last_error = 'issuance was interrupted; the orphan sweep revoked any lease it created' \
+            "UPDATE credential_leases SET status = 'ABANDONED', revoked_at = $1, next_attempt_at = NULL, \
+             last_error = $4 \
              WHERE id = $2 AND vault_lease_id IS NULL AND issuing_deadline < $3 \
              AND status IN ('ISSUING', 'REVOKING', 'REVOCATION_FAILED')",
         )
         .bind(now)
         .bind(id)
         .bind(cutoff)
+        .bind(note)
         .execute(&self.pool)
         .await?
         .rows_affected()
             == 1)
     }
 
-    /// One prune pass at `now`: deletes lease rows that were revoked or
-    /// expired (REVOKED, EXPIRED) more than `retention_ms` ago, and
+    /// One prune pass at `now`: deletes lease rows that were revoked,
+    /// expired or abandoned (REVOKED, EXPIRED, ABANDONED) more than
+    /// `retention_ms` ago, and
     /// sessions that ended (RevokeSession) or expired more than
     /// `retention_ms` ago and hold no live lease; at most `batch` rows per
     /// statement and [`MAX_PRUNE_BATCHES`] statements per table.
@@ -630,7 +698,7 @@ impl Registry {
         let leases = self
             .delete_in_batches(
                 "DELETE FROM credential_leases WHERE id IN (SELECT id FROM credential_leases \
-                 WHERE status IN ('REVOKED', 'EXPIRED') AND revoked_at < $1 LIMIT $2)",
+                 WHERE status IN ('REVOKED', 'EXPIRED', 'ABANDONED') AND revoked_at < $1 LIMIT $2)",
                 cutoff,
                 batch,
             )

@@ -15,13 +15,14 @@ use futures::StreamExt as _;
 use tokio::sync::Notify;
 
 use crate::config::RevocationConfig;
+use crate::dbsweep::DatabaseSweep;
 use crate::registry::{LeaseRow, Registry, Status};
 use crate::vault::Vault;
 
 pub use tether_runtime::clock::unix_now_ms as now_ms;
 
-/// Counters exported in logs (`tether_credential_*` fields) and readable in
-/// process.
+/// Counters exported in logs (`tether_credential_*` fields), readable in
+/// process, and on `/metrics` through [`crate::metrics`].
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub issued: AtomicU64,
@@ -32,44 +33,6 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The counters in the Prometheus text exposition format.
-    pub fn render_prometheus(&self) -> String {
-        let mut out = String::new();
-        for (name, help, counter) in [
-            (
-                "tether_credentials_issued_total",
-                "Credentials handed out.",
-                &self.issued,
-            ),
-            (
-                "tether_credential_issue_failures_total",
-                "Issuances that failed (nothing handed out).",
-                &self.issue_failures,
-            ),
-            (
-                "tether_leases_revoked_total",
-                "Leases revoked (or found already gone) at Vault.",
-                &self.revoked,
-            ),
-            (
-                "tether_lease_revocation_failures_total",
-                "Failed revocation attempts (each is retried).",
-                &self.revocation_failures,
-            ),
-            (
-                "tether_orphan_leases_revoked_total",
-                "Vault leases no live session owned, revoked by the orphan sweep.",
-                &self.orphans_revoked,
-            ),
-        ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                Self::get(counter)
-            ));
-        }
-        out
-    }
-
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
@@ -101,19 +64,28 @@ pub struct Revoker {
     /// Longest an Issue may take from writing its row to claiming its
     /// Vault lease (`issuing_deadline - created_at`).
     issuing_window: Duration,
+    /// Longest a Vault read that creates a credential may run
+    /// (`vault.creation_timeout_ms`): an interrupted issuance is settled
+    /// only after its creation can no longer be running anywhere.
+    creation_timeout: Duration,
     paths: Vec<String>,
+    /// The profiles' database sweeps (roles created without a lease).
+    db_sweeps: Vec<DatabaseSweep>,
     metrics: Arc<Metrics>,
     wake: Notify,
     last_orphan_sweep: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Revoker {
+    #[expect(clippy::too_many_arguments, reason = "wired once, in `Issuer::start`")]
     pub fn new(
         registry: Registry,
         vault: Arc<Vault>,
         config: RevocationConfig,
         issuing_window: Duration,
+        creation_timeout: Duration,
         paths: BTreeSet<String>,
+        db_sweeps: Vec<DatabaseSweep>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -121,7 +93,9 @@ impl Revoker {
             vault,
             config,
             issuing_window,
+            creation_timeout,
             paths: paths.into_iter().collect(),
+            db_sweeps,
             metrics,
             wake: Notify::new(),
             last_orphan_sweep: tokio::sync::Mutex::new(None),
@@ -150,6 +124,29 @@ impl Revoker {
     /// unclaimed lease is abandoned.
     fn orphan_grace(&self) -> i64 {
         ms(self.issuing_window) + i64::try_from(self.config.clock_skew_ms).unwrap_or(i64::MAX)
+    }
+
+    /// The least time after a role's `VALID UNTIL` the database sweep
+    /// waits: an issuance records its login at most the creation timeout
+    /// plus the issuing window after the role was created.
+    fn db_sweep_min_grace(&self) -> Duration {
+        self.creation_timeout
+            + self.issuing_window
+            + Duration::from_millis(self.config.clock_skew_ms)
+    }
+
+    /// What an interrupted issuance's row says once the orphan sweep
+    /// covered it: true whatever Vault did.
+    fn abandoned_note(&self, row: &LeaseRow) -> &'static str {
+        if self
+            .db_sweeps
+            .iter()
+            .any(|s| s.vault_path == row.vault_path)
+        {
+            "abandoned: creation outcome unknown, nothing was handed out; no lease of it is left at Vault (orphan sweep), and a role created without a lease is dropped by the database sweep after its VALID UNTIL"
+        } else {
+            "abandoned: creation outcome unknown, nothing was handed out; no lease of it is left at Vault (orphan sweep), but a role created without a lease stays until its VALID UNTIL (no database sweep for this profile)"
+        }
     }
 
     /// One attempt at revoking one lease that has a Vault lease id. Returns
@@ -238,14 +235,17 @@ impl Revoker {
         self.revoke_many(with_id).await;
 
         let grace = self.orphan_grace();
+        let skew = i64::try_from(self.config.clock_skew_ms).unwrap_or(i64::MAX);
         let mut sweep_paths = BTreeSet::new();
         for row in &interrupted {
-            if row.issuing_deadline + grace < now {
+            // A creation finishing in the background (up to the creation
+            // timeout) records its lease itself: the row waits for it.
+            let settle_after = (row.issuing_deadline + grace)
+                .max(row.created_at + ms(self.creation_timeout) + skew);
+            if settle_after < now {
                 sweep_paths.insert(row.vault_path.clone());
             } else {
-                self.registry
-                    .postpone(&row.id, row.issuing_deadline + grace + 1)
-                    .await?;
+                self.registry.postpone(&row.id, settle_after + 1).await?;
             }
         }
         let orphan_due = {
@@ -257,12 +257,36 @@ impl Revoker {
         };
         if orphan_due && self.config.orphan_sweep {
             sweep_paths.extend(self.paths.iter().cloned());
+        }
+        if orphan_due {
             *self.last_orphan_sweep.lock().await = Some(tokio::time::Instant::now());
         }
         for path in sweep_paths {
             self.orphan_sweep(&path, &interrupted).await?;
         }
+        if orphan_due {
+            self.database_sweeps().await;
+        }
         Ok(())
+    }
+
+    /// Every profile's database sweep, one after the other; a failing one
+    /// is logged and tried again on the next pass.
+    async fn database_sweeps(&self) {
+        let min_grace = self.db_sweep_min_grace();
+        for sweep in &self.db_sweeps {
+            match sweep.run(&self.registry, min_grace).await {
+                Ok(0) => {}
+                Ok(dropped) => tracing::info!(
+                    profile = %sweep.profile,
+                    roles = dropped,
+                    "database sweep dropped roles created without a lease"
+                ),
+                Err(e) => {
+                    tracing::warn!(profile = %sweep.profile, error = %e, "database sweep failed; will retry");
+                }
+            }
+        }
     }
 
     /// Revokes every Vault lease under `path` that no live row owns and that
@@ -303,19 +327,22 @@ impl Revoker {
         }
         let skew = i64::try_from(self.config.clock_skew_ms).unwrap_or(i64::MAX);
         let cutoff = started - grace;
+        let creation = ms(self.creation_timeout);
         let mut settled = 0u64;
         for row in interrupted
             .iter()
             .filter(|r| r.vault_path == path && r.issuing_deadline < cutoff)
         {
             // INVARIANT: a lease an interrupted issuance created was issued
-            // after its row was written and before its deadline (± clock
-            // skew, + 1 s for Vault's whole-second issue time); only an
-            // unrevoked lease from that window can be it.
+            // after its row was written and before its deadline, or its
+            // creation timeout for a read finishing in the background (±
+            // clock skew, + 1 s for Vault's whole-second issue time); only
+            // an unrevoked lease from that window can be it.
             let blocked = swept.unrevoked.iter().any(|issued| {
                 issued.is_none_or(|secs| {
                     let ms = secs.saturating_mul(1000);
-                    row.created_at - skew - 1000 <= ms && ms <= row.issuing_deadline + skew
+                    let last = row.issuing_deadline.max(row.created_at + creation);
+                    row.created_at - skew - 1000 <= ms && ms <= last + skew
                 })
             });
             if blocked {
@@ -328,7 +355,7 @@ impl Revoker {
             }
             if self
                 .registry
-                .settle_interrupted(&row.id, cutoff, now_ms())
+                .settle_interrupted(&row.id, cutoff, now_ms(), self.abandoned_note(row))
                 .await?
             {
                 settled += 1;

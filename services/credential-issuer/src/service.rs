@@ -11,7 +11,8 @@ use tonic::{Request, Response, Status};
 
 use crate::config::{Limits, Profile, TestHooks};
 use crate::error::IssuerError;
-use crate::registry::{BeginError, LeaseRow, NewLease, Registry, Status as LeaseStatus};
+use crate::lifecycle::{Grant, Lifecycle};
+use crate::registry::{LeaseRow, NewLease, Registry, Status as LeaseStatus};
 use crate::revoker::{Revoker, now_ms};
 use crate::vault::{Vault, to_credential};
 use tether_token::{Caller, Sessions};
@@ -90,6 +91,8 @@ struct Inner {
     registry: Registry,
     vault: Arc<Vault>,
     revoker: Arc<Revoker>,
+    /// Reserve → mint → confirm or abandon, for `Issue`.
+    lifecycle: Lifecycle,
     issuing_window: Duration,
     revoke_budget: Duration,
     test_hooks: TestHooks,
@@ -105,6 +108,7 @@ impl CredentialIssuerService {
         vault: Arc<Vault>,
         revoker: Arc<Revoker>,
         issuing_window: Duration,
+        request_timeout: Duration,
         revoke_budget: Duration,
         test_hooks: TestHooks,
     ) -> Self {
@@ -113,6 +117,12 @@ impl CredentialIssuerService {
                 sessions,
                 profiles,
                 limits,
+                lifecycle: Lifecycle::new(
+                    registry.clone(),
+                    Arc::clone(&vault),
+                    Arc::clone(&revoker),
+                    request_timeout,
+                ),
                 registry,
                 vault,
                 revoker,
@@ -207,6 +217,7 @@ fn to_pb(row: &LeaseRow) -> pb::Lease {
         LeaseStatus::Revoked => pb::LeaseStatus::Revoked,
         LeaseStatus::Expired => pb::LeaseStatus::Expired,
         LeaseStatus::RevocationFailed => pb::LeaseStatus::RevocationFailed,
+        LeaseStatus::Abandoned => pb::LeaseStatus::Abandoned,
     };
     let pending = matches!(
         row.status,
@@ -351,59 +362,22 @@ impl Inner {
         // INVARIANT: the registry row exists (ISSUING) before Vault is asked,
         // so every lease Vault creates for us is either claimed by this row
         // or found by the orphan sweep of this profile's path.
-        let recorded_end = match self
-            .registry
-            .begin_issue(&new, self.limits.max_leases_per_session)
-            .await
-        {
-            Ok(end) => end,
-            Err(BeginError::SessionEnded) => {
-                return Err(IssuerError::FailedPrecondition(format!(
-                    "session `{}` has ended; it gets no new credentials",
-                    caller.sid
-                )));
-            }
-            Err(BeginError::TooMany { limit }) => {
-                return Err(IssuerError::TooManyLeases {
-                    session: caller.sid.clone(),
-                    limit,
-                });
-            }
-            Err(BeginError::Db(e)) => return Err(IssuerError::Registry(e)),
-        };
+        let recorded_end = self
+            .lifecycle
+            .reserve(&new, self.limits.max_leases_per_session)
+            .await?;
         // The session ends when it was first recorded to end, or when this
         // token does, whichever is sooner.
         let session_end = recorded_end.min(expires_at);
         if bounded_ttl(profile.max_ttl(), remaining_until(session_end), requested).is_zero() {
-            if let Err(db) = self.registry.discard(&id).await {
-                tracing::warn!(lease_id = %id, error = %db, "discarding the lease row failed; the sweeper settles it");
-            }
+            self.lifecycle.release(&id).await;
             return Err(IssuerError::FailedPrecondition(format!(
                 "session `{}` has less than one second left; it gets no new credentials",
                 caller.sid
             )));
         }
 
-        let secret = match self.vault.issue(&profile.vault_path).await {
-            Ok(secret) => secret,
-            Err(e) => {
-                self.revoker
-                    .metrics()
-                    .issue_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(lease_id = %id, error = %e, "vault issuance failed");
-                if e.certainly_not_applied() {
-                    if let Err(db) = self.registry.discard(&id).await {
-                        tracing::warn!(lease_id = %id, error = %db, "discarding the lease row failed; the sweeper settles it");
-                    }
-                    return Err(IssuerError::Vault(e));
-                }
-                // Vault may have created a lease we never saw: the row stays
-                // ISSUING and the orphan sweep revokes whatever it finds.
-                self.revoker.wake();
-                return Err(IssuerError::VaultNoAnswer(e));
-            }
-        };
+        let secret = self.lifecycle.mint(&id, &profile.vault_path).await?;
         test_pause_after_vault_issue(self.test_hooks).await;
 
         // INVARIANT: the lease's expiry is checked against the session's end
@@ -423,47 +397,23 @@ impl Inner {
             Ok(fit) => fit,
             Err(e) => {
                 tracing::warn!(lease_id = %id, error = %e, "cannot cap the lease to the session; revoking it");
-                return Err(self.abandon(&id, &secret.lease_id, now_ms()).await);
+                return Err(self.lifecycle.abandon(&id, &secret).await);
             }
         };
-        let issued_at = fit.seen_at;
         let granted_secs = i64::try_from(fit.ttl.as_secs()).unwrap_or(i64::MAX);
-        let renewable = fit.renewable;
-        let lease_expires = fit.expires_at;
-        let row = match self
-            .registry
-            .claim(
+        let row = self
+            .lifecycle
+            .confirm(
                 &id,
-                &secret.lease_id,
-                issued_at,
-                granted_secs,
-                lease_expires,
-                renewable,
-                issued_at,
+                &secret,
+                Grant {
+                    seen_at: fit.seen_at,
+                    ttl_secs: granted_secs,
+                    expires_at: fit.expires_at,
+                    renewable: fit.renewable,
+                },
             )
-            .await
-        {
-            Ok(Some(row)) => row,
-            Ok(None) => {
-                return Err(IssuerError::Internal(format!(
-                    "lease `{id}` vanished during issuance"
-                )));
-            }
-            Err(e) => {
-                tracing::warn!(lease_id = %id, error = %e, "recording the vault lease failed; revoking it");
-                if let Err(ve) = self.vault.revoke(&secret.lease_id).await {
-                    tracing::warn!(lease_id = %id, error = %ve, "revoking the unrecorded lease failed; the orphan sweep will");
-                }
-                return Err(IssuerError::Registry(e));
-            }
-        };
-        if row.status != LeaseStatus::Active {
-            self.revoker.revoke_one(&row).await;
-            return Err(IssuerError::FailedPrecondition(format!(
-                "session `{}` ended (or the issuance outlived its deadline) while the credential was being issued; it was revoked",
-                caller.sid
-            )));
-        }
+            .await?;
         let total = self
             .revoker
             .metrics()
@@ -541,32 +491,6 @@ impl Inner {
             }
         }
         Err(FitError::TooLong)
-    }
-
-    /// Records the Vault lease of a row that will not be handed out, and
-    /// revokes it (retrying in the background if that fails).
-    async fn abandon(&self, id: &str, vault_lease_id: &str, now: i64) -> IssuerError {
-        // Past-deadline claim: the row becomes REVOKING with the Vault id.
-        let claimed = self
-            .registry
-            .record_for_revocation(id, vault_lease_id, now)
-            .await;
-        match claimed {
-            Ok(_) => {
-                if let Ok(Some(row)) = self.registry.get(id).await {
-                    self.revoker.revoke_one(&row).await;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(lease_id = %id, error = %e, "recording the abandoned lease failed");
-                if let Err(ve) = self.vault.revoke(vault_lease_id).await {
-                    tracing::warn!(lease_id = %id, error = %ve, "revoking the abandoned lease failed; the orphan sweep will");
-                }
-            }
-        }
-        IssuerError::FailedPrecondition(
-            "the credential could not be limited to the session's lifetime; it was revoked".into(),
-        )
     }
 
     async fn renew(

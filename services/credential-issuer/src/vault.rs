@@ -71,6 +71,14 @@ pub struct IssuedSecret {
     pub data: serde_json::Map<String, Value>,
 }
 
+impl IssuedSecret {
+    /// The database login the secret carries (`data.username`), if any:
+    /// the role's name, not a secret.
+    pub fn db_username(&self) -> Option<&str> {
+        self.data.get("username").and_then(Value::as_str)
+    }
+}
+
 impl std::fmt::Debug for IssuedSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IssuedSecret")
@@ -470,12 +478,26 @@ impl Vault {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value), VaultError> {
+        self.call_within(method, path, body, self.config.request_timeout())
+            .await
+    }
+
+    /// [`Vault::call`], with the answer awaited up to `timeout` instead of
+    /// the request timeout.
+    async fn call_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Value), VaultError> {
         let mut retried = false;
         loop {
             let (token, generation) = self.current_token().await?;
             let mut req = self
                 .http
                 .request(method.clone(), format!("{}/v1/{path}", self.base))
+                .timeout(timeout)
                 .header("X-Vault-Token", token.expose());
             if let Some(body) = body {
                 req = req.json(body);
@@ -517,9 +539,13 @@ impl Vault {
         }
     }
 
-    /// Reads a dynamic secret (`GET /v1/<path>`).
+    /// Reads a dynamic secret (`GET /v1/<path>`), waiting up to the
+    /// creation timeout: a connection dropped while Vault creates the
+    /// secret can leave a database role behind with no lease.
     pub async fn issue(&self, path: &str) -> Result<IssuedSecret, VaultError> {
-        let (_, v) = self.call(Method::GET, path, None).await?;
+        let (_, v) = self
+            .call_within(Method::GET, path, None, self.config.creation_timeout())
+            .await?;
         let lease_id = v
             .get("lease_id")
             .and_then(Value::as_str)

@@ -213,8 +213,15 @@ impl Exchanger {
         &self.store
     }
 
-    /// RFC 8693 token exchange.
+    /// RFC 8693 token exchange (counted by outcome, whichever transport
+    /// asked).
     pub async fn exchange(&self, input: &ExchangeInput) -> Result<Minted, ExchangeError> {
+        let result = self.exchange_checked(input).await;
+        crate::metrics::exchange(&result);
+        result
+    }
+
+    async fn exchange_checked(&self, input: &ExchangeInput) -> Result<Minted, ExchangeError> {
         let intent = self.check_input(input)?;
         // The actor first: its assertion is single-use, spent by this
         // request whatever its outcome.

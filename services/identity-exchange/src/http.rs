@@ -324,6 +324,14 @@ pub(crate) fn error(err: &ExchangeError) -> Response {
     no_store(response)
 }
 
+/// A `/token` request refused before the exchange itself ran (client
+/// authentication sent, a bad DPoP header, grant type or target): counted
+/// like a refused exchange, then answered.
+fn refused(err: &ExchangeError) -> Response {
+    crate::metrics::refused(err);
+    error(err)
+}
+
 async fn token(
     State(state): State<Arc<HttpState>>,
     headers: HeaderMap,
@@ -332,7 +340,7 @@ async fn token(
     let ex = &state.exchanger;
     if let Err(e) = crate::http_refusals::no_client_authentication(&form, &headers) {
         tracing::info!(error = %e, "exchange refused");
-        return error(&e);
+        return refused(&e);
     }
     // RFC 9449 §4.3: exactly one `DPoP` header, when there is one.
     let mut proofs = headers.get_all("dpop").iter();
@@ -341,14 +349,14 @@ async fn token(
         (Some(proof), None) => match proof.to_str() {
             Ok(proof) => Some(proof.to_owned()),
             Err(_) => {
-                return error(&ExchangeError::oauth(
+                return refused(&ExchangeError::oauth(
                     OAuthCode::InvalidDpopProof,
                     "DPoP proof rejected: the header is not ASCII",
                 ));
             }
         },
         (Some(_), Some(_)) => {
-            return error(&ExchangeError::oauth(
+            return refused(&ExchangeError::oauth(
                 OAuthCode::InvalidDpopProof,
                 "DPoP proof rejected: send exactly one `DPoP` header",
             ));
@@ -356,7 +364,7 @@ async fn token(
     };
     let field = |k: &str| form.get(k).cloned().unwrap_or_default();
     if field("grant_type") != GRANT_TYPE_TOKEN_EXCHANGE {
-        return error(&ExchangeError::oauth(
+        return refused(&ExchangeError::oauth(
             OAuthCode::UnsupportedGrantType,
             format!("`grant_type` must be `{GRANT_TYPE_TOKEN_EXCHANGE}`"),
         ));
@@ -367,7 +375,7 @@ async fn token(
         (Some(a), Some(r)) if a == r => a.clone(),
         (None, None) => String::new(),
         _ => {
-            return error(&ExchangeError::oauth(
+            return refused(&ExchangeError::oauth(
                 OAuthCode::InvalidTarget,
                 "give exactly one target: `audience` or `resource`",
             ));

@@ -15,6 +15,7 @@ mod grpc;
 mod http;
 mod http_refusals;
 mod issuers;
+mod metrics;
 mod spiffe;
 mod store;
 

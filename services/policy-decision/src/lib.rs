@@ -11,6 +11,7 @@
 pub mod authzen;
 mod config;
 mod error;
+mod metrics;
 mod service;
 mod store;
 mod watcher;

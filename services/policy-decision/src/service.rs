@@ -35,8 +35,19 @@ impl PolicyDecisionService {
     }
 
     /// Validates and evaluates one request: what gRPC Check, each BatchCheck
-    /// item and each AuthZEN evaluation go through.
+    /// item and each AuthZEN evaluation go through (and where decisions are
+    /// counted).
     pub(crate) fn check_one(
+        &self,
+        pack: &PolicyPack,
+        req: &pb::CheckRequest,
+    ) -> Result<pb::CheckResponse, PdpError> {
+        let result = self.evaluate_one(pack, req);
+        crate::metrics::decision(&result, pack.version());
+        result
+    }
+
+    fn evaluate_one(
         &self,
         pack: &PolicyPack,
         req: &pb::CheckRequest,
@@ -74,7 +85,7 @@ impl PolicyDecisionService {
             entities_json: &req.entities_json,
         };
         let decision = pack.evaluate(&query, &self.limits.evaluation)?;
-        Ok(to_response(decision, pack.version(), &req.request_id))
+        Ok(to_response(decision, pack, &req.request_id))
     }
 }
 
@@ -89,7 +100,7 @@ pub(crate) fn check_request_id(id: &str) -> Result<(), PdpError> {
     Ok(())
 }
 
-fn to_response(decision: Decision, version: &str, request_id: &str) -> pb::CheckResponse {
+fn to_response(decision: Decision, pack: &PolicyPack, request_id: &str) -> pb::CheckResponse {
     let (kind, step_up) = match decision.outcome {
         Outcome::Allow => (pb::Decision::Allow, None),
         Outcome::Deny => (pb::Decision::Deny, None),
@@ -104,6 +115,7 @@ fn to_response(decision: Decision, version: &str, request_id: &str) -> pb::Check
     };
     pb::CheckResponse {
         decision: kind.into(),
+        signals: pack.signals(&decision.policy_ids),
         policy_ids: decision.policy_ids,
         reasons: decision.reasons,
         errors: decision
@@ -115,7 +127,7 @@ fn to_response(decision: Decision, version: &str, request_id: &str) -> pb::Check
             })
             .collect(),
         step_up,
-        policy_version: version.to_owned(),
+        policy_version: pack.version().to_owned(),
         request_id: request_id.to_owned(),
     }
 }
@@ -231,5 +243,6 @@ fn rejected_item(err: &PdpError, version: &str, request_id: &str) -> pb::CheckRe
         step_up: None,
         policy_version: version.to_owned(),
         request_id: request_id.chars().take(MAX_REQUEST_ID_BYTES).collect(),
+        signals: Vec::new(),
     }
 }
