@@ -216,7 +216,7 @@ impl EntityData {
 }
 
 /// What a decision is asked about, with the facts only Tether supplies.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct Question<'a> {
     pub claims: &'a DelegatedClaims,
     pub action: &'a Uid,

@@ -692,7 +692,15 @@ struct Shared {
     agent_window_ms: i64,
     /// Writes of events no rule counts, in flight behind their answers.
     behind: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The risk each recent session was last assessed at: the guess the
+    /// policy is asked with while the store is read ([`Monitor::guess`]).
+    /// Never an answer by itself.
+    last: std::sync::Mutex<std::collections::HashMap<String, Risk>>,
 }
+
+/// Sessions whose last risk is remembered; past that the memory starts
+/// over (a guess only saves a wait, so forgetting costs one wait each).
+const MAX_REMEMBERED: usize = 10_000;
 
 /// Writes behind the answer at most at once; more are written before it.
 const MAX_WRITES_BEHIND: usize = 256;
@@ -772,6 +780,7 @@ impl Monitor {
                     session_window_ms: secs_ms(config.session_window_secs),
                     agent_window_ms: secs_ms(config.agent_window_secs),
                     behind: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_WRITES_BEHIND)),
+                    last: std::sync::Mutex::default(),
                 })),
                 baseline: Risk::baseline(baseline, config.medium_at, config.high_at),
             },
@@ -790,7 +799,29 @@ impl Monitor {
         };
         let now = tether_runtime::clock::unix_now_ms();
         let (session, agent) = shared.counts(sid, agent, now).await?;
-        Ok(shared.scoring.risk(&session, &agent))
+        let risk = shared.scoring.risk(&session, &agent);
+        if let Ok(mut last) = shared.last.lock() {
+            if last.len() >= MAX_REMEMBERED && !last.contains_key(sid) {
+                last.clear();
+            }
+            last.insert(sid.to_owned(), risk.clone());
+        }
+        Ok(risk)
+    }
+
+    /// The risk without behaviour: `[risk] baseline_score`.
+    pub fn baseline(&self) -> &Risk {
+        &self.baseline
+    }
+
+    /// The risk session `sid` was last assessed at on this replica (the
+    /// baseline for one not seen): a guess to ask the policy with while
+    /// [`Monitor::assess`] reads the store, kept only when the two agree.
+    pub fn guess(&self, sid: &str) -> Risk {
+        self.inner
+            .as_ref()
+            .and_then(|shared| shared.last.lock().ok()?.get(sid).cloned())
+            .unwrap_or_else(|| self.baseline.clone())
     }
 
     /// Adds `events` to the session's and the agent's counters; the rules

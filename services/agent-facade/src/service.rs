@@ -420,9 +420,58 @@ impl Inner {
             .map_err(|status| downstream(Dependency::Policy, &status))
     }
 
-    /// Decides `action` on `resource` for the session, asking the user when
-    /// a step-up policy says so, and re-deciding with the approval in
-    /// context before anything is allowed on it.
+    /// The session's fresh risk and the policy's first answer on it.
+    ///
+    /// With monitoring on, the policy is asked with the risk this session
+    /// was last assessed at while the store is read, at the same time; the
+    /// answer is kept only when the fresh risk is that same risk, and the
+    /// policy is asked again with the fresh one otherwise. So every answer
+    /// rests on the fresh risk, a store that cannot answer denies, and the
+    /// store's read costs no wait of its own when the risk has not moved.
+    async fn assess_and_check(
+        &self,
+        question: &Question<'_>,
+        call: &Call,
+        decision_id: &str,
+    ) -> Result<(Risk, policy_pb::CheckResponse), FacadeError> {
+        if !self.monitor.enabled() {
+            let risk = self.assess(call).await?;
+            let check = self
+                .check(
+                    &Question {
+                        risk: &risk,
+                        ..*question
+                    },
+                    decision_id,
+                )
+                .await;
+            return Ok((risk, check?));
+        }
+        let guess = self.monitor.guess(&call.claims.sid);
+        let guessed = Question {
+            risk: &guess,
+            ..*question
+        };
+        let (fresh, guessed) = tokio::join!(self.assess(call), self.check(&guessed, decision_id));
+        let fresh = fresh?;
+        if fresh == guess {
+            return Ok((fresh, guessed?));
+        }
+        let check = self
+            .check(
+                &Question {
+                    risk: &fresh,
+                    ..*question
+                },
+                decision_id,
+            )
+            .await;
+        Ok((fresh, check?))
+    }
+
+    /// Decides `action` on `resource` for the session at its fresh risk,
+    /// asking the user when a step-up policy says so, and re-deciding with
+    /// the approval in context before anything is allowed on it.
     async fn decide(
         &self,
         call: &Call,
@@ -430,18 +479,42 @@ impl Inner {
         resource: &Uid,
         agent_context: &serde_json::Map<String, serde_json::Value>,
         decision_id: &str,
-        risk: &Risk,
-    ) -> Result<Decided, FacadeError> {
-        let question = Question {
+    ) -> Result<(Risk, Decided), FacadeError> {
+        let asked = Question {
             claims: &call.claims,
             action,
             resource,
             agent_context,
             caller: call.caller,
-            risk,
+            // Replaced by the assessed risk before the policy is asked.
+            risk: self.monitor.baseline(),
             approval: None,
         };
-        let check = self.check(&question, decision_id).await?;
+        let (risk, check) = self.assess_and_check(&asked, call, decision_id).await?;
+        let decided = self
+            .decide_on(
+                call,
+                &Question {
+                    risk: &risk,
+                    ..asked
+                },
+                check,
+                decision_id,
+            )
+            .await?;
+        Ok((risk, decided))
+    }
+
+    /// [`FacadeService::decide`] from the policy's first answer on.
+    async fn decide_on(
+        &self,
+        call: &Call,
+        question: &Question<'_>,
+        check: policy_pb::CheckResponse,
+        decision_id: &str,
+    ) -> Result<Decided, FacadeError> {
+        let (action, resource) = (question.action, question.resource);
+        let question = *question;
         match check.decision() {
             policy_pb::Decision::Allow => {
                 return Ok(Decided::Allow { check, grant: None });
@@ -830,9 +903,8 @@ impl Inner {
         let resource = decision::uid("resource", req.resource.as_ref())?;
         let context = decision::agent_context(&req.context_json)?;
         let decision_id = format!("dec_{}", uuid::Uuid::new_v4().simple());
-        let risk = self.assess(call).await?;
-        let decided = self
-            .decide(call, &action, &resource, &context, &decision_id, &risk)
+        let (risk, decided) = self
+            .decide(call, &action, &resource, &context, &decision_id)
             .await?;
         let mut created = false;
         let (decision, check, approval_required, grant) = match decided {
@@ -922,9 +994,8 @@ impl Inner {
             });
         }
         let decision_id = format!("dec_{}", uuid::Uuid::new_v4().simple());
-        let risk = self.assess(call).await?;
-        let decided = self
-            .decide(call, &action, &resource, &context, &decision_id, &risk)
+        let (risk, decided) = self
+            .decide(call, &action, &resource, &context, &decision_id)
             .await?;
         let story = Story::decision(&call.claims, &decision_id, &action, &resource, &risk);
         let owner = SessionOwner::of_token(&call.claims);
