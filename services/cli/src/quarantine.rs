@@ -9,13 +9,9 @@
 //! with control characters escaped.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use serde_json::{Value, json};
 use tether_proto::facade::v1 as pb;
-use tether_proto::facade::v1::session_admin_client::SessionAdminClient;
-use tonic::Code;
 
 use crate::session::{Format, Target, printable, rfc3339, table};
 
@@ -62,68 +58,32 @@ fn check(call: &Call) -> anyhow::Result<()> {
 /// Runs `call` against `target` and prints the result.
 pub fn run(target: &Target, call: Call, format: Format) -> anyhow::Result<ExitCode> {
     check(&call)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let channel = tether_runtime::client::Clients::new(&target.tls)
-            .context("loading the TLS certificate")?
-            .with_timeouts(Duration::from_secs(5), Duration::from_secs(30))
-            .grpc(&target.endpoint, "agent-facade")?;
-        let mut client = SessionAdminClient::new(channel);
-        let outcome = match &call {
-            Call::List { active, limit } => client
-                .list_quarantines(pb::ListQuarantinesRequest {
-                    active_only: *active,
-                    limit: *limit,
-                })
-                .await
-                .map(|r| print_list(&r.into_inner().quarantines, format)),
-            Call::Lift { id, reason } => client
-                .lift_quarantine(pb::LiftQuarantineRequest {
-                    quarantine_id: id.clone(),
-                    reason: reason.clone(),
-                })
-                .await
-                .map(|r| print_lift(&r.into_inner(), format)),
-        };
-        match outcome {
-            Ok(()) => Ok(ExitCode::SUCCESS),
-            Err(status) if status.code() == Code::NotFound => {
-                let id = match &call {
-                    Call::Lift { id, .. } => id.as_str(),
-                    Call::List { .. } => "",
-                };
-                eprintln!(
-                    "error: no quarantine `{}` at `{}`",
-                    printable(id),
-                    target.endpoint
-                );
-                Ok(ExitCode::FAILURE)
-            }
-            Err(status) => Err(explain(&target.endpoint, &status)),
-        }
-    })
-}
-
-fn explain(endpoint: &str, status: &tonic::Status) -> anyhow::Error {
-    let message = printable(status.message());
-    let what = match status.code() {
-        Code::Unavailable => format!(
-            "cannot reach the agent facade at `{endpoint}` or its monitoring store: {message}"
-        ),
-        Code::Unauthenticated => format!(
-            "not authenticated by `{endpoint}`: quarantine administration needs the operators' client certificate (--tls-cert, --tls-key, --tls-ca): {message}"
-        ),
-        Code::PermissionDenied => format!(
-            "permission denied by `{endpoint}`: the certificate's identity is not the operators' `admin` identity: {message}"
-        ),
-        Code::FailedPrecondition => format!("`{endpoint}` refused: {message}"),
-        Code::InvalidArgument => format!("refused as invalid: {message}"),
-        code => format!("`{endpoint}` answered {code:?}: {message}"),
+    let id = match &call {
+        Call::Lift { id, .. } => printable(id),
+        Call::List { .. } => String::new(),
     };
-    anyhow::anyhow!(what)
+    crate::session::admin_call(
+        target,
+        &format!("quarantine `{id}`"),
+        |mut client| async move {
+            match &call {
+                Call::List { active, limit } => client
+                    .list_quarantines(pb::ListQuarantinesRequest {
+                        active_only: *active,
+                        limit: *limit,
+                    })
+                    .await
+                    .map(|r| print_list(&r.into_inner().quarantines, format)),
+                Call::Lift { id, reason } => client
+                    .lift_quarantine(pb::LiftQuarantineRequest {
+                        quarantine_id: id.clone(),
+                        reason: reason.clone(),
+                    })
+                    .await
+                    .map(|r| print_lift(&r.into_inner(), format)),
+            }
+        },
+    )
 }
 
 fn kind_name(kind: pb::QuarantineKind) -> String {

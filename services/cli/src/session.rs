@@ -71,6 +71,41 @@ pub enum Format {
 /// Runs `call` against `target` and prints the result.
 pub fn run(target: &Target, call: Call, format: Format) -> anyhow::Result<ExitCode> {
     check(&call)?;
+    let sid = match &call {
+        Call::Show { session_id } | Call::End { session_id, .. } | Call::Leases { session_id } => {
+            session_id.as_str()
+        }
+        Call::List(_) => "",
+    };
+    admin_call(
+        target,
+        &format!("session `{sid}`"),
+        |mut client| async move {
+            match &call {
+                Call::List(options) => list(&mut client, options, format).await,
+                Call::Show { session_id } => show(&mut client, session_id, format).await,
+                Call::End { session_id, reason } => {
+                    end(&mut client, session_id, reason, format).await
+                }
+                Call::Leases { session_id } => leases(&mut client, session_id, format).await,
+            }
+        },
+    )
+}
+
+/// One call to the facade's session administration (`tether session`,
+/// `tether quarantine`), on a runtime of its own, with the operators'
+/// certificate: NOT_FOUND is "no `missing`" and exit code 1; any other
+/// refusal an error that says what to check.
+pub(crate) fn admin_call<F, Fut>(
+    target: &Target,
+    missing: &str,
+    call: F,
+) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -81,23 +116,10 @@ pub fn run(target: &Target, call: Call, format: Format) -> anyhow::Result<ExitCo
             // Ending a session waits for three services in turn.
             .with_timeouts(Duration::from_secs(5), Duration::from_secs(30))
             .grpc(&target.endpoint, "agent-facade")?;
-        let mut client = SessionAdminClient::new(channel);
-        let outcome = match &call {
-            Call::List(options) => list(&mut client, options, format).await,
-            Call::Show { session_id } => show(&mut client, session_id, format).await,
-            Call::End { session_id, reason } => end(&mut client, session_id, reason, format).await,
-            Call::Leases { session_id } => leases(&mut client, session_id, format).await,
-        };
-        match outcome {
+        match call(SessionAdminClient::new(channel)).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(status) if status.code() == Code::NotFound => {
-                let sid = match &call {
-                    Call::Show { session_id }
-                    | Call::End { session_id, .. }
-                    | Call::Leases { session_id } => session_id.as_str(),
-                    Call::List(_) => "",
-                };
-                eprintln!("error: no session `{sid}` at `{}`", target.endpoint);
+                eprintln!("error: no {missing} at `{}`", target.endpoint);
                 Ok(ExitCode::FAILURE)
             }
             Err(status) => Err(explain(&target.endpoint, &status)),
@@ -144,24 +166,25 @@ fn explain(endpoint: &str, status: &tonic::Status) -> anyhow::Error {
     let message = printable(status.message());
     let what = match status.code() {
         Code::Unavailable => format!(
-            "cannot reach the agent facade at `{endpoint}` or a service behind it: {message}"
+            "cannot reach the agent facade at `{endpoint}` or a service or store behind it: {message}"
         ),
         Code::DeadlineExceeded => {
             format!("the agent facade at `{endpoint}` did not answer in time: {message}")
         }
         Code::Unauthenticated => format!(
-            "not authenticated by `{endpoint}`: session administration needs the operators' client certificate (--tls-cert, --tls-key, --tls-ca): {message}"
+            "not authenticated by `{endpoint}`: administration needs the operators' client certificate (--tls-cert, --tls-key, --tls-ca): {message}"
         ),
         Code::PermissionDenied => format!(
             "permission denied by `{endpoint}`: the certificate's identity is not the operators' `admin` identity: {message}"
         ),
+        Code::FailedPrecondition => format!("`{endpoint}` refused: {message}"),
         Code::InvalidArgument => format!("refused as invalid: {message}"),
         code => format!("`{endpoint}` answered {code:?}: {message}"),
     };
     anyhow::anyhow!(what)
 }
 
-type Client = SessionAdminClient<InternalChannel>;
+pub(crate) type Client = SessionAdminClient<InternalChannel>;
 
 async fn list(
     client: &mut Client,

@@ -602,15 +602,7 @@ impl Registry {
     /// Whether a live row records `db_username` as its lease's login: the
     /// database sweep never drops such a role.
     pub async fn owns_db_username(&self, db_username: &str) -> Result<bool, sqlx::Error> {
-        let q = format!(
-            "SELECT COUNT(*) AS n FROM credential_leases WHERE db_username = $1 AND status IN {LIVE}"
-        );
-        let n: i64 = sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(db_username)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("n")?;
-        Ok(n > 0)
+        self.live_row_with("db_username", db_username).await
     }
 
     /// Live rows under `vault_path` holding a Vault lease whose login is not
@@ -631,11 +623,17 @@ impl Registry {
 
     /// Whether a live row owns this Vault lease.
     pub async fn is_claimed(&self, vault_lease_id: &str) -> Result<bool, sqlx::Error> {
+        self.live_row_with("vault_lease_id", vault_lease_id).await
+    }
+
+    /// Whether a live row has `column` = `value`. `column` is one of this
+    /// file's names, never caller input.
+    async fn live_row_with(&self, column: &'static str, value: &str) -> Result<bool, sqlx::Error> {
         let q = format!(
-            "SELECT COUNT(*) AS n FROM credential_leases WHERE vault_lease_id = $1 AND status IN {LIVE}"
+            "SELECT COUNT(*) AS n FROM credential_leases WHERE {column} = $1 AND status IN {LIVE}"
         );
         let n: i64 = sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(vault_lease_id)
+            .bind(value)
             .fetch_one(&self.pool)
             .await?
             .try_get("n")?;
