@@ -646,20 +646,7 @@ async fn the_database_sweep_drops_only_expired_unowned_roles_with_the_prefix() {
             .unwrap();
     }
 
-    eventually(Duration::from_secs(30), || async {
-        let left = deps
-            .pg
-            .roles_like(&leaked)
-            .await
-            .map_err(|e| e.to_string())?;
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{left:?}"))
-        }
-    })
-    .await
-    .unwrap();
+    until_gone(&deps.pg, &leaked).await;
     // A pass that starts after the one that dropped it drops a second one:
     // by then the first pass has looked at every candidate.
     let second = format!("{READ_PREFIX}leaked-second");
@@ -669,20 +656,7 @@ async fn the_database_sweep_drops_only_expired_unowned_roles_with_the_prefix() {
     .execute(&mut admin)
     .await
     .unwrap();
-    eventually(Duration::from_secs(30), || async {
-        let left = deps
-            .pg
-            .roles_like(&second)
-            .await
-            .map_err(|e| e.to_string())?;
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{left:?}"))
-        }
-    })
-    .await
-    .unwrap();
+    until_gone(&deps.pg, &second).await;
     for role in [owned.as_str(), future.as_str(), other] {
         assert_eq!(
             deps.pg.roles_like(role).await.unwrap(),
@@ -699,4 +673,18 @@ async fn the_database_sweep_drops_only_expired_unowned_roles_with_the_prefix() {
     .unwrap();
     admin.close().await.unwrap();
     logs_in(&deps.pg, &owned, &password).await.unwrap();
+}
+
+/// Waits until no role named like `role` is left.
+async fn until_gone(pg: &PgCluster, role: &str) {
+    eventually(Duration::from_secs(30), || async {
+        let left = pg.roles_like(role).await.map_err(|e| e.to_string())?;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    })
+    .await
+    .unwrap();
 }
