@@ -12,6 +12,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Where cargo puts the debug binaries (CARGO_TARGET_DIR, when set, wins).
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 cd "$ROOT"
 TOOLS="$ROOT/.tools"
 PIDS=()
@@ -156,7 +158,7 @@ trust_domain = "tether.local"
 dir = "$pack"
 watch = true
 TOML
-    target/debug/tether-policy-decision --config "$WORK/policy-decision.toml" 2>"$WORK/policy-decision.log" &
+    "$BIN"/tether-policy-decision --config "$WORK/policy-decision.toml" 2>"$WORK/policy-decision.log" &
     PIDS+=($!)
     wait_for_port "$port" "tether-policy-decision" "$!"
 }
@@ -168,14 +170,14 @@ cmd_demo() {
     log "building (debug)"
     cargo build --quiet --bin tether-demo --bin tether-services --bin tether-policy-decision --bin tether
     log "the story: the whole stack on loopback with its real dependencies, one scripted agent through the facade"
-    target/debug/tether-demo "$@"
+    "$BIN"/tether-demo "$@"
     local port
     port=$(free_port)
     log "the policy pack's own cases against the real tether-policy-decision binary on 127.0.0.1:$port (mTLS)"
-    target/debug/tether dev-certs --out "$WORK/pki" policy-decision admin >/dev/null
+    "$BIN"/tether dev-certs --out "$WORK/pki" policy-decision admin >/dev/null
     start_pdp "$port" "$ROOT/examples/hr" "$WORK/pki"
-    target/debug/tether policy validate examples/hr
-    target/debug/tether policy test examples/hr examples/hr/cases.yaml --endpoint "https://127.0.0.1:$port" \
+    "$BIN"/tether policy validate examples/hr
+    "$BIN"/tether policy test examples/hr examples/hr/cases.yaml --endpoint "https://127.0.0.1:$port" \
         --tls-cert "$WORK/pki/admin.crt" --tls-key "$WORK/pki/admin.key" --tls-ca "$WORK/pki/ca.pem"
     log "stopping (SIGTERM, graceful drain)"
     kill -TERM "${PIDS[0]}"
