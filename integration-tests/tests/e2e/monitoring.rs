@@ -819,8 +819,13 @@ async fn an_unreachable_monitoring_store_denies_with_dependency_unavailable() {
     let allowed = authorize().await.unwrap().into_inner();
     assert_eq!(allowed.decision(), pb::Decision::Allow);
 
-    // The monitoring's PostgreSQL goes away: no score of 0, a deny.
+    // The monitoring's PostgreSQL goes away: no score of 0, a deny, once
+    // the replica's memory of the session is due for a read.
     stack.deps.pg.stop().unwrap();
+    tokio::time::sleep(Duration::from_millis(
+        MonitoringConfig::default().refresh_ms,
+    ))
+    .await;
     let unavailable = |status: &tonic::Status| {
         let info = status.get_details_error_info().unwrap();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");

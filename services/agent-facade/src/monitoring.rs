@@ -11,7 +11,7 @@
 //! shared by every replica (schema `facade_monitoring`), so replicas count
 //! together and agree on who is quarantined.
 //!
-//! Before each decision the counters are read and turned into
+//! Before each decision the counters are turned into
 //! `context.risk = {score, level, signals}` ([`Risk`]): each signal times its
 //! weight (rates only above their allowance), plus `[risk] baseline_score`,
 //! capped at 100; the level from the `medium_at` and `high_at` thresholds.
@@ -21,13 +21,20 @@
 //! partial unique index), so across replicas exactly one facade raises its
 //! alert.
 //!
+//! What a replica knows of a session is the store's counts as it last read
+//! them plus its own events since, at once; it reads the store again after
+//! `refresh_ms` (other replicas' events), and at once after it counted an
+//! event a rule counts for the agent. Events no rule counts are written
+//! behind the answer, many decisions in one statement.
+//!
 //! INVARIANT: a store that cannot be read or written is an error the
 //! request is denied with (DEPENDENCY_UNAVAILABLE, dependency
-//! `monitoring`), never a score of 0.
+//! `monitoring`), never a score of 0; after a failed write behind the
+//! answer, every decision is denied until a write succeeds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -89,6 +96,11 @@ pub struct MonitoringConfig {
     pub data_dir: PathBuf,
     /// Connections to the store at most.
     pub max_connections: u32,
+    /// How long a replica decides on the counts it read (plus its own
+    /// events since, which count at once) before it reads the store again:
+    /// the delay before other replicas' events raise a score here. 0: the
+    /// store is read before every decision.
+    pub refresh_ms: u64,
     /// The window over which one session's signals are counted.
     pub session_window_secs: u64,
     /// The window over which one agent's signals (all its sessions) are
@@ -208,6 +220,7 @@ impl Default for MonitoringConfig {
             url: None,
             data_dir: PathBuf::from("data"),
             max_connections: 8,
+            refresh_ms: 100,
             session_window_secs: 300,
             agent_window_secs: 900,
             medium_at: 40,
@@ -263,6 +276,12 @@ impl MonitoringConfig {
         }
         if self.max_connections == 0 {
             return invalid("monitoring.max_connections must be at least 1".into());
+        }
+        if self.refresh_ms > 10_000 {
+            return invalid(format!(
+                "monitoring.refresh_ms must be at most 10000, got {}",
+                self.refresh_ms
+            ));
         }
         for (key, secs) in [
             ("session_window_secs", self.session_window_secs),
@@ -460,6 +479,103 @@ impl Counts {
                 (*name, value)
             })
             .collect()
+    }
+}
+
+/// One scope's counts as a replica knows them: the store's, as last read,
+/// and this replica's own events since.
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    counts: Counts,
+    /// The resources of the last minute known by name: the read lists up
+    /// to [`LISTED_RESOURCES`] (past that a resource not listed counts once
+    /// more, too many rather than too few).
+    resources: HashSet<String>,
+}
+
+impl Tally {
+    /// Adds `n` of counter `signal` (`@<resource>`: a resource touched).
+    fn add(&mut self, signal: &str, n: i64, last_minute: bool) {
+        if let Some(resource) = signal.strip_prefix('@') {
+            if last_minute && self.resources.insert(resource.to_owned()) {
+                self.counts.distinct_resources_last_min += 1;
+            }
+            return;
+        }
+        *self.counts.window.entry(signal.to_owned()).or_insert(0) += n;
+        if signal == CREDENTIAL_REQUESTS && last_minute {
+            self.counts.credential_requests_last_min += n;
+        }
+    }
+
+    fn add_events(&mut self, events: &Events) {
+        for (signal, n) in &events.counts {
+            self.add(signal, *n, true);
+        }
+        if let Some(resource) = &events.resource {
+            self.add(&format!("@{resource}"), 1, true);
+        }
+    }
+}
+
+/// What a replica knows of one session.
+#[derive(Debug, Clone)]
+struct Known {
+    agent: String,
+    /// Until when decisions are taken on it without reading the store.
+    fresh_until: Instant,
+    session: Tally,
+    agent_tally: Tally,
+}
+
+/// A counter row: scope, subject, signal, bucket.
+type Key = (&'static str, String, String, i64);
+
+/// A replica's memory: what it knows of recent sessions, and the events
+/// written behind the answer that are not in the store yet.
+#[derive(Debug, Default)]
+struct Local {
+    known: HashMap<String, Known>,
+    /// Events not yet taken by a write.
+    pending: HashMap<Key, i64>,
+    /// Events being written (counted by a read until their commit).
+    writing: HashMap<Key, i64>,
+    /// Why the last write behind the answer failed; every decision is
+    /// denied while this is set.
+    failure: Option<String>,
+    /// Writes behind the answer committed so far: a read that saw this
+    /// change may have missed a write's events (committed after the read
+    /// but no longer in `writing`), so it is not taken as fresh.
+    writes: u64,
+}
+
+impl Local {
+    /// Adds the events not in the store yet to a fresh read of `sid` and
+    /// `agent`.
+    fn add_unwritten(
+        &self,
+        sid: &str,
+        agent: &str,
+        now: i64,
+        known: &mut Known,
+        windows: (i64, i64),
+    ) {
+        let (session_from, agent_from) =
+            (first_bucket(now, windows.0), first_bucket(now, windows.1));
+        let minute_from = first_bucket(now, RATE_WINDOW_MS);
+        for ((scope, subject, signal, bucket), n) in self.pending.iter().chain(&self.writing) {
+            let (tally, from) = match *scope {
+                "session" if subject == sid => (&mut known.session, session_from),
+                "agent" if subject == agent => (&mut known.agent_tally, agent_from),
+                _ => continue,
+            };
+            // As the read counts: resources over the last minute, the
+            // rest over the scope's window.
+            let last_minute = *bucket >= minute_from;
+            if signal.starts_with('@') || *bucket >= from {
+                tally.add(signal, *n, last_minute);
+            }
+        }
     }
 }
 
@@ -690,20 +806,32 @@ struct Shared {
     rules: Vec<Rule>,
     session_window_ms: i64,
     agent_window_ms: i64,
-    /// Writes of events no rule counts, in flight behind their answers.
-    behind: std::sync::Arc<tokio::sync::Semaphore>,
-    /// The risk each recent session was last assessed at: the guess the
-    /// policy is asked with while the store is read ([`Monitor::guess`]).
-    /// Never an answer by itself.
-    last: std::sync::Mutex<std::collections::HashMap<String, Risk>>,
+    refresh: Duration,
+    local: std::sync::Mutex<Local>,
+    /// Wakes the writer when events wait to be written.
+    wake: tokio::sync::Notify,
 }
 
-/// Sessions whose last risk is remembered; past that the memory starts
-/// over (a guess only saves a wait, so forgetting costs one wait each).
+/// Sessions a replica remembers; past that the memory starts over (a
+/// forgotten session costs one read).
 const MAX_REMEMBERED: usize = 10_000;
 
-/// Writes behind the answer at most at once; more are written before it.
-const MAX_WRITES_BEHIND: usize = 256;
+/// Counter rows waiting to be written behind the answer at most; past
+/// that a decision's events are written before its answer.
+const MAX_PENDING: usize = 50_000;
+
+/// How long the writer waits for more events before it writes.
+const LINGER: Duration = Duration::from_millis(10);
+
+/// How often a failed write behind the answer is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Counter rows per upsert statement (5 parameters each, far below every
+/// backend's limit).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Resources of the last minute a read lists by name at most.
+const LISTED_RESOURCES: i64 = 1_000;
 
 fn unavailable(e: impl std::fmt::Display) -> FacadeError {
     tracing::warn!(error = %e, "the monitoring store failed");
@@ -726,8 +854,9 @@ impl Monitor {
         }
     }
 
-    /// Opens (and migrates) the store and starts the pruning task, which
-    /// runs until `stop` says so.
+    /// Opens (and migrates) the store and starts the task that writes the
+    /// events behind the answers and prunes old buckets; it runs until
+    /// `stop` says so, and writes what is left before it ends.
     pub async fn start(
         config: &MonitoringConfig,
         baseline: i64,
@@ -755,33 +884,47 @@ impl Monitor {
         let rules = config.effective_rules();
         tracing::info!(store = %shown, rules = rules.len(), "risk monitoring on");
         let keep_ms = config.longest_window_ms() + 2 * BUCKET_MS;
-        let prune_pool = pool.clone();
+        let shared = std::sync::Arc::new(Shared {
+            pool,
+            scoring: Scoring::new(config, baseline),
+            rules,
+            session_window_ms: secs_ms(config.session_window_secs),
+            agent_window_ms: secs_ms(config.agent_window_secs),
+            refresh: Duration::from_millis(config.refresh_ms),
+            local: std::sync::Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+        });
+        let writer = std::sync::Arc::clone(&shared);
         let task = tokio::spawn(async move {
-            let mut every = tokio::time::interval(PRUNE_EVERY);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut prune_every = tokio::time::interval(PRUNE_EVERY);
+            prune_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut retry = tokio::time::interval(RETRY_EVERY);
+            retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     () = async { drop(stop.wait_for(|s| *s).await) } => break,
-                    _ = every.tick() => {
-                        if let Err(e) = prune(&prune_pool, keep_ms).await {
+                    () = writer.wake.notified() => {
+                        tokio::time::sleep(LINGER).await;
+                        writer.write_behind().await;
+                    }
+                    _ = retry.tick() => {
+                        if writer.failing() {
+                            writer.write_behind().await;
+                        }
+                    }
+                    _ = prune_every.tick() => {
+                        if let Err(e) = prune(&writer.pool, keep_ms).await {
                             tracing::warn!(error = %e, "pruning the monitoring store failed; tried again in a minute");
                         }
                     }
                 }
             }
-            prune_pool.close().await;
+            writer.write_behind().await;
+            writer.pool.close().await;
         });
         Ok((
             Self {
-                inner: Some(std::sync::Arc::new(Shared {
-                    pool,
-                    scoring: Scoring::new(config, baseline),
-                    rules,
-                    session_window_ms: secs_ms(config.session_window_secs),
-                    agent_window_ms: secs_ms(config.agent_window_secs),
-                    behind: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_WRITES_BEHIND)),
-                    last: std::sync::Mutex::default(),
-                })),
+                inner: Some(shared),
                 baseline: Risk::baseline(baseline, config.medium_at, config.high_at),
             },
             Some(task),
@@ -792,21 +935,52 @@ impl Monitor {
         self.inner.is_some()
     }
 
-    /// The risk of the next decision of `agent` in session `sid`.
+    /// The risk of the next decision of `agent` in session `sid`: from
+    /// what this replica knows when it read the store less than
+    /// `refresh_ms` ago, from a read of the store otherwise.
     pub async fn assess(&self, sid: &str, agent: &str) -> Result<Risk, FacadeError> {
         let Some(shared) = &self.inner else {
             return Ok(self.baseline.clone());
         };
-        let now = tether_runtime::clock::unix_now_ms();
-        let (session, agent) = shared.counts(sid, agent, now).await?;
-        let risk = shared.scoring.risk(&session, &agent);
-        if let Ok(mut last) = shared.last.lock() {
-            if last.len() >= MAX_REMEMBERED && !last.contains_key(sid) {
-                last.clear();
-            }
-            last.insert(sid.to_owned(), risk.clone());
+        if let Some(risk) = shared.known(sid, agent)? {
+            return Ok(risk);
         }
+        let (started, writes) = (Instant::now(), shared.lock()?.writes);
+        let now = tether_runtime::clock::unix_now_ms();
+        let (session, agent_tally) = shared.counts(sid, agent, now).await?;
+        let mut local = shared.lock()?;
+        let mut known = Known {
+            agent: agent.to_owned(),
+            fresh_until: if local.writes == writes {
+                started + shared.refresh
+            } else {
+                started
+            },
+            session,
+            agent_tally,
+        };
+        local.add_unwritten(
+            sid,
+            agent,
+            now,
+            &mut known,
+            (shared.session_window_ms, shared.agent_window_ms),
+        );
+        let risk = shared
+            .scoring
+            .risk(&known.session.counts, &known.agent_tally.counts);
+        if local.known.len() >= MAX_REMEMBERED && !local.known.contains_key(sid) {
+            local.known.clear();
+        }
+        local.known.insert(sid.to_owned(), known);
         Ok(risk)
+    }
+
+    /// Whether [`Monitor::assess`] answers from memory (no store read).
+    pub fn knows(&self, sid: &str, agent: &str) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|shared| matches!(shared.known(sid, agent), Ok(Some(_))))
     }
 
     /// The risk without behaviour: `[risk] baseline_score`.
@@ -820,7 +994,15 @@ impl Monitor {
     pub fn guess(&self, sid: &str) -> Risk {
         self.inner
             .as_ref()
-            .and_then(|shared| shared.last.lock().ok()?.get(sid).cloned())
+            .and_then(|shared| {
+                let local = shared.local.lock().ok()?;
+                let known = local.known.get(sid)?;
+                Some(
+                    shared
+                        .scoring
+                        .risk(&known.session.counts, &known.agent_tally.counts),
+                )
+            })
             .unwrap_or_else(|| self.baseline.clone())
     }
 
@@ -829,11 +1011,13 @@ impl Monitor {
     /// already counted add nothing.
     ///
     /// Events no rule counts (an allowed decision: `decisions`, the
-    /// resource) only feed later scores: they are written behind the
-    /// answer, on a task of their own (at most [`MAX_WRITES_BEHIND`] at
-    /// once; beyond that, before it), so the common path waits for one
-    /// read only. One that fails is logged at ERROR; the store's failure
-    /// then denies the next decision at its read.
+    /// resource) only feed later scores: this replica counts them at once,
+    /// and they are written behind the answer with the other decisions'
+    /// of the next [`LINGER`] (beyond [`MAX_PENDING`] rows waiting, before
+    /// it). A write that fails is logged at ERROR and denies every
+    /// decision until one succeeds. Events a rule counts are written
+    /// before the answer, and this replica reads the agent's counts again
+    /// at its next decision in any session.
     pub async fn record(
         &self,
         sid: &str,
@@ -850,23 +1034,15 @@ impl Monitor {
             .any(|rule| events.counts.contains_key(&rule.signal));
         if !counted_by_a_rule
             && events.once.is_none()
-            && let Ok(permit) = std::sync::Arc::clone(&shared.behind).try_acquire_owned()
+            && shared.add_behind(sid, agent, events, now)?
         {
-            let (shared, sid, agent, events) = (
-                std::sync::Arc::clone(shared),
-                sid.to_owned(),
-                agent.to_owned(),
-                events.clone(),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = shared.add(&sid, &agent, &events, now).await {
-                    tracing::error!(session_id = %sid, error = %e, "a decision's events could not be counted");
-                }
-                drop(permit);
-            });
             return Ok(Vec::new());
         }
-        if !shared.add(sid, agent, events, now).await? {
+        let added = shared.add(sid, agent, events, now).await;
+        // Written or not, every session of the agent reads the store at
+        // its next decision on this replica.
+        shared.lock()?.known.retain(|_, known| known.agent != agent);
+        if !added? {
             return Ok(Vec::new());
         }
         let mut hits = Vec::new();
@@ -1032,6 +1208,117 @@ impl Monitor {
 }
 
 impl Shared {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Local>, FacadeError> {
+        self.local
+            .lock()
+            .map_err(|_| unavailable("the monitoring's memory was poisoned by a panic"))
+    }
+
+    /// The risk from memory when this replica read `sid`'s counts less
+    /// than `refresh` ago for the same agent; an error while a write
+    /// behind the answer is failing.
+    fn known(&self, sid: &str, agent: &str) -> Result<Option<Risk>, FacadeError> {
+        let local = self.lock()?;
+        if let Some(failure) = &local.failure {
+            return Err(unavailable(failure));
+        }
+        Ok(local
+            .known
+            .get(sid)
+            .filter(|known| known.agent == agent && Instant::now() < known.fresh_until)
+            .map(|known| {
+                self.scoring
+                    .risk(&known.session.counts, &known.agent_tally.counts)
+            }))
+    }
+
+    fn failing(&self) -> bool {
+        self.local.lock().is_ok_and(|local| local.failure.is_some())
+    }
+
+    /// Counts `events` in memory and queues them to be written behind the
+    /// answer; `false` (nothing done) when too many rows wait already.
+    fn add_behind(
+        &self,
+        sid: &str,
+        agent: &str,
+        events: &Events,
+        now: i64,
+    ) -> Result<bool, FacadeError> {
+        let mut local = self.lock()?;
+        if local.pending.len() >= MAX_PENDING {
+            return Ok(false);
+        }
+        let bucket = now.div_euclid(BUCKET_MS);
+        for (scope, subject, signal, n) in rows_of(sid, agent, events) {
+            *local
+                .pending
+                .entry((scope, subject.to_owned(), signal, bucket))
+                .or_insert(0) += n;
+        }
+        if let Some(known) = local.known.get_mut(sid).filter(|k| k.agent == agent) {
+            known.session.add_events(events);
+            known.agent_tally.add_events(events);
+        }
+        drop(local);
+        self.wake.notify_one();
+        Ok(true)
+    }
+
+    /// Writes the events waiting behind their answers, in one transaction;
+    /// on failure they wait for the next try and every decision is denied
+    /// meanwhile.
+    async fn write_behind(&self) {
+        let rows: Vec<(Key, i64)> = {
+            let Ok(mut local) = self.local.lock() else {
+                return;
+            };
+            if local.pending.is_empty() {
+                local.failure = None;
+                return;
+            }
+            let pending = std::mem::take(&mut local.pending);
+            let mut rows: Vec<(Key, i64)> = pending.iter().map(|(k, n)| (k.clone(), *n)).collect();
+            local.writing = pending;
+            // One order for every replica's upserts: no deadlock between
+            // them on PostgreSQL.
+            rows.sort();
+            rows
+        };
+        let written = self.upsert_all(&rows).await;
+        let Ok(mut local) = self.local.lock() else {
+            return;
+        };
+        let writing = std::mem::take(&mut local.writing);
+        match written {
+            Ok(()) => {
+                local.failure = None;
+                local.writes += 1;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rows = rows.len(), "decisions' events could not be counted; every decision is denied until they are");
+                for (key, n) in writing {
+                    *local.pending.entry(key).or_insert(0) += n;
+                }
+                local.failure = Some(tether_runtime::clip(&e.to_string()));
+            }
+        }
+    }
+
+    async fn upsert_all(&self, rows: &[(Key, i64)]) -> Result<(), sqlx::Error> {
+        let rows: Vec<Row<'_>> = rows
+            .iter()
+            .map(|((scope, subject, signal, bucket), n)| {
+                (*scope, subject.as_str(), signal.as_str(), *bucket, *n)
+            })
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            upsert(chunk).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
     /// The session's and the agent's counts: one query (the counters of
     /// both windows, and the distinct resources of the last minute).
     async fn counts(
@@ -1039,10 +1326,13 @@ impl Shared {
         sid: &str,
         agent: &str,
         now: i64,
-    ) -> Result<(Counts, Counts), FacadeError> {
+    ) -> Result<(Tally, Tally), FacadeError> {
         let session_from = first_bucket(now, self.session_window_ms);
         let agent_from = first_bucket(now, self.agent_window_ms);
         let minute_from = first_bucket(now, RATE_WINDOW_MS);
+        // The counters of both windows; the number of distinct resources of
+        // the last minute (signal `@`); and up to LISTED_RESOURCES of them
+        // by name (`@<resource>`).
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
             "SELECT scope, signal, CAST(SUM(count) AS BIGINT), \
                     CAST(SUM(CASE WHEN bucket >= $5 THEN count ELSE 0 END) AS BIGINT) \
@@ -1056,31 +1346,40 @@ impl Shared {
              FROM monitoring_counts \
              WHERE ((scope = 'session' AND subject = $1) OR (scope = 'agent' AND subject = $2)) \
                AND bucket >= $5 AND signal LIKE '@%' \
-             GROUP BY scope",
+             GROUP BY scope \
+             UNION ALL \
+             SELECT scope, signal, 0, 0 FROM ( \
+               SELECT DISTINCT scope, signal FROM monitoring_counts \
+               WHERE ((scope = 'session' AND subject = $1) OR (scope = 'agent' AND subject = $2)) \
+                 AND bucket >= $5 AND signal LIKE '@%' \
+               LIMIT $6) AS listed",
         )
         .bind(sid)
         .bind(agent)
         .bind(session_from)
         .bind(agent_from)
         .bind(minute_from)
+        .bind(LISTED_RESOURCES)
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        let (mut session, mut agent) = (Counts::default(), Counts::default());
+        let (mut session, mut agent) = (Tally::default(), Tally::default());
         for (scope, signal, total, last_minute) in rows {
-            let counts = if scope == "session" {
+            let tally = if scope == "session" {
                 &mut session
             } else {
                 &mut agent
             };
             if signal == RESOURCES {
-                counts.distinct_resources_last_min = total;
-                continue;
+                tally.counts.distinct_resources_last_min = total;
+            } else if let Some(resource) = signal.strip_prefix('@') {
+                tally.resources.insert(resource.to_owned());
+            } else {
+                if signal == CREDENTIAL_REQUESTS {
+                    tally.counts.credential_requests_last_min = last_minute;
+                }
+                tally.counts.window.insert(signal, total);
             }
-            if signal == CREDENTIAL_REQUESTS {
-                counts.credential_requests_last_min = last_minute;
-            }
-            counts.window.insert(signal, total);
         }
         Ok((session, agent))
     }
@@ -1096,54 +1395,15 @@ impl Shared {
         now: i64,
     ) -> Result<bool, FacadeError> {
         let bucket = now.div_euclid(BUCKET_MS);
-        // A resource is a counter named `@<resource>` ('@' is never in a
-        // signal name): distinct resources are distinct such names.
-        let resource = events.resource.as_ref().map(|r| (format!("@{r}"), 1));
-        let rows: Vec<(&str, &str, &str, i64)> = [("session", sid), ("agent", agent)]
-            .into_iter()
-            .flat_map(|(scope, subject)| {
-                events
-                    .counts
-                    .iter()
-                    .map(|(signal, n)| (signal.as_str(), *n))
-                    .chain(resource.iter().map(|(r, n)| (r.as_str(), *n)))
-                    .map(move |(signal, n)| (scope, subject, signal, n))
-            })
-            .collect();
+        let rows = rows_of(sid, agent, events);
         if rows.is_empty() && events.once.is_none() {
             return Ok(true);
         }
-        let mut sql = String::from(
-            "INSERT INTO monitoring_counts (scope, subject, signal, bucket, count) VALUES ",
-        );
-        for i in 0..rows.len() {
-            let p = i * 5;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${})",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5
-            ));
-        }
-        sql.push_str(
-            " ON CONFLICT (scope, subject, signal, bucket) \
-             DO UPDATE SET count = monitoring_counts.count + excluded.count",
-        );
-        // INVARIANT: only placeholders are generated; every value is bound.
-        let mut upsert = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (scope, subject, signal, n) in &rows {
-            upsert = upsert
-                .bind(*scope)
-                .bind(*subject)
-                .bind(*signal)
-                .bind(bucket)
-                .bind(*n);
-        }
+        let rows: Vec<Row<'_>> = rows
+            .iter()
+            .map(|(scope, subject, signal, n)| (*scope, *subject, signal.as_str(), bucket, *n))
+            .collect();
+        let upsert = upsert(&rows);
         let Some(key) = &events.once else {
             upsert.execute(&self.pool).await.map_err(unavailable)?;
             return Ok(true);
@@ -1189,6 +1449,67 @@ impl Shared {
         .map_err(unavailable)?;
         Ok(total.unwrap_or(0))
     }
+}
+
+/// One counter row to add to: scope, subject, signal, bucket, count.
+type Row<'a> = (&'static str, &'a str, &'a str, i64, i64);
+
+/// The counters `events` add to, for the session and for the agent. A
+/// resource is a counter named `@<resource>` ('@' is never in a signal
+/// name): distinct resources are distinct such names.
+fn rows_of<'a>(
+    sid: &'a str,
+    agent: &'a str,
+    events: &Events,
+) -> Vec<(&'static str, &'a str, String, i64)> {
+    let resource = events.resource.as_ref().map(|r| (format!("@{r}"), 1));
+    [("session", sid), ("agent", agent)]
+        .into_iter()
+        .flat_map(|(scope, subject)| {
+            events
+                .counts
+                .iter()
+                .map(|(signal, n)| (signal.clone(), *n))
+                .chain(resource.clone())
+                .map(move |(signal, n)| (scope, subject, signal, n))
+        })
+        .collect()
+}
+
+/// One statement adding `rows` (their keys distinct) to the counters.
+fn upsert<'q>(rows: &[Row<'q>]) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let mut sql = String::from(
+        "INSERT INTO monitoring_counts (scope, subject, signal, bucket, count) VALUES ",
+    );
+    for i in 0..rows.len() {
+        let p = i * 5;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${})",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5
+        ));
+    }
+    sql.push_str(
+        " ON CONFLICT (scope, subject, signal, bucket) \
+         DO UPDATE SET count = monitoring_counts.count + excluded.count",
+    );
+    // INVARIANT: only placeholders are generated; every value is bound.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (scope, subject, signal, bucket, n) in rows {
+        query = query
+            .bind(*scope)
+            .bind(*subject)
+            .bind(*signal)
+            .bind(*bucket)
+            .bind(*n);
+    }
+    query
 }
 
 async fn prune(pool: &AnyPool, keep_ms: i64) -> Result<(), sqlx::Error> {

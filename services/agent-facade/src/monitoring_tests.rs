@@ -159,6 +159,7 @@ fn configuration_is_checked() {
     for (text, what) in [
         ("medium_at = 70\nhigh_at = 40", "medium_at"),
         ("session_window_secs = 1", "session_window_secs"),
+        ("refresh_ms = 60000", "refresh_ms"),
         ("weights = { \"Bad Name\" = 1 }", "weights"),
         ("weights = { denials = 1000 }", "weights.denials"),
         ("url = \"mysql://x\"", "monitoring.url"),
@@ -189,10 +190,21 @@ fn configuration_is_checked() {
 }
 
 async fn monitor(dir: &std::path::Path, rules: Vec<Rule>) -> (Monitor, watch::Sender<bool>) {
+    monitor_with(dir, rules, MonitoringConfig::default().refresh_ms).await
+}
+
+/// A monitor on `dir`'s SQLite store that re-reads it after `refresh_ms`
+/// (two of them on one directory are two replicas).
+async fn monitor_with(
+    dir: &std::path::Path,
+    rules: Vec<Rule>,
+    refresh_ms: u64,
+) -> (Monitor, watch::Sender<bool>) {
     let config = MonitoringConfig {
         enabled: true,
         data_dir: dir.to_owned(),
         rules: Some(rules),
+        refresh_ms,
         ..MonitoringConfig::default()
     };
     let (stop, stopped) = watch::channel(false);
@@ -428,23 +440,104 @@ async fn disabled_monitoring_gives_the_baseline() {
 }
 
 #[tokio::test]
-async fn events_no_rule_counts_are_written_behind_the_answer() {
+async fn events_no_rule_counts_count_here_at_once_and_reach_the_store_behind_the_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let (monitor, _stop) = monitor(
-        dir.path(),
-        vec![rule("ooi", "out_of_intent", 2, QuarantineKind::Session)],
-    )
-    .await;
+    let rules = vec![rule("ooi", "out_of_intent", 2, QuarantineKind::Session)];
+    let (here, _stop) = monitor(dir.path(), rules.clone()).await;
+    let (other_replica, _stop_other) = monitor_with(dir.path(), rules, 0).await;
+    assert_eq!(here.assess("s_1", "a").await.unwrap().score, 0);
     let allow = Events::decision("allow", &[], "E::\"1\"".into(), true, false);
-    assert!(monitor.record("s_1", "a", &allow).await.unwrap().is_empty());
+    assert!(here.record("s_1", "a", &allow).await.unwrap().is_empty());
+    assert!(here.record("s_1", "a", &allow).await.unwrap().is_empty());
+    let risk = here.assess("s_1", "a").await.unwrap();
+    assert_eq!(signal(&risk, "credential_requests_per_min"), 2);
+    assert_eq!(signal(&risk, "distinct_resources_per_min"), 1);
     let mut seen = 0;
     for _ in 0..200 {
-        let risk = monitor.assess("s_1", "a").await.unwrap();
+        let risk = other_replica.assess("s_1", "a").await.unwrap();
         seen = signal(&risk, "credential_requests_per_min");
-        if seen == 1 {
+        if seen == 2 {
+            assert_eq!(signal(&risk, "distinct_resources_per_min"), 1);
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(seen, 1, "the allowed decision was never counted");
+    assert_eq!(seen, 2, "the allowed decisions never reached the store");
+}
+
+#[tokio::test]
+async fn another_replicas_events_count_after_refresh_or_at_once_after_a_rule_counted_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = vec![rule("ooi", "out_of_intent", 5, QuarantineKind::Session)];
+    // Here: decisions on what was read for a minute, unless told otherwise.
+    let (here, _stop) = monitor_with(dir.path(), rules.clone(), 60_000).await;
+    let (other_replica, _stop_other) = monitor_with(dir.path(), rules.clone(), 0).await;
+    assert_eq!(here.assess("s_1", "a").await.unwrap().score, 0);
+    other_replica
+        .record("s_1", "a", &deny_out_of_intent("E::\"1\""))
+        .await
+        .unwrap();
+    // Not read again yet: the other replica's event is not seen here...
+    assert_eq!(
+        signal(&here.assess("s_1", "a").await.unwrap(), "out_of_intent"),
+        0
+    );
+    // ...until this replica counts an event a rule counts for the agent (in
+    // any of its sessions): then every session of the agent is read again.
+    here.record("s_2", "a", &deny_out_of_intent("E::\"2\""))
+        .await
+        .unwrap();
+    let risk = here.assess("s_1", "a").await.unwrap();
+    assert_eq!(signal(&risk, "out_of_intent"), 2, "{risk:?}");
+
+    // With a short refresh the other replica's events count once it passed.
+    let (soon, _stop_soon) = monitor_with(dir.path(), rules, 50).await;
+    assert_eq!(
+        signal(&soon.assess("s_3", "a").await.unwrap(), "out_of_intent"),
+        2
+    );
+    other_replica
+        .record("s_3", "a", &deny_out_of_intent("E::\"3\""))
+        .await
+        .unwrap();
+    let mut seen = 0;
+    for _ in 0..200 {
+        seen = signal(&soon.assess("s_3", "a").await.unwrap(), "out_of_intent");
+        if seen == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, 3, "another replica's event was never read");
+}
+
+#[tokio::test]
+async fn a_failed_write_behind_the_answer_denies_every_decision_even_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (monitor, _stop) = monitor_with(dir.path(), default_rules(), 60_000).await;
+    assert_eq!(monitor.assess("s_1", "a").await.unwrap().score, 0);
+    if let Some(shared) = &monitor.inner {
+        shared.pool.close().await;
+    }
+    let allow = Events::decision("allow", &[], "E::\"1\"".into(), false, false);
+    assert!(monitor.record("s_1", "a", &allow).await.unwrap().is_empty());
+    let mut result = monitor.assess("s_1", "a").await;
+    for _ in 0..500 {
+        if result.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        result = monitor.assess("s_1", "a").await;
+    }
+    assert!(
+        matches!(
+            result,
+            Err(FacadeError::Dependency {
+                dependency: Dependency::Monitoring,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert!(!monitor.knows("s_1", "a"));
 }

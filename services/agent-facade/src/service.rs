@@ -422,19 +422,20 @@ impl Inner {
 
     /// The session's fresh risk and the policy's first answer on it.
     ///
-    /// With monitoring on, the policy is asked with the risk this session
-    /// was last assessed at while the store is read, at the same time; the
-    /// answer is kept only when the fresh risk is that same risk, and the
-    /// policy is asked again with the fresh one otherwise. So every answer
-    /// rests on the fresh risk, a store that cannot answer denies, and the
-    /// store's read costs no wait of its own when the risk has not moved.
+    /// When the monitoring must read its store for the risk, the policy is
+    /// asked with the risk this session was last assessed at while the
+    /// store is read, at the same time; the answer is kept only when the
+    /// fresh risk is that same risk, and the policy is asked again with
+    /// the fresh one otherwise. So every answer rests on the fresh risk, a
+    /// store that cannot answer denies, and the store's read costs no wait
+    /// of its own when the risk has not moved.
     async fn assess_and_check(
         &self,
         question: &Question<'_>,
         call: &Call,
         decision_id: &str,
     ) -> Result<(Risk, policy_pb::CheckResponse), FacadeError> {
-        if !self.monitor.enabled() {
+        if !self.monitor.enabled() || self.monitor.knows(&call.claims.sid, &call.claims.act.sub) {
             let risk = self.assess(call).await?;
             let check = self
                 .check(
