@@ -1039,9 +1039,21 @@ impl Monitor {
             return Ok(Vec::new());
         }
         let added = shared.add(sid, agent, events, now).await;
-        // Written or not, every session of the agent reads the store at
-        // its next decision on this replica.
-        shared.lock()?.known.retain(|_, known| known.agent != agent);
+        {
+            // Written or not, every session of the agent reads the store
+            // at its next decision on this replica; until then the events
+            // counted here are part of what it guesses with.
+            let (mut local, at) = (shared.lock()?, Instant::now());
+            for (known_sid, known) in local.known.iter_mut().filter(|(_, k)| k.agent == agent) {
+                known.fresh_until = at;
+                if matches!(added, Ok(true)) {
+                    if known_sid == sid {
+                        known.session.add_events(events);
+                    }
+                    known.agent_tally.add_events(events);
+                }
+            }
+        }
         if !added? {
             return Ok(Vec::new());
         }
