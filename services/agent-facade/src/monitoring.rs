@@ -820,8 +820,10 @@ const MAX_REMEMBERED: usize = 10_000;
 /// that a decision's events are written before its answer.
 const MAX_PENDING: usize = 50_000;
 
-/// How long the writer waits for more events before it writes.
-const LINGER: Duration = Duration::from_millis(10);
+/// How long the writer waits for more events before it writes: other
+/// replicas see an allowed decision's events this much later (this one
+/// counts them at once), and the store takes one write per this period.
+const LINGER: Duration = Duration::from_millis(50);
 
 /// How often a failed write behind the answer is tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -1324,6 +1326,10 @@ impl Shared {
                 (*scope, subject.as_str(), signal.as_str(), *bucket, *n)
             })
             .collect();
+        if rows.len() <= ROWS_PER_STATEMENT {
+            // One statement commits by itself: one round trip.
+            return upsert(&rows).execute(&self.pool).await.map(drop);
+        }
         let mut tx = self.pool.begin().await?;
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             upsert(chunk).execute(&mut *tx).await?;
