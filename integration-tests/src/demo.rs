@@ -497,7 +497,8 @@ async fn approve_in_browser(
         return Ok(None);
     }
     std::fs::create_dir_all(out_dir)?;
-    let screenshot = out_dir.join("alice-device.png");
+    // Absolute: the script runs in the IdP's directory.
+    let screenshot = std::path::absolute(out_dir.join("alice-device.png"))?;
     let out = tokio::process::Command::new("node")
         .current_dir(&idp)
         .arg("device-click.mjs")
