@@ -170,6 +170,15 @@ impl AuditLog {
         })
     }
 
+    /// How this store's statements write their parameters.
+    fn params(&self) -> Params {
+        if self.sqlite {
+            Params::Positional
+        } else {
+            Params::Numbered
+        }
+    }
+
     /// The log's name.
     pub fn origin(&self) -> &str {
         &self.origin
@@ -243,15 +252,32 @@ impl AuditLog {
         .await?;
         let first = u64::try_from(size - count)
             .map_err(|_| AuditError::Corrupt(format!("head size {size}")))?;
+        // The hashes before this batch that its leaves read (the roots its
+        // new subtrees join), in one query: a dry run of the whole batch
+        // with placeholders learns their indexes, since which hashes
+        // `tlog_tiles` reads depends only on the indexes (one round trip a
+        // batch instead of one for each leaf that completes such a subtree).
+        // INVARIANT: every append before this batch has committed (it held
+        // the head row), so they are readable.
+        let mut dry_run = Prefetch::default();
+        for index in first..first + leaves.len() as u64 {
+            let new_hashes =
+                tlog_tiles::stored_hashes_for_record_hash(index, Hash::default(), &dry_run)?;
+            let start = tlog_tiles::stored_hash_index(0, index);
+            dry_run.add((start..).zip(new_hashes));
+        }
         // The hashes this batch writes, visible to the next leaf's
         // computation before they are committed.
         let mut known = Prefetch::default();
+        let before = dry_run.take_missing();
+        if !before.is_empty() {
+            known.add(fetch_hashes(&mut tx, &before, self.params()).await?);
+        }
         let mut hashes: Vec<(u64, Hash)> = Vec::with_capacity(2 * leaves.len());
         for (index, (_, leaf_hash)) in (first..).zip(&leaves) {
-            // INVARIANT: every append before this batch has committed (it
-            // held the head row), so the hashes this leaf completes are
-            // readable, or were computed earlier in this batch.
-            let new_hashes = with_stored_hashes(&mut tx, &mut known, |r| {
+            // Fetched above or computed earlier in this batch (a hash
+            // still missing would be fetched here, never guessed).
+            let new_hashes = with_stored_hashes(&mut tx, &mut known, self.params(), |r| {
                 tlog_tiles::stored_hashes_for_record_hash(index, *leaf_hash, r)
             })
             .await?;
@@ -272,7 +298,7 @@ impl AuditLog {
             let sql = format!(
                 "INSERT INTO audit_leaves \
                  (idx, time_ms, kind, session_id, request_id, leaf, leaf_hash) VALUES {}",
-                placeholders(chunk.len(), 7)
+                placeholders(chunk.len(), 7, self.params())
             );
             let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (index, record, (leaf, leaf_hash)) in chunk {
@@ -290,7 +316,7 @@ impl AuditLog {
         for chunk in hashes.chunks(HASH_ROWS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO audit_hashes (idx, hash) VALUES {}",
-                placeholders(chunk.len(), 2)
+                placeholders(chunk.len(), 2, self.params())
             );
             let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (index, hash) in chunk {
@@ -309,7 +335,7 @@ impl AuditLog {
         // Appends commit in index order, so every hash of the first `size`
         // leaves is committed once `size` is.
         let size = head_size(&mut conn).await?;
-        let root = with_stored_hashes(&mut conn, &mut Prefetch::default(), |r| {
+        let root = with_stored_hashes(&mut conn, &mut Prefetch::default(), self.params(), |r| {
             tlog_tiles::tree_hash(size, r)
         })
         .await?;
@@ -423,7 +449,7 @@ impl AuditReader {
                 size: tree_size,
             });
         }
-        let path = with_stored_hashes(&mut conn, &mut Prefetch::default(), |r| {
+        let path = with_stored_hashes(&mut conn, &mut Prefetch::default(), Params::Numbered, |r| {
             tlog_tiles::prove_record(tree_size, index, r)
         })
         .await?;
@@ -458,7 +484,7 @@ impl AuditReader {
         let path = if old_size == 0 {
             Vec::new()
         } else {
-            with_stored_hashes(&mut conn, &mut Prefetch::default(), |r| {
+            with_stored_hashes(&mut conn, &mut Prefetch::default(), Params::Numbered, |r| {
                 tlog_tiles::prove_tree(new_size, old_size, r)
             })
             .await?
@@ -539,9 +565,47 @@ fn entries(rows: &[sqlx::any::AnyRow]) -> Result<Vec<Entry>, AuditError> {
 const LEAF_ROWS_PER_INSERT: usize = 64;
 const HASH_ROWS_PER_INSERT: usize = 256;
 
-/// `($1, $2), ($3, $4), …`: `rows` groups of `columns` placeholders.
-fn placeholders(rows: usize, columns: usize) -> String {
-    let mut sql = String::with_capacity(rows * columns * 5);
+/// How a statement's bound parameters are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Params {
+    /// `$1, $2, …`: PostgreSQL's, and SQLite takes them too.
+    Numbered,
+    /// `?, ?, …`, bound in order: SQLite only. sqlx binds each numbered
+    /// parameter by asking SQLite its name, a linear search of the
+    /// statement's names, so a statement of n numbered parameters costs
+    /// O(n²) to bind: a 64-row insert (448 parameters) took longer to bind
+    /// than to run. Anonymous ones are bound by position.
+    Positional,
+}
+
+impl Params {
+    /// The `n`th (from 1) parameter.
+    fn push(self, sql: &mut String, n: usize) {
+        match self {
+            Self::Numbered => {
+                use std::fmt::Write as _;
+                let _ = write!(sql, "${n}");
+            }
+            Self::Positional => sql.push('?'),
+        }
+    }
+
+    /// `$1, $2, …, $n` (or `?, ?, …`).
+    fn list(self, n: usize) -> String {
+        let mut sql = String::with_capacity(n * 6);
+        for i in 1..=n {
+            if i > 1 {
+                sql.push_str(", ");
+            }
+            self.push(&mut sql, i);
+        }
+        sql
+    }
+}
+
+/// `($1, $2), ($3, $4), …`: `rows` groups of `columns` parameters.
+fn placeholders(rows: usize, columns: usize, params: Params) -> String {
+    let mut sql = String::with_capacity(rows * columns * 6);
     for row in 0..rows {
         if row > 0 {
             sql.push_str(", ");
@@ -551,7 +615,7 @@ fn placeholders(rows: usize, columns: usize) -> String {
             if column > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${}", row * columns + column + 1));
+            params.push(&mut sql, row * columns + column + 1);
         }
         sql.push(')');
     }
@@ -594,6 +658,7 @@ async fn head_size(conn: &mut AnyConnection) -> Result<u64, AuditError> {
 async fn with_stored_hashes<T>(
     conn: &mut AnyConnection,
     reader: &mut Prefetch,
+    params: Params,
     f: impl Fn(&Prefetch) -> Result<T, tlog_tiles::Error>,
 ) -> Result<T, AuditError> {
     for _ in 0..2 {
@@ -602,7 +667,7 @@ async fn with_stored_hashes<T>(
         if missing.is_empty() {
             return Ok(out);
         }
-        reader.add(fetch_hashes(conn, &missing).await?);
+        reader.add(fetch_hashes(conn, &missing, params).await?);
     }
     Err(AuditError::Corrupt(
         "the tree asked for hashes it did not name before".into(),
@@ -612,11 +677,11 @@ async fn with_stored_hashes<T>(
 async fn fetch_hashes(
     conn: &mut AnyConnection,
     indexes: &[u64],
+    params: Params,
 ) -> Result<Vec<(u64, Hash)>, AuditError> {
-    let placeholders: Vec<String> = (1..=indexes.len()).map(|i| format!("${i}")).collect();
     let sql = format!(
         "SELECT idx, hash FROM audit_hashes WHERE idx IN ({})",
-        placeholders.join(", ")
+        params.list(indexes.len())
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for &i in indexes {

@@ -577,3 +577,14 @@ fn base64_encode(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+#[test]
+fn parameters_are_numbered_for_postgresql_and_in_order_for_sqlite() {
+    assert_eq!(
+        placeholders(2, 3, Params::Numbered),
+        "($1, $2, $3), ($4, $5, $6)"
+    );
+    assert_eq!(placeholders(2, 2, Params::Positional), "(?, ?), (?, ?)");
+    assert_eq!(Params::Numbered.list(3), "$1, $2, $3");
+    assert_eq!(Params::Positional.list(1), "?");
+}
