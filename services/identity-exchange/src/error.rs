@@ -33,8 +33,9 @@ impl OAuthCode {
     }
 }
 
-/// Why nothing was minted.
-#[derive(Debug, thiserror::Error)]
+/// Why nothing was minted. `Clone`: one store failure refuses every
+/// exchange of its group commit.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ExchangeError {
     /// Refused, with the RFC code and a description safe to return.
     #[error("{description}")]

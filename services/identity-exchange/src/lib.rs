@@ -49,9 +49,11 @@ pub async fn run(
     // reqwest (rustls) needs a process-wide crypto provider; another
     // component may have installed it already.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut tasks = tether_runtime::tasks::Tasks::new();
     let store = store::Store::open(&config.store.url)
         .await
-        .context("opening the session store")?;
+        .context("opening the session store")?
+        .group_commit(&mut tasks);
     let ring = Arc::new(
         KeyRing::open_dir_with_activation(
             &config.tokens.keys_dir,
@@ -68,7 +70,6 @@ pub async fn run(
         &http,
     )?);
 
-    let mut tasks = tether_runtime::tasks::Tasks::new();
     // Every replica prunes: the deletes are bounded and by key, so two
     // passes at once only share the work.
     let pruning = config.pruning;

@@ -4,6 +4,8 @@ use sqlx::{AnyPool, Row as _};
 
 use crate::error::ExchangeError;
 
+mod group_commit;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A session's durable record.
@@ -72,6 +74,8 @@ fn session_row(row: &sqlx::any::AnyRow) -> Result<SessionRecord, sqlx::Error> {
 pub struct Store {
     pool: AnyPool,
     backend: tether_store::Backend,
+    /// SQLite's group commit, once started ([`Store::group_commit`]).
+    writer: Option<group_commit::GroupCommit>,
 }
 
 /// One entry of the revocation feed.
@@ -122,7 +126,11 @@ impl Store {
         let settings = tether_store::PoolSettings::default();
         let pool = tether_store::open(url, "identity_exchange", &settings).await?;
         tether_store::migrate(&pool, &MIGRATOR).await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            writer: None,
+        })
     }
 
     /// Records a single-use assertion id. `false` when it was already used.
@@ -149,10 +157,10 @@ impl Store {
     /// when the assertion was already used (a replay, concurrent or not).
     ///
     /// On PostgreSQL both rows go in one statement, so one commit (one WAL
-    /// flush) per exchange. On SQLite (WAL, commits without fsync)
-    /// two statements are cheaper than a transaction's four round
-    /// trips; should the second fail, the assertion stays spent, as it
-    /// does for every refused exchange.
+    /// flush) per exchange. On SQLite they go through the group commit
+    /// ([`Store::group_commit`]): the exchanges that arrive meanwhile are
+    /// written in one transaction. Either way both rows are written or
+    /// neither.
     pub async fn record_exchange(
         &self,
         assertion: Option<&UsedAssertion>,
@@ -185,31 +193,35 @@ impl Store {
             .map_err(ExchangeError::store)?;
             return Ok(inserted.rows_affected() == 1);
         }
-        if let Some(a) = assertion
-            && !self
-                .consume_assertion(&a.issuer, &a.jti, a.keep_until_ms)
-                .await?
-        {
-            return Ok(false);
+        if assertion.is_none() && session.is_none() {
+            return Ok(true);
         }
-        if let Some(s) = session {
-            sqlx::query(
-                "INSERT INTO sessions (sid, user_issuer, sub, agent, audience, scope, intent, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(&s.sid)
-            .bind(&s.user_issuer)
-            .bind(&s.sub)
-            .bind(&s.agent)
-            .bind(&s.audience)
-            .bind(&s.scope)
-            .bind(&s.intent)
-            .bind(s.created_at_ms)
-            .bind(s.expires_at_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(ExchangeError::store)?;
+        let exchange = group_commit::Exchange {
+            assertion: assertion.cloned(),
+            session: session.cloned(),
+        };
+        match &self.writer {
+            Some(writer) => writer.record(exchange).await,
+            // No writer (a store opened by a tool or a test): a batch of one.
+            None => {
+                let mut conn = self.pool.acquire().await.map_err(ExchangeError::store)?;
+                group_commit::write(&mut conn, &[exchange])
+                    .await
+                    .map(|fresh| fresh.first().copied().unwrap_or(false))
+                    .map_err(ExchangeError::store)
+            }
         }
-        Ok(true)
+    }
+
+    /// Sends the exchanges' writes on SQLite through one writer task in
+    /// `tasks`, which commits the exchanges that arrived meanwhile in one
+    /// transaction (see `group_commit`); it stops with `tasks`. Nothing
+    /// changes on PostgreSQL, where each exchange is already one statement.
+    pub fn group_commit(mut self, tasks: &mut tether_runtime::tasks::Tasks) -> Self {
+        if self.backend == tether_store::Backend::Sqlite {
+            self.writer = Some(group_commit::GroupCommit::start(self.pool.clone(), tasks));
+        }
+        self
     }
 
     pub async fn session(&self, sid: &str) -> Result<Option<SessionRecord>, ExchangeError> {
