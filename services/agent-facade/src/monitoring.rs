@@ -528,6 +528,17 @@ struct Known {
     agent_tally: Tally,
 }
 
+impl Known {
+    fn risk(&self, scoring: &Scoring) -> Risk {
+        scoring.risk(&self.session.counts, &self.agent_tally.counts)
+    }
+
+    /// Decisions of `agent` may be taken on it without a read.
+    fn fresh_for(&self, agent: &str) -> bool {
+        self.agent == agent && Instant::now() < self.fresh_until
+    }
+}
+
 /// A counter row: scope, subject, signal, bucket.
 type Key = (&'static str, String, String, i64);
 
@@ -968,9 +979,7 @@ impl Monitor {
             &mut known,
             (shared.session_window_ms, shared.agent_window_ms),
         );
-        let risk = shared
-            .scoring
-            .risk(&known.session.counts, &known.agent_tally.counts);
+        let risk = known.risk(&shared.scoring);
         if local.known.len() >= MAX_REMEMBERED && !local.known.contains_key(sid) {
             local.known.clear();
         }
@@ -980,9 +989,11 @@ impl Monitor {
 
     /// Whether [`Monitor::assess`] answers from memory (no store read).
     pub fn knows(&self, sid: &str, agent: &str) -> bool {
-        self.inner
-            .as_ref()
-            .is_some_and(|shared| matches!(shared.known(sid, agent), Ok(Some(_))))
+        self.inner.as_ref().is_some_and(|shared| {
+            shared.local.lock().is_ok_and(|local| {
+                local.failure.is_none() && local.known.get(sid).is_some_and(|k| k.fresh_for(agent))
+            })
+        })
     }
 
     /// The risk without behaviour: `[risk] baseline_score`.
@@ -998,12 +1009,7 @@ impl Monitor {
             .as_ref()
             .and_then(|shared| {
                 let local = shared.local.lock().ok()?;
-                let known = local.known.get(sid)?;
-                Some(
-                    shared
-                        .scoring
-                        .risk(&known.session.counts, &known.agent_tally.counts),
-                )
+                Some(local.known.get(sid)?.risk(&shared.scoring))
             })
             .unwrap_or_else(|| self.baseline.clone())
     }
@@ -1239,11 +1245,8 @@ impl Shared {
         Ok(local
             .known
             .get(sid)
-            .filter(|known| known.agent == agent && Instant::now() < known.fresh_until)
-            .map(|known| {
-                self.scoring
-                    .risk(&known.session.counts, &known.agent_tally.counts)
-            }))
+            .filter(|known| known.fresh_for(agent))
+            .map(|known| known.risk(&self.scoring)))
     }
 
     fn failing(&self) -> bool {
